@@ -1,0 +1,9 @@
+"""CIFAR-10 (32x32x3) from TFDS 'cifar10'."""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.data.name = "tfds:cifar10"
+    return config

@@ -1,0 +1,276 @@
+"""Per-group matching losses: the (C, K) array that the risk measure reduces.
+
+SPEC's three families, each written for one (class, cluster) group and mapped over all C*K
+groups, all with the same signature
+
+    family(params, syn_images, syn_labels, real_images, *, key, ...) -> (C, K) losses
+
+where `syn_images` is `(C, ipc, H, W, Ch)` (the synthetic set, organised by class),
+`syn_labels` is `(C, ipc)` integer labels or `(C, ipc, C)` soft labels, and `real_images` is
+`(C, K, m, H, W, Ch)`: m real samples of every group. Only `syn_images` is differentiated;
+real-data terms are constants of the synthetic set.
+
+- `gradient` (DC/DSA): layer-wise (1 - cosine) distance between the parameter gradient on the
+  class-c synthetic images and on group (c, k)'s real batch, under one shared DSA draw.
+- `distribution` (DM): squared distance between the mean embeddings of synthetic class c and of
+  group (c, k) under a randomly initialised network.
+- `risk` (unrolled): train the network on the synthetic set for T SGD steps inside the graph
+  (`jax.checkpoint`ed), then the cross-entropy of the trained network on group (c, k).
+
+Mapping over groups goes through `jax.lax.map(..., batch_size=group_batch)`: `group_batch`
+groups are vmapped together and the chunks run in sequence. With `group_batch = C*K` it is a
+pure `jax.vmap`; smaller values trade parallelism for XLA kernels that avoid vmapped
+convolution weight-gradients (grouped convolutions), which are slow on CPU. The value changes
+speed only, never results (up to float reassociation).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxdd import augment as augment_lib
+from jaxdd import models
+
+# (params, images) -> (logits, embedding): a flax `model.apply` with the variables dict built.
+ApplyFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
+# (images, key) -> images: the same key must give the same transform to any batch (siamese).
+AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+_COSINE_EPS = 1e-6  # DC's epsilon in the cosine denominator.
+
+
+def no_augment(images: jax.Array, key: jax.Array) -> jax.Array:
+    """Identity augmentation (the signature of `siamese_augment`)."""
+    del key
+    return images
+
+
+def siamese_augment(strategy: str) -> AugmentFn:
+    """DSA with one parameter draw per call, shared by every batch augmented with that key."""
+    if not augment_lib.parse_strategy(strategy):
+        return no_augment
+    return functools.partial(augment_lib.augment, strategy=strategy, batch_shared=True)
+
+
+def layerwise_cosine_distance(grads_a: Any, grads_b: Any) -> jax.Array:
+    """DC's gradient distance: sum over layers and output units of (1 - cosine).
+
+    Every parameter with two or more axes (conv kernels `(kh, kw, in, out)`, dense kernels
+    `(in, out)`) is viewed as `(out, rest)`; each output unit contributes 1 - cos between its
+    rows. One-axis parameters (biases, norm scales) are skipped, as in DC.
+
+    Args:
+      grads_a, grads_b: two gradient pytrees of the same structure.
+
+    Returns:
+      () the distance, >= 0.
+    """
+
+    def leaf(a: jax.Array, b: jax.Array) -> jax.Array:
+        if a.ndim < 2:
+            return jnp.zeros((), a.dtype)
+        a = a.reshape(-1, a.shape[-1])
+        b = b.reshape(-1, b.shape[-1])
+        dot = jnp.sum(a * b, axis=0)
+        norms = jnp.linalg.norm(a, axis=0) * jnp.linalg.norm(b, axis=0)
+        return jnp.sum(1.0 - dot / (norms + _COSINE_EPS))
+
+    return sum(jax.tree.leaves(jax.tree.map(leaf, grads_a, grads_b)))
+
+
+def mean_cross_entropy(apply_fn: ApplyFn, params: Any, images: jax.Array, labels: jax.Array):
+    """Mean cross-entropy of the network on a batch (integer or soft labels)."""
+    logits, _ = apply_fn(params, images)
+    return jnp.mean(models.cross_entropy(logits, labels))
+
+
+def _map_groups(fn: Callable, xs: Any, *, group_batch: int) -> Any:
+    """`fn` over the leading axis of `xs`, `group_batch` at a time (see module docstring)."""
+    num = jax.tree.leaves(xs)[0].shape[0]
+    return jax.lax.map(fn, xs, batch_size=max(1, min(group_batch, num)))
+
+
+def _split_class_keys(key: jax.Array, num_classes: int) -> jax.Array:
+    return jax.random.split(key, num_classes)
+
+
+def gradient(
+    params: Any,
+    syn_images: jax.Array,
+    syn_labels: jax.Array,
+    real_images: jax.Array,
+    *,
+    key: jax.Array,
+    apply_fn: ApplyFn,
+    augment_fn: AugmentFn = no_augment,
+    group_batch: int = 1,
+) -> jax.Array:
+    """DC/DSA gradient matching, one loss per group.
+
+    For class c with DSA key k_c (shared by its synthetic batch and all its groups):
+    L_{c,k} = layerwise_cosine_distance(grad_theta CE(A(S_c; k_c)), grad_theta CE(A(R_{c,k}; k_c))).
+
+    Args:
+      params: network parameters theta (not differentiated through the real term).
+      syn_images: (C, ipc, H, W, Ch). syn_labels: (C, ipc) or (C, ipc, C).
+      real_images: (C, K, m, H, W, Ch).
+      key: PRNG key for the augmentation draws.
+      apply_fn: network apply function. augment_fn: siamese augmentation.
+      group_batch: groups vmapped together when computing the real gradients.
+
+    Returns:
+      (C, K) losses.
+    """
+    num_classes, num_clusters, m = real_images.shape[:3]
+    grad_fn = jax.grad(functools.partial(mean_cross_entropy, apply_fn))
+    class_keys = _split_class_keys(key, num_classes)
+
+    # Real gradients do not depend on the synthetic set: computed once per group, as constants.
+    def real_group_grad(args):
+        images, label, class_key = args
+        return grad_fn(params, augment_fn(images, class_key), jnp.full((m,), label))
+
+    flat = (
+        real_images.reshape(num_classes * num_clusters, *real_images.shape[2:]),
+        jnp.repeat(jnp.arange(num_classes), num_clusters),
+        jnp.repeat(class_keys, num_clusters, axis=0),
+    )
+    real_grads = jax.lax.stop_gradient(_map_groups(real_group_grad, flat, group_batch=group_batch))
+    real_grads = jax.tree.map(
+        lambda g: g.reshape(num_classes, num_clusters, *g.shape[1:]), real_grads
+    )
+
+    def class_losses(args):
+        images, labels, class_key, grads_c = args
+        syn_grad = grad_fn(params, augment_fn(images, class_key), labels)
+        return jax.vmap(lambda g: layerwise_cosine_distance(syn_grad, g))(grads_c)
+
+    return _map_groups(
+        class_losses,
+        (syn_images, syn_labels, class_keys, real_grads),
+        group_batch=max(1, group_batch // num_clusters),
+    )
+
+
+def distribution(
+    params: Any,
+    syn_images: jax.Array,
+    syn_labels: jax.Array,
+    real_images: jax.Array,
+    *,
+    key: jax.Array,
+    apply_fn: ApplyFn,
+    augment_fn: AugmentFn = no_augment,
+    group_batch: int | None = None,
+) -> jax.Array:
+    """DM distribution matching, one loss per group: ||mean emb(A(S_c)) - mean emb(A(R_ck))||^2.
+
+    `params` should be a freshly initialised network (DM samples one per step). Forward passes
+    only, so all groups are batched in one vmap (`group_batch` is accepted and ignored).
+
+    Returns:
+      (C, K) losses.
+    """
+    del syn_labels, group_batch  # DM matches class-conditional embeddings; labels are implicit.
+    num_classes = syn_images.shape[0]
+    class_keys = _split_class_keys(key, num_classes)
+
+    def mean_embedding(images: jax.Array, class_key: jax.Array) -> jax.Array:
+        return jnp.mean(apply_fn(params, augment_fn(images, class_key))[1], axis=0)
+
+    def class_losses(syn_c, real_c, class_key):
+        syn_mean = mean_embedding(syn_c, class_key)
+        real_means = jax.vmap(lambda r: mean_embedding(r, class_key))(real_c)
+        return jnp.sum(jnp.square(jax.lax.stop_gradient(real_means) - syn_mean), axis=-1)
+
+    return jax.vmap(class_losses)(syn_images, real_images, class_keys)
+
+
+def unrolled_training(
+    params: Any,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    key: jax.Array,
+    apply_fn: ApplyFn,
+    num_steps: int,
+    learning_rate: ArrayLike,
+    augment_fn: AugmentFn = no_augment,
+    remat: bool = True,
+) -> Any:
+    """T full-batch SGD steps on (images, labels) inside the graph, differentiable in `images`.
+
+    Each step is `jax.checkpoint`ed, so the backward pass stores only the T parameter
+    iterates and recomputes each step's activations: memory O(T * |params| + one step) instead
+    of O(T * activations).
+
+    Returns:
+      The trained parameters.
+    """
+
+    def sgd_step(params, step_key):
+        grads = jax.grad(functools.partial(mean_cross_entropy, apply_fn))(
+            params, augment_fn(images, step_key), labels
+        )
+        return jax.tree.map(lambda p, g: p - learning_rate * g, params, grads), None
+
+    body = jax.checkpoint(sgd_step) if remat else sgd_step
+    params, _ = jax.lax.scan(body, params, jax.random.split(key, num_steps))
+    return params
+
+
+def risk(
+    params: Any,
+    syn_images: jax.Array,
+    syn_labels: jax.Array,
+    real_images: jax.Array,
+    *,
+    key: jax.Array,
+    apply_fn: ApplyFn,
+    augment_fn: AugmentFn = no_augment,
+    num_steps: int = 10,
+    learning_rate: ArrayLike = 0.01,
+    group_batch: int | None = None,
+) -> jax.Array:
+    """Risk matching: cross-entropy on each group of a network trained on S for T steps.
+
+    `params` is the initialisation (fresh per step); training runs on the whole synthetic set
+    with `unrolled_training`, then every group's real batch is scored by the trained network.
+    The gradient w.r.t. `syn_images` flows back through the whole unroll.
+
+    Returns:
+      (C, K) losses.
+    """
+    del group_batch  # Per-group forward losses of one network: one batched forward pass.
+    num_classes, ipc = syn_images.shape[:2]
+    train_key, _ = jax.random.split(key)
+    trained = unrolled_training(
+        params,
+        syn_images.reshape(num_classes * ipc, *syn_images.shape[2:]),
+        syn_labels.reshape(num_classes * ipc, *syn_labels.shape[2:]),
+        key=train_key,
+        apply_fn=apply_fn,
+        num_steps=num_steps,
+        learning_rate=learning_rate,
+        augment_fn=augment_fn,
+    )
+
+    def group_loss(images: jax.Array, label: jax.Array) -> jax.Array:
+        return mean_cross_entropy(apply_fn, trained, images, jnp.full(images.shape[:1], label))
+
+    per_class = jax.vmap(group_loss, in_axes=(0, None))  # over the K groups of one class
+    return jax.vmap(per_class)(real_images, jnp.arange(num_classes))
+
+
+# `match.family` -> per-group loss function with the common signature above.
+FAMILIES: dict[str, Callable[..., jax.Array]] = {
+    "gradient": gradient,
+    "distribution": distribution,
+    "risk": risk,
+}
