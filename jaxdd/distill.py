@@ -117,6 +117,22 @@ def _train_network(
     return jax.lax.fori_loop(0, num_steps, body, (params, opt_state))
 
 
+def robust_objective(
+    images: jax.Array,
+    *,
+    losses_fn: Callable[[jax.Array], jax.Array],
+    risk_name: str,
+    alpha: float,
+) -> tuple[jax.Array, jax.Array]:
+    """R(S): the risk measure of the (C, K) group losses of the synthetic images `images`.
+
+    Returns:
+      () the risk, and (C, K) the group losses (as auxiliary output for `value_and_grad`).
+    """
+    group_losses = losses_fn(images)
+    return risk.reduce(risk_name, group_losses.reshape(-1), alpha=alpha), group_losses
+
+
 def train_step(
     state: State,
     key: jax.Array,
@@ -157,10 +173,14 @@ def train_step(
         lambda f, p: jnp.where(reset, f, p), net_optimizer.init(fresh), state.net_opt_state
     )
 
-    def objective(images):
-        group_losses = losses_fn(net_params, images, state.labels, real_images, key=loss_key)
-        return risk.reduce(risk_name, group_losses.reshape(-1), alpha=alpha), group_losses
-
+    objective = functools.partial(
+        robust_objective,
+        losses_fn=functools.partial(
+            losses_fn, net_params, labels=state.labels, real=real_images, key=loss_key
+        ),
+        risk_name=risk_name,
+        alpha=alpha,
+    )
     (value, group_losses), grads = jax.value_and_grad(objective, has_aux=True)(state.images)
     updates, opt_state = syn_optimizer.update(grads, state.opt_state, state.images)
     images = optax.apply_updates(state.images, updates)

@@ -3,10 +3,10 @@
 SPEC's three families, each written for one (class, cluster) group and mapped over all C*K
 groups, all with the same signature
 
-    family(params, syn_images, syn_labels, real_images, *, key, ...) -> (C, K) losses
+    family(params, syn_images, *, labels, real, key, ...) -> (C, K) losses
 
 where `syn_images` is `(C, ipc, H, W, Ch)` (the synthetic set, organised by class),
-`syn_labels` is `(C, ipc)` integer labels or `(C, ipc, C)` soft labels, and `real_images` is
+`labels` is `(C, ipc)` integer labels or `(C, ipc, C)` soft labels, and `real` is
 `(C, K, m, H, W, Ch)`: m real samples of every group. Only `syn_images` is differentiated;
 real-data terms are constants of the synthetic set.
 
@@ -103,9 +103,9 @@ def _split_class_keys(key: jax.Array, num_classes: int) -> jax.Array:
 def gradient(
     params: Any,
     syn_images: jax.Array,
-    syn_labels: jax.Array,
-    real_images: jax.Array,
     *,
+    labels: jax.Array,
+    real: jax.Array,
     key: jax.Array,
     apply_fn: ApplyFn,
     augment_fn: AugmentFn = no_augment,
@@ -118,8 +118,8 @@ def gradient(
 
     Args:
       params: network parameters theta (not differentiated through the real term).
-      syn_images: (C, ipc, H, W, Ch). syn_labels: (C, ipc) or (C, ipc, C).
-      real_images: (C, K, m, H, W, Ch).
+      syn_images: (C, ipc, H, W, Ch). labels: (C, ipc) or (C, ipc, C).
+      real: (C, K, m, H, W, Ch).
       key: PRNG key for the augmentation draws.
       apply_fn: network apply function. augment_fn: siamese augmentation.
       group_batch: groups vmapped together when computing the real gradients.
@@ -127,7 +127,7 @@ def gradient(
     Returns:
       (C, K) losses.
     """
-    num_classes, num_clusters, m = real_images.shape[:3]
+    num_classes, num_clusters, m = real.shape[:3]
     grad_fn = jax.grad(functools.partial(mean_cross_entropy, apply_fn))
     class_keys = _split_class_keys(key, num_classes)
 
@@ -137,7 +137,7 @@ def gradient(
         return grad_fn(params, augment_fn(images, class_key), jnp.full((m,), label))
 
     flat = (
-        real_images.reshape(num_classes * num_clusters, *real_images.shape[2:]),
+        real.reshape(num_classes * num_clusters, *real.shape[2:]),
         jnp.repeat(jnp.arange(num_classes), num_clusters),
         jnp.repeat(class_keys, num_clusters, axis=0),
     )
@@ -153,7 +153,7 @@ def gradient(
 
     return _map_groups(
         class_losses,
-        (syn_images, syn_labels, class_keys, real_grads),
+        (syn_images, labels, class_keys, real_grads),
         group_batch=max(1, group_batch // num_clusters),
     )
 
@@ -161,9 +161,9 @@ def gradient(
 def distribution(
     params: Any,
     syn_images: jax.Array,
-    syn_labels: jax.Array,
-    real_images: jax.Array,
     *,
+    labels: jax.Array,
+    real: jax.Array,
     key: jax.Array,
     apply_fn: ApplyFn,
     augment_fn: AugmentFn = no_augment,
@@ -177,7 +177,7 @@ def distribution(
     Returns:
       (C, K) losses.
     """
-    del syn_labels, group_batch  # DM matches class-conditional embeddings; labels are implicit.
+    del labels, group_batch  # DM matches class-conditional embeddings; labels are implicit.
     num_classes = syn_images.shape[0]
     class_keys = _split_class_keys(key, num_classes)
 
@@ -189,7 +189,7 @@ def distribution(
         real_means = jax.vmap(lambda r: mean_embedding(r, class_key))(real_c)
         return jnp.sum(jnp.square(jax.lax.stop_gradient(real_means) - syn_mean), axis=-1)
 
-    return jax.vmap(class_losses)(syn_images, real_images, class_keys)
+    return jax.vmap(class_losses)(syn_images, real, class_keys)
 
 
 def unrolled_training(
@@ -228,9 +228,9 @@ def unrolled_training(
 def risk(
     params: Any,
     syn_images: jax.Array,
-    syn_labels: jax.Array,
-    real_images: jax.Array,
     *,
+    labels: jax.Array,
+    real: jax.Array,
     key: jax.Array,
     apply_fn: ApplyFn,
     augment_fn: AugmentFn = no_augment,
@@ -253,7 +253,7 @@ def risk(
     trained = unrolled_training(
         params,
         syn_images.reshape(num_classes * ipc, *syn_images.shape[2:]),
-        syn_labels.reshape(num_classes * ipc, *syn_labels.shape[2:]),
+        labels.reshape(num_classes * ipc, *labels.shape[2:]),
         key=train_key,
         apply_fn=apply_fn,
         num_steps=num_steps,
@@ -265,7 +265,7 @@ def risk(
         return mean_cross_entropy(apply_fn, trained, images, jnp.full(images.shape[:1], label))
 
     per_class = jax.vmap(group_loss, in_axes=(0, None))  # over the K groups of one class
-    return jax.vmap(per_class)(real_images, jnp.arange(num_classes))
+    return jax.vmap(per_class)(real, jnp.arange(num_classes))
 
 
 # `match.family` -> per-group loss function with the common signature above.

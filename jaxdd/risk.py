@@ -111,6 +111,10 @@ def cvar(
         to 1 (checked whenever they are concrete at trace time).
     """
     _check_alpha(alpha)
+    alpha_value = _concrete_or_none(alpha)
+    if alpha_value is not None and float(alpha_value) == 1.0:
+        # The whole distribution: the mean, bit for bit (no reordering of the float sum).
+        return mean(losses, weights=weights, axis=axis)
     losses, weights, axis = _prepare(losses, weights, axis)
     # Sort descending; a stable argsort on the negated losses keeps ties in input order.
     order = jnp.argsort(-losses, axis=axis, stable=True)
