@@ -17,6 +17,11 @@ Sources (the `name` argument of `load`):
 
 Splits are always stratified and seeded: where a source has no official test split one is carved
 out first, and validation is always carved from train, so the test split is only ever returned.
+
+`make_rare` turns a `Dataset` into the rare-subpopulation benchmark of SPEC's evaluation protocol
+(a `RareDataset`): every class gets a minority made by a fixed pixel-space transform
+(`RARE_TRANSFORMS`) of a few percent of its train and validation images and of half its test
+images, so worst-group accuracy over the (class, minority) groups measures the rare subgroup.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import gzip
 import importlib
 import math
 import pathlib
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -234,6 +240,202 @@ def load(
         class_names=raw.class_names,
         num_classes=len(raw.class_names),
     )
+
+
+# --- Rare subpopulations -----------------------------------------------------------------------
+# The pixel-space transforms map float32 `(N, H, W, C)` pixels in [0, 1] to the same shape and
+# range; each is a fixed, seed-free function, so "the minority" is one well-defined subpopulation.
+
+
+def _invert(pixels: np.ndarray) -> np.ndarray:
+    """Colour inversion, `1 - x`."""
+    return 1.0 - pixels
+
+
+def _rotate90(pixels: np.ndarray) -> np.ndarray:
+    """A quarter turn counter-clockwise in the (H, W) plane (`np.rot90`)."""
+    height, width = pixels.shape[1:3]
+    if height != width:
+        raise ValueError(
+            f"The 'rotate90' transform needs square images (a quarter turn would change the "
+            f"image shape); got H x W = {height} x {width}. Use 'invert' or 'blur' instead."
+        )
+    return np.rot90(pixels, k=1, axes=(1, 2))
+
+
+def _blur(pixels: np.ndarray) -> np.ndarray:
+    """A 3x3 binomial blur (`[1, 2, 1] / 4` along H and W) per channel, replicating the edges.
+
+    Edge replication keeps a constant image constant, and the kernel sums to 1, so pixels stay in
+    [0, 1]. Small enough to blur an 8x8 digit without erasing it.
+    """
+    padded = np.pad(pixels, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    rows = 0.25 * padded[:, :-2] + 0.5 * padded[:, 1:-1] + 0.25 * padded[:, 2:]
+    return 0.25 * rows[:, :, :-2] + 0.5 * rows[:, :, 1:-1] + 0.25 * rows[:, :, 2:]
+
+
+# Read-only: which transform a name means is part of the benchmark's definition.
+RARE_TRANSFORMS: Mapping[str, Callable[[np.ndarray], np.ndarray]] = types.MappingProxyType(
+    {"invert": _invert, "rotate90": _rotate90, "blur": _blur}
+)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: array fields make `==` ambiguous.
+class RareDataset:
+    """A dataset in which every class has a transformed minority subpopulation (`make_rare`).
+
+    The groups are the (class, minority) pairs: example i of a split is in group
+    `2 * label_i + minority_i`, so groups `2c` and `2c + 1` are the majority and the minority of
+    class c, and worst-group accuracy over the `num_groups` groups is exact.
+
+    Attributes:
+      dataset: the `Dataset` with the minority transformed, renormalised with the statistics of
+        its own train split; rows keep the order and labels of the source dataset.
+      transform: the `RARE_TRANSFORMS` name applied to the minority.
+      fraction: the target minority share of each class in train and validation.
+      train_minority, validation_minority, test_minority: `(N,)` read-only bool arrays aligned
+        with the rows of the split, True where the example was transformed.
+    """
+
+    dataset: Dataset
+    transform: str
+    fraction: float
+    train_minority: np.ndarray
+    validation_minority: np.ndarray
+    test_minority: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in SPLIT_NAMES:
+            mask = np.asarray(getattr(self, f"{name}_minority"))
+            expected = (len(self.dataset.split(name)),)
+            if mask.dtype != np.bool_ or mask.shape != expected:
+                raise ValueError(
+                    f"{name}_minority must be a bool array of shape {expected} (one entry per "
+                    f"{name} example); got {mask.dtype} {mask.shape}."
+                )
+            object.__setattr__(self, f"{name}_minority", _read_only(mask))
+
+    @property
+    def num_groups(self) -> int:
+        """`2 * num_classes`: a majority and a minority group per class."""
+        return 2 * self.dataset.num_classes
+
+    def minority(self, split: str) -> np.ndarray:
+        """The `(N,)` bool minority mask of split 'train', 'validation' or 'test'."""
+        self.dataset.split(split)  # Rejects unknown split names with the list of valid ones.
+        return getattr(self, f"{split}_minority")
+
+    def group_of(self, split: str) -> np.ndarray:
+        """`(N,)` int32 group `2 * label + minority` of every example of `split`."""
+        labels = self.dataset.split(split).labels
+        return _read_only((2 * labels + self.minority(split)).astype(np.int32))
+
+
+def make_rare(
+    dataset: Dataset, *, transform: str = "invert", fraction: float = 0.05, seed: int = 0
+) -> RareDataset:
+    """Builds the rare-subpopulation benchmark: a transformed minority inside every class.
+
+    Per class, `max(1, round(fraction * n))` of its n train images and as many of its validation
+    images (so model selection on validation sees the minority; a class with a single validation
+    image keeps it in the majority) are replaced by `RARE_TRANSFORMS[transform]` of themselves;
+    its test images are split in two halves, `n // 2` transformed and the rest not, so the test
+    set is balanced between majority and minority. The transform is applied in [0, 1] pixel
+    space; the mean/std are then recomputed on the new train split and every split renormalised
+    with them, so the stored statistics are those of the training data actually used.
+
+    Args:
+      dataset: the source dataset (e.g. from `load`).
+      transform: a name in `RARE_TRANSFORMS`: 'invert' (`1 - x`), 'rotate90' (a quarter turn;
+        square images only) or 'blur' (3x3 binomial).
+      fraction: target minority share of each class in train and validation, in (0, 0.5).
+      seed: chooses the minority rows of each class of each split.
+
+    Returns:
+      A `RareDataset` whose dataset is named `"<name>+rare-<transform>"`.
+
+    Raises:
+      ValueError: unknown `transform`, `fraction` outside (0, 0.5), a class with fewer than 2
+        train images (it could not have both a minority and a majority), or non-square images
+        for 'rotate90'.
+    """
+    if transform not in RARE_TRANSFORMS:
+        raise ValueError(
+            f"Unknown rare transform {transform!r}; expected one of {tuple(RARE_TRANSFORMS)}."
+        )
+    if not 0.0 < fraction < 0.5:
+        raise ValueError(
+            f"fraction must be strictly between 0 and 0.5 so that the minority stays a "
+            f"minority; got {fraction}."
+        )
+    counts = np.bincount(dataset.train.labels, minlength=dataset.num_classes)
+    if counts.min() < 2:
+        sparse = np.flatnonzero(counts < 2).tolist()
+        raise ValueError(
+            f"Cannot make a rare subpopulation: class(es) {sparse} have fewer than 2 train "
+            "examples; every class needs at least one minority and one majority example."
+        )
+    apply = RARE_TRANSFORMS[transform]
+    # One independent stream per split: each split's minority depends only on the seed and on
+    # that split's labels.
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)]
+    num_minority = {
+        "train": lambda n: _rare_count(n, fraction),
+        "validation": lambda n: _rare_count(n, fraction),
+        "test": lambda n: n // 2,
+    }
+    masks, pixels = {}, {}
+    for name, rng in zip(SPLIT_NAMES, rngs, strict=True):
+        split = dataset.split(name)
+        masks[name] = _minority_mask(split.labels, dataset.num_classes, num_minority[name], rng)
+        pixels[name] = dataset.denormalize(split.images)  # A fresh float32 copy.
+        pixels[name][masks[name]] = apply(pixels[name][masks[name]])
+    mean, std = _channel_stats(pixels["train"])
+    splits = {}
+    for name in SPLIT_NAMES:
+        pixels[name] -= mean  # In place, as in `load`: these are fresh copies.
+        pixels[name] /= std
+        splits[name] = Split(images=pixels[name], labels=dataset.split(name).labels)
+    rare = Dataset(
+        name=f"{dataset.name}+rare-{transform}",
+        **splits,
+        mean=mean,
+        std=std,
+        class_names=dataset.class_names,
+        num_classes=dataset.num_classes,
+    )
+    return RareDataset(
+        dataset=rare,
+        transform=transform,
+        fraction=fraction,
+        train_minority=masks["train"],
+        validation_minority=masks["validation"],
+        test_minority=masks["test"],
+    )
+
+
+def _rare_count(num_examples: int, fraction: float) -> int:
+    """Minority size of a class of `num_examples`: `round(fraction * n)`, at least 1, at most n//2.
+
+    Rounds half up (not Python's half-to-even) so the count is within 0.5 of the target, except
+    that a class of 2 or more always gets at least one minority example and never loses its
+    majority (for fraction < 0.5, `n // 2` only binds at n = 1, which gets none).
+    """
+    return min(max(1, math.floor(fraction * num_examples + 0.5)), num_examples // 2)
+
+
+def _minority_mask(
+    labels: np.ndarray,
+    num_classes: int,
+    num_minority: Callable[[int], int],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """`(N,)` bool: `num_minority(n_c)` rows of each class c, drawn without replacement."""
+    mask = np.zeros(len(labels), dtype=bool)
+    for label in range(num_classes):
+        members = np.flatnonzero(labels == label)
+        mask[rng.choice(members, size=num_minority(len(members)), replace=False)] = True
+    return mask
 
 
 def _read_source(name: str, data_dir: str | None) -> _Raw:
