@@ -46,61 +46,73 @@ def _fail(field: str, value: Any, expected: str) -> None:
     raise ValueError(f"config.{field}={value!r} is invalid: expected {expected}.")
 
 
+def _get(config: ml_collections.ConfigDict, field: str) -> Any:
+    for part in field.split("."):
+        config = config[part]
+    return config
+
+
+def _check_ints(config: ml_collections.ConfigDict, fields: tuple[str, ...], minimum: int) -> None:
+    for field in fields:
+        value = _get(config, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            _fail(field, value, f"an integer >= {minimum}")
+
+
+def _check_choice(config: ml_collections.ConfigDict, field: str, choices) -> None:
+    if _get(config, field) not in choices:
+        _fail(field, _get(config, field), f"one of {sorted(choices)}")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks every value that can be checked without data; raises ValueError naming the field."""
-    if not isinstance(config.seed, int) or config.seed < 0:
-        _fail("seed", config.seed, "a non-negative integer")
-    for field in ("ipc", "num_steps", "log.every_steps"):
-        value = (
-            config[field] if "." not in field else config[field.split(".")[0]][field.split(".")[1]]
-        )
-        if not isinstance(value, int) or value < 1:
-            _fail(field, value, "an integer >= 1")
+    _check_ints(config, ("seed",), 0)
+    _check_ints(
+        config,
+        (
+            "ipc",
+            "num_steps",
+            "log.every_steps",
+            "model.width",
+            "model.depth",
+            "cluster.num_clusters",
+            "cluster.num_iters",
+            "match.num_real",
+            "match.group_batch",
+            "match.net_reset_every",
+            "match.unroll_steps",
+            "eval.num_models",
+            "eval.epochs",
+            "eval.batch_size",
+        ),
+        1,
+    )
+    _check_ints(config, ("match.net_train_steps",), 0)
     name = config.data.name
     if not isinstance(name, str) or not (
         name in data.KNOWN_NAMES or name.startswith(("tfds:", "npz:"))
     ):
         _fail("data.name", name, f"one of {_DATA_FORMS}")
-    for field in ("validation_fraction", "test_fraction"):
-        if not 0.0 < config.data[field] < 1.0:
-            _fail(f"data.{field}", config.data[field], "a fraction in (0, 1)")
-    if config.model.name not in models.MODELS:
-        _fail("model.name", config.model.name, f"one of {sorted(models.MODELS)}")
-    if config.model.norm not in models.NORMS:
-        _fail("model.norm", config.model.norm, f"one of {list(models.NORMS)}")
-    for field in ("width", "depth"):
-        if not isinstance(config.model[field], int) or config.model[field] < 1:
-            _fail(f"model.{field}", config.model[field], "an integer >= 1")
-    if not isinstance(config.cluster.num_clusters, int) or config.cluster.num_clusters < 1:
-        _fail("cluster.num_clusters", config.cluster.num_clusters, "an integer >= 1")
-    if config.cluster.features not in CLUSTER_FEATURES:
-        _fail("cluster.features", config.cluster.features, f"one of {sorted(CLUSTER_FEATURES)}")
-    if config.match.family not in matching.FAMILIES:
-        _fail("match.family", config.match.family, f"one of {sorted(matching.FAMILIES)}")
-    for field in ("num_real", "group_batch", "net_reset_every", "unroll_steps"):
-        if not isinstance(config.match[field], int) or config.match[field] < 1:
-            _fail(f"match.{field}", config.match[field], "an integer >= 1")
-    if not isinstance(config.match.net_train_steps, int) or config.match.net_train_steps < 0:
-        _fail("match.net_train_steps", config.match.net_train_steps, "an integer >= 0")
-    for strategy_field in ("match.augment", "eval.augment"):
-        section, key = strategy_field.split(".")
+    for field in ("data.validation_fraction", "data.test_fraction"):
+        if not 0.0 < _get(config, field) < 1.0:
+            _fail(field, _get(config, field), "a fraction in (0, 1)")
+    _check_choice(config, "model.name", models.MODELS)
+    _check_choice(config, "model.norm", models.NORMS)
+    _check_choice(config, "cluster.features", CLUSTER_FEATURES)
+    _check_choice(config, "match.family", matching.FAMILIES)
+    _check_choice(config, "robust.risk", risk.RISKS)
+    _check_choice(config, "syn.init", ("real", "noise"))
+    for field in ("match.augment", "eval.augment"):
         try:
-            augment.parse_strategy(config[section][key])
+            augment.parse_strategy(_get(config, field))
         except ValueError as e:
-            _fail(strategy_field, config[section][key], str(e))
-    if config.robust.risk not in risk.RISKS:
-        _fail("robust.risk", config.robust.risk, f"one of {sorted(risk.RISKS)}")
-    if not isinstance(config.robust.alpha, float | int) or not 0.0 < config.robust.alpha <= 1.0:
-        _fail("robust.alpha", config.robust.alpha, "a tail mass in (0, 1]")
-    if config.syn.init not in ("real", "noise"):
-        _fail("syn.init", config.syn.init, "'real' or 'noise'")
+            _fail(field, _get(config, field), str(e))
+    alpha = config.robust.alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, float | int) or not 0.0 < alpha <= 1.0:
+        _fail("robust.alpha", alpha, "a tail mass in (0, 1]")
     for field in ("syn.lr", "match.net_lr", "match.unroll_lr", "eval.lr"):
-        section, key = field.split(".")
-        if not config[section][key] > 0:
-            _fail(field, config[section][key], "a positive learning rate")
-    for field in ("num_models", "epochs", "batch_size"):
-        if not isinstance(config.eval[field], int) or config.eval[field] < 1:
-            _fail(f"eval.{field}", config.eval[field], "an integer >= 1")
+        if not _get(config, field) > 0:
+            _fail(field, _get(config, field), "a positive learning rate")
 
 
 def validate_against_data(config: ml_collections.ConfigDict, dataset: data.Dataset) -> None:

@@ -1,0 +1,298 @@
+"""Differentiable siamese augmentation (DSA, Zhao & Bilen, ICML 2021).
+
+Pure functions of `(images, key)` on NHWC batches. Every transform is differentiable with
+respect to the pixel values (each is in fact affine in them); the random parameters are drawn
+from `key` and carry no gradient.
+
+Siamese mode (`batch_shared=True`) draws ONE set of random parameters for the whole batch and
+broadcasts it, so `augment(real, key)` and `augment(syn, key)` apply the identical transform to
+both batches even when their sizes differ (DSA's `Siamese` flag: `randf[:] = randf[0]`).
+`batch_shared=False` draws parameters per image, as used when training evaluation networks.
+
+Transform families and their DSA default ranges:
+  color:  brightness `x + (u - 0.5) * 1.0`, then saturation `(x - mean_c) * 2u + mean_c`, then
+          contrast `(x - mean_hwc) * (u + 0.5) + mean_hwc` (u ~ U(0, 1) each).
+  crop:   integer translation by up to `round(0.125 * size)` pixels per axis, zero fill.
+  cutout: a `round(0.5 * H) x round(0.5 * W)` square zeroed at a random centre.
+  flip:   horizontal mirror with probability 0.5.
+  scale:  independent x / y scales in U(1/1.2, 1.2) via an affine sampling grid.
+  rotate: rotation by U(-15, 15) degrees via an affine sampling grid.
+Affine transforms follow PyTorch's `affine_grid` / `grid_sample(align_corners=True)` used by
+DSA: bilinear interpolation, zeros outside the image.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "MODES",
+    "TRANSFORMS",
+    "affine_sample",
+    "augment",
+    "erase",
+    "parse_strategy",
+    "rand_color",
+    "rand_crop",
+    "rand_cutout",
+    "rand_flip",
+    "rand_rotate",
+    "rand_scale",
+    "translate",
+]
+
+DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+MODES = ("single", "all")
+
+# DSA's ParamDiffAug defaults.
+BRIGHTNESS = 1.0
+SATURATION = 2.0
+CONTRAST = 0.5
+CROP_PAD_RATIO = 0.125
+CUTOUT_RATIO = 0.5
+FLIP_PROB = 0.5
+SCALE_RATIO = 1.2
+ROTATE_DEGREES = 15.0
+
+
+def _check_images(images: jax.Array) -> None:
+    if images.ndim != 4:
+        raise ValueError(f"images must be NHWC (4-D), got shape {images.shape}.")
+
+
+def _uniforms(key: jax.Array, count: int, n: int, batch_shared: bool) -> jax.Array:
+    """`count` U(0, 1) parameters per image, shape (count, n), from a single random draw.
+
+    A shared draw has shape (count,) whatever the batch size, then broadcasts: that is what
+    gives two batches of different sizes identical parameters from the same key. One draw per
+    family (rather than one per parameter) also keeps compile times down: every threefry call
+    is compiled separately.
+    """
+    u = jax.random.uniform(key, (count,) if batch_shared else (count, n))
+    return jnp.broadcast_to(u.reshape(count, -1), (count, n))
+
+
+def _scaled(u: jax.Array, minval: float, maxval: float) -> jax.Array:
+    return minval + u * (maxval - minval)
+
+
+def _integers(u: jax.Array, minval: int, maxval: int) -> jax.Array:
+    """Uniform integers in [minval, maxval) from U(0, 1) draws."""
+    return jnp.clip(jnp.floor(_scaled(u, minval, maxval)).astype(jnp.int32), minval, maxval - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic primitives (per-image parameters given explicitly).
+
+
+def translate(images: jax.Array, shifts: jax.Array, *, max_shift: tuple[int, int]) -> jax.Array:
+    """Shifts each image by integer `shifts` (N, 2) = (dy, dx): `out[i, j] = x[i + dy, j + dx]`,
+    zero where that falls outside the image. `|shifts| <= max_shift` per axis is required.
+    """
+    _check_images(images)
+    ph, pw = max_shift
+    padded = jnp.pad(images, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    _, h, w, c = images.shape
+
+    def one(image: jax.Array, shift: jax.Array) -> jax.Array:
+        start = (shift[0] + ph, shift[1] + pw, 0)
+        return jax.lax.dynamic_slice(image, start, (h, w, c))
+
+    return jax.vmap(one)(padded, shifts)
+
+
+def erase(images: jax.Array, starts: jax.Array, *, size: tuple[int, int]) -> jax.Array:
+    """Zeros, per image, the `size` rectangle whose top-left corner is `starts` (N, 2) = (row,
+    col); the rectangle may hang over the border (the part outside is ignored).
+    """
+    _check_images(images)
+    _, h, w, _ = images.shape
+    rows = jnp.arange(h)[None, :]
+    cols = jnp.arange(w)[None, :]
+    r0, c0 = starts[:, :1], starts[:, 1:]
+    in_rows = (rows >= r0) & (rows < r0 + size[0])  # (N, H)
+    in_cols = (cols >= c0) & (cols < c0 + size[1])  # (N, W)
+    keep = ~(in_rows[:, :, None] & in_cols[:, None, :])
+    return images * keep[..., None].astype(images.dtype)
+
+
+def affine_sample(images: jax.Array, theta: jax.Array) -> jax.Array:
+    """Resamples each image through the affine map `theta` (N, 2, 3), as PyTorch's
+    `grid_sample(images, affine_grid(theta, align_corners=True), align_corners=True)`.
+
+    Output pixel with normalised coordinates (x, y) in [-1, 1]^2 (x along width, corners at the
+    pixel centres) reads the input at `theta @ (x, y, 1)`, bilinearly, zero outside.
+    """
+    _check_images(images)
+    _, h, w, _ = images.shape
+    ys, xs = jnp.meshgrid(jnp.linspace(-1.0, 1.0, h), jnp.linspace(-1.0, 1.0, w), indexing="ij")
+
+    def one(image: jax.Array, t: jax.Array) -> jax.Array:
+        # Elementwise rather than a matmul: TPU's default matmul precision (bf16 passes) would
+        # visibly perturb the sampling coordinates.
+        src_x = t[0, 0] * xs + t[0, 1] * ys + t[0, 2]
+        src_y = t[1, 0] * xs + t[1, 1] * ys + t[1, 2]
+        col = (src_x + 1.0) * 0.5 * (w - 1)
+        row = (src_y + 1.0) * 0.5 * (h - 1)
+        sample = functools.partial(
+            jax.scipy.ndimage.map_coordinates, coordinates=[row, col], order=1, mode="constant"
+        )
+        return jax.vmap(sample, in_axes=-1, out_axes=-1)(image)
+
+    return jax.vmap(one)(images, theta.astype(images.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Random transform families: fn(images, key, *, batch_shared) -> images.
+
+
+def rand_color(images: jax.Array, key: jax.Array, *, batch_shared: bool = True) -> jax.Array:
+    """Brightness, saturation and contrast, in DSA's order."""
+    _check_images(images)
+    brightness, saturation, contrast = _uniforms(key, 3, images.shape[0], batch_shared)
+    bcast = lambda v: v[:, None, None, None]
+    x = images + bcast(brightness - 0.5) * BRIGHTNESS
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    x = (x - mean) * bcast(saturation * SATURATION) + mean
+    mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
+    x = (x - mean) * bcast(contrast + CONTRAST) + mean
+    return x
+
+
+def rand_crop(images: jax.Array, key: jax.Array, *, batch_shared: bool = True) -> jax.Array:
+    """Random translation by up to 1/8 of each side, zero padded (DSA's `rand_crop`)."""
+    _check_images(images)
+    n, h, w, _ = images.shape
+    max_shift = (int(h * CROP_PAD_RATIO + 0.5), int(w * CROP_PAD_RATIO + 0.5))
+    uy, ux = _uniforms(key, 2, n, batch_shared)
+    shifts = jnp.stack(
+        [
+            _integers(uy, -max_shift[0], max_shift[0] + 1),
+            _integers(ux, -max_shift[1], max_shift[1] + 1),
+        ],
+        axis=-1,
+    )
+    return translate(images, shifts, max_shift=max_shift)
+
+
+def rand_cutout(images: jax.Array, key: jax.Array, *, batch_shared: bool = True) -> jax.Array:
+    """Zeros a half-size square at a random centre (DSA's `rand_cutout`)."""
+    _check_images(images)
+    n, h, w, _ = images.shape
+    size = (int(h * CUTOUT_RATIO + 0.5), int(w * CUTOUT_RATIO + 0.5))
+    uy, ux = _uniforms(key, 2, n, batch_shared)
+    # DSA's centre range: [0, side + (1 - size % 2)), the square starting size // 2 before it.
+    centres = jnp.stack(
+        [_integers(uy, 0, h + 1 - size[0] % 2), _integers(ux, 0, w + 1 - size[1] % 2)], axis=-1
+    )
+    starts = centres - jnp.array([size[0] // 2, size[1] // 2])
+    return erase(images, starts, size=size)
+
+
+def rand_flip(images: jax.Array, key: jax.Array, *, batch_shared: bool = True) -> jax.Array:
+    """Horizontal mirror with probability 0.5."""
+    _check_images(images)
+    flip = _uniforms(key, 1, images.shape[0], batch_shared)[0] < FLIP_PROB
+    return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
+
+
+def rand_scale(images: jax.Array, key: jax.Array, *, batch_shared: bool = True) -> jax.Array:
+    """Independent x / y scaling by U(1/1.2, 1.2) about the centre."""
+    _check_images(images)
+    sx, sy = _scaled(
+        _uniforms(key, 2, images.shape[0], batch_shared), 1.0 / SCALE_RATIO, SCALE_RATIO
+    )
+    zero = jnp.zeros_like(sx)
+    theta = jnp.stack(
+        [jnp.stack([sx, zero, zero], axis=-1), jnp.stack([zero, sy, zero], axis=-1)], axis=1
+    )
+    return affine_sample(images, theta)
+
+
+def rand_rotate(images: jax.Array, key: jax.Array, *, batch_shared: bool = True) -> jax.Array:
+    """Rotation about the centre by U(-15, 15) degrees."""
+    _check_images(images)
+    limit = ROTATE_DEGREES / 180.0 * math.pi
+    angle = _scaled(_uniforms(key, 1, images.shape[0], batch_shared)[0], -limit, limit)
+    cos, sin, zero = jnp.cos(angle), jnp.sin(angle), jnp.zeros_like(angle)
+    theta = jnp.stack(
+        [jnp.stack([cos, -sin, zero], axis=-1), jnp.stack([sin, cos, zero], axis=-1)], axis=1
+    )
+    return affine_sample(images, theta)
+
+
+TRANSFORMS: dict[str, Callable[..., jax.Array]] = {
+    "color": rand_color,
+    "crop": rand_crop,
+    "cutout": rand_cutout,
+    "flip": rand_flip,
+    "scale": rand_scale,
+    "rotate": rand_rotate,
+}
+
+
+def parse_strategy(strategy: str) -> tuple[str, ...]:
+    """Splits a DSA strategy string ('color_crop_flip') into validated family names.
+
+    '' and 'none' (any case) mean no augmentation and give `()`.
+    """
+    if strategy.strip().lower() in ("", "none"):
+        return ()
+    names = tuple(strategy.split("_"))
+    unknown = [name for name in names if name not in TRANSFORMS]
+    if unknown:
+        raise ValueError(
+            f"Unknown augmentation(s) {unknown} in strategy {strategy!r}; valid names are "
+            f"{sorted(TRANSFORMS)} joined by '_', or 'none'."
+        )
+    return names
+
+
+def augment(
+    images: jax.typing.ArrayLike,
+    key: jax.Array,
+    *,
+    strategy: str = DEFAULT_STRATEGY,
+    mode: str = "single",
+    batch_shared: bool = True,
+) -> jax.Array:
+    """Applies DSA to a batch of NHWC images.
+
+    Args:
+      images: `(N, H, W, C)` floating-point images.
+      key: PRNG key; the same key (with `batch_shared=True`) gives the same transform to any batch.
+      strategy: '_'-separated families from `TRANSFORMS` (omit 'flip' for digits), or 'none'.
+      mode: 'single' (DSA's default 'S'): one family drawn uniformly per call, the same for the
+        whole batch; 'all' (DSA's 'M'): every listed family in order.
+      batch_shared: one parameter draw for the whole batch (siamese) or one per image.
+
+    Returns:
+      `(N, H, W, C)` augmented images, differentiable with respect to `images`.
+    """
+    families = parse_strategy(strategy)
+    if mode not in MODES:
+        raise ValueError(f"Unknown augmentation mode {mode!r}; expected one of {MODES}.")
+    images = jnp.asarray(images)
+    _check_images(images)
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(f"images must be floating point, got dtype {images.dtype}.")
+    if not families:
+        return images
+    if mode == "all":
+        for i, name in enumerate(families):
+            images = TRANSFORMS[name](images, jax.random.fold_in(key, i), batch_shared=batch_shared)
+        return images
+    choice_key, key = jax.random.split(key)
+    branches = [
+        functools.partial(TRANSFORMS[name], key=key, batch_shared=batch_shared) for name in families
+    ]
+    if len(branches) == 1:
+        return branches[0](images)
+    index = jax.random.randint(choice_key, (), 0, len(branches))
+    return jax.lax.switch(index, branches, images)

@@ -1,0 +1,274 @@
+"""The networks that distillation matches through and evaluation trains.
+
+No model keeps running statistics (there is no BatchNorm anywhere): each is a pure function of
+`(params, images)`, and the output for one image never depends on the other images in the batch.
+That lets gradient matching, distribution matching and unrolled training batch and `vmap` freely.
+
+Every model's `__call__(x)` takes NHWC float32 images of any spatial size >= 8x8 and returns
+`(logits, embedding)`: logits `(N, num_classes)` and the penultimate feature `(N, D)`, which is
+the input to the final `Dense` (named `fc` in every model). Downsampling never leaves a
+feature map that is still to be normalised at 1x1 (instance norm of a single pixel is a
+constant, which would disconnect the input), so small inputs such as 8x8 digits keep a working
+network; at 32x32 every model is exactly its DC counterpart.
+
+The architectures follow the DC/DSA codebase (Zhao et al.): `ConvNet` is DC's ConvNet,
+`ResNet18` the CIFAR-style ResNet-18 and `VGG11` the VGG-11 used for cross-architecture
+evaluation, with instance (or group) normalisation in place of batch normalisation.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "MODELS",
+    "ConvNet",
+    "MLP",
+    "ResNet18",
+    "VGG11",
+    "create_model",
+    "cross_entropy",
+    "init_params",
+]
+
+NORMS = ("instance", "group", "none")
+POOLINGS = ("avg", "max", "none")
+# DC's ConvNet 'groupnorm' uses 4 groups; capped by gcd so any width works.
+_GROUP_NORM_GROUPS = 4
+
+
+def _check_choice(what: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"Unknown {what} {value!r}; expected one of {sorted(allowed)}.")
+
+
+def _norm(kind: str, features: int, name: str) -> Callable[[jax.Array], jax.Array]:
+    """Per-sample normalisation layer (or identity); never couples examples in a batch."""
+    if kind == "instance":
+        # Per-sample, per-channel over H, W with a learned affine: DC's GroupNorm(C, C).
+        return nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, name=name)
+    if kind == "group":
+        groups = math.gcd(_GROUP_NORM_GROUPS, features)
+        return nn.GroupNorm(num_groups=groups, epsilon=1e-5, name=name)
+    if kind == "none":
+        return lambda x: x
+    raise ValueError(f"Unknown norm {kind!r}; expected one of {sorted(NORMS)}.")
+
+
+def _pool(kind: str, x: jax.Array, *, min_size: int) -> jax.Array:
+    """2x2 stride-2 pooling, skipped along an axis whose result would be below `min_size`.
+
+    Feature maps that are still to be normalised use `min_size=2`: instance norm of a 1x1 map
+    is identically its bias, which would cut every input off from the logits.
+    """
+    window = tuple(2 if d // 2 >= min_size else 1 for d in x.shape[1:3])
+    if kind == "none" or window == (1, 1):
+        return x
+    if kind == "avg":
+        return nn.avg_pool(x, window, strides=window)
+    if kind == "max":
+        return nn.max_pool(x, window, strides=window)
+    raise ValueError(f"Unknown pooling {kind!r}; expected one of {sorted(POOLINGS)}.")
+
+
+def _flatten(x: jax.Array) -> jax.Array:
+    return x.reshape(x.shape[0], -1)
+
+
+class ConvNet(nn.Module):
+    """DC/DSA ConvNet: `depth` x [conv3x3 -> norm -> ReLU -> pool 2x2], flatten, `fc`.
+
+    An inner pool is skipped where it would leave a map below 2x2 for the next layer (see
+    `_pool`); the last pool may reach 1x1. Depth 3 on 32x32 is exactly DC's network (embedding
+    4 * 4 * width); on 8x8 digits the maps are 8, 4, 2 and the embedding is `width`.
+
+    `conv` is any module factory called as
+    `conv(features, kernel_size=(3, 3), padding='SAME', name=...)` that owns a `kernel` of shape
+    `(3, 3, C_in, C_out)` and a `bias` of shape `(C_out,)`, exactly like `nn.Conv`; swapping in a
+    faster implementation therefore leaves the parameter tree unchanged.
+
+    Parameters are named `conv{i}`, `norm{i}` (absent for norm='none') and `fc`.
+    """
+
+    num_classes: int
+    depth: int = 3
+    width: int = 128
+    norm: str = "instance"
+    pooling: str = "avg"
+    conv: Callable[..., nn.Module] = nn.Conv
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        _check_choice("norm", self.norm, NORMS)
+        _check_choice("pooling", self.pooling, POOLINGS)
+        for i in range(self.depth):
+            x = self.conv(self.width, kernel_size=(3, 3), padding="SAME", name=f"conv{i}")(x)
+            x = _norm(self.norm, self.width, name=f"norm{i}")(x)
+            x = nn.relu(x)
+            x = _pool(self.pooling, x, min_size=1 if i == self.depth - 1 else 2)
+        embedding = _flatten(x)
+        logits = nn.Dense(self.num_classes, name="fc")(embedding)
+        return logits, embedding
+
+
+class MLP(nn.Module):
+    """Flatten -> (depth - 1) x [Dense(width) -> ReLU] -> `fc`, as DC's MLP (depth 3)."""
+
+    num_classes: int
+    width: int = 128
+    depth: int = 3
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if self.depth < 1:
+            raise ValueError(f"MLP depth must be >= 1, got {self.depth}.")
+        x = _flatten(x)
+        for i in range(self.depth - 1):
+            x = nn.relu(nn.Dense(self.width, name=f"dense{i}")(x))
+        logits = nn.Dense(self.num_classes, name="fc")(x)
+        return logits, x
+
+
+class _BasicBlock(nn.Module):
+    """ResNet BasicBlock: two 3x3 convs (no bias) with norm, identity or 1x1 projection skip."""
+
+    features: int
+    strides: int
+    norm: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        conv = functools.partial(nn.Conv, use_bias=False, padding="SAME")
+        # Downsample only along axes that stay >= 2 (instance norm of a 1x1 map is constant).
+        s = tuple(self.strides if d >= 3 else 1 for d in x.shape[1:3])
+        y = conv(self.features, (3, 3), strides=s, name="conv0")(x)
+        y = nn.relu(_norm(self.norm, self.features, name="norm0")(y))
+        y = conv(self.features, (3, 3), name="conv1")(y)
+        y = _norm(self.norm, self.features, name="norm1")(y)
+        if self.strides != 1 or x.shape[-1] != self.features:
+            x = conv(self.features, (1, 1), strides=s, name="proj_conv")(x)
+            x = _norm(self.norm, self.features, name="proj_norm")(x)
+        return nn.relu(x + y)
+
+
+class ResNet18(nn.Module):
+    """CIFAR-style ResNet-18 (DC codebase): 3x3 stride-1 stem, no max-pool, stages of 2
+    BasicBlocks with widths (w, 2w, 4w, 8w), strides (1, 2, 2, 2), global average pool, `fc`.
+
+    A stride-2 step is reduced to 1 along an axis already below 3 pixels, so small inputs never
+    reach 1x1 maps (32x32 inputs are unaffected: 32, 16, 8, 4).
+    """
+
+    num_classes: int
+    norm: str = "instance"
+    width: int = 64
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if self.norm not in ("instance", "group"):
+            raise ValueError(f"ResNet18 norm must be 'instance' or 'group', got {self.norm!r}.")
+        x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False, name="stem_conv")(x)
+        x = nn.relu(_norm(self.norm, self.width, name="stem_norm")(x))
+        for stage, multiplier in enumerate((1, 2, 4, 8)):
+            for block in range(2):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = _BasicBlock(
+                    self.width * multiplier, strides, self.norm, name=f"stage{stage}_block{block}"
+                )(x)
+        embedding = jnp.mean(x, axis=(1, 2))
+        logits = nn.Dense(self.num_classes, name="fc")(embedding)
+        return logits, embedding
+
+
+_VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class VGG11(nn.Module):
+    """VGG-11 (DC codebase): conv3x3 -> norm -> ReLU blocks, 2x2 max-pools, flatten, `fc`.
+
+    Channel counts are the standard configuration scaled by `width / 64`. An inner pool is
+    skipped where it would leave a map below 2x2 (see `_pool`), so any input >= 8x8 works;
+    32x32 inputs give exactly DC's network, ending at 1x1. `conv` follows `ConvNet`'s contract.
+    """
+
+    num_classes: int
+    norm: str = "instance"
+    width: int = 64
+    conv: Callable[..., nn.Module] = nn.Conv
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        _check_choice("norm", self.norm, NORMS)
+        i = 0
+        for position, item in enumerate(_VGG11_CFG):
+            if item == "M":
+                last = position == len(_VGG11_CFG) - 1
+                x = _pool("max", x, min_size=1 if last else 2)
+                continue
+            features = max(1, item * self.width // 64)
+            x = self.conv(features, kernel_size=(3, 3), padding="SAME", name=f"conv{i}")(x)
+            x = nn.relu(_norm(self.norm, features, name=f"norm{i}")(x))
+            i += 1
+        embedding = _flatten(x)
+        logits = nn.Dense(self.num_classes, name="fc")(embedding)
+        return logits, embedding
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "convnet": ConvNet,
+    "mlp": MLP,
+    "resnet18": ResNet18,
+    "vgg11": VGG11,
+}
+
+
+def create_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Builds the registered model `name` (see `MODELS`) with the given hyperparameters."""
+    try:
+        factory = MODELS[name]
+    except KeyError:
+        raise ValueError(f"Unknown model {name!r}; known models: {sorted(MODELS)}.") from None
+    return factory(num_classes=num_classes, **kwargs)
+
+
+def init_params(model: nn.Module, key: jax.Array, image_shape: Sequence[int]) -> Any:
+    """Initial `params` collection of `model` for images of shape `(H, W, C)`."""
+    if len(image_shape) != 3:
+        raise ValueError(f"image_shape must be (H, W, C), got {tuple(image_shape)}.")
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    # Jitted: eager initialisation dispatches every op separately and is many times slower.
+    return jax.jit(model.init)(key, dummy)["params"]
+
+
+def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike) -> jax.Array:
+    """Per-example softmax cross-entropy, differentiable in logits (and soft labels).
+
+    Args:
+      logits: `(N, num_classes)` unnormalised scores.
+      labels: integer class indices `(N,)`, or probabilities `(N, num_classes)` (soft labels).
+
+    Returns:
+      `(N,)` unreduced losses.
+    """
+    logits = jnp.asarray(logits)
+    labels = jnp.asarray(labels)
+    if labels.shape == logits.shape:
+        if not jnp.issubdtype(labels.dtype, jnp.floating):
+            raise ValueError(f"Soft labels must be floating point, got dtype {labels.dtype}.")
+        return optax.softmax_cross_entropy(logits, labels)
+    if labels.shape == logits.shape[:-1]:
+        if not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise ValueError(f"Hard labels must be integers, got dtype {labels.dtype}.")
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    raise ValueError(
+        f"labels of shape {labels.shape} match neither logits {logits.shape} (soft labels) "
+        f"nor {logits.shape[:-1]} (integer labels)."
+    )

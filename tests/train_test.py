@@ -1,0 +1,138 @@
+"""End-to-end tests of the run loop and CLI on tiny configs (TFDS data mocked where offline)."""
+
+import importlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import smoke
+from jaxdd import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _tiny(config):
+    """Shrinks any config to a seconds-long run without changing its data or family."""
+    config.ipc = 1
+    config.num_steps = 2
+    config.model.width = 8
+    config.cluster.num_clusters = 2
+    config.cluster.num_iters = 3
+    config.match.num_real = 4
+    config.match.net_train_steps = 1
+    config.match.unroll_steps = 2
+    config.eval.num_models = 1
+    config.eval.epochs = 1
+    config.log.every_steps = 1
+    return config
+
+
+def test_smoke_run_writes_every_file(tmp_path):
+    result = train.distill_run(smoke.get_config(), tmp_path)
+    for name in ("synthetic.npz", "synthetic.png", "metrics.jsonl", "config.json"):
+        assert (tmp_path / name).is_file(), name
+    saved = np.load(tmp_path / "synthetic.npz")
+    assert saved["images"].shape == (20, 8, 8, 1)
+    np.testing.assert_array_equal(saved["labels"], np.repeat(np.arange(10), 2))
+    np.testing.assert_array_equal(saved["images"], result.images)
+    assert saved["mean"].shape == (1,) and saved["std"].shape == (1,)
+    assert list(saved["class_names"]) == [str(i) for i in range(10)]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4]
+    assert all(line["group_loss_max"] >= line["group_loss_mean"] for line in lines)
+    assert json.loads((tmp_path / "config.json").read_text())["ipc"] == 2
+
+
+@pytest.mark.parametrize("family", ["distribution", "risk"])
+def test_other_families_run_end_to_end(tmp_path, family):
+    config = _tiny(smoke.get_config())
+    config.match.family = family
+    config.match.net_reset_every = 1
+    config.match.net_train_steps = 0
+    result = train.distill_run(config, tmp_path)
+    assert np.isfinite(result.metrics["loss"])
+
+
+@pytest.mark.parametrize(
+    "name, mock",
+    [
+        ("digits", False),
+        ("fashion_mnist", False),
+        ("mnist", True),
+        ("svhn", True),
+        ("cifar10", True),
+    ],
+)
+def test_every_shipped_config_runs(tmp_path, name, mock):
+    config = _tiny(importlib.import_module(f"configs.{name}").get_config())
+    if name == "fashion_mnist" and not pathlib.Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("apt-get install -y dataset-fashion-mnist")
+    if mock:
+        # The real TFDS loading code, offline: 200 random examples per split.
+        with tfds.testing.mock_data(num_examples=200):
+            result = train.distill_run(config, tmp_path)
+    else:
+        result = train.distill_run(config, tmp_path)
+    assert result.metrics["step"] == 2 and np.isfinite(result.metrics["loss"])
+    assert (tmp_path / "synthetic.png").is_file()
+
+
+def test_cli_with_overrides(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxdd.main",
+        f"--config={REPO / 'configs' / 'smoke.py'}",
+        "--config.num_steps=1",
+        "--config.robust.risk=max",
+        f"--workdir={tmp_path}",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["num_steps"] == 1 and config["robust"]["risk"] == "max"
+    assert (tmp_path / "synthetic.npz").is_file()
+
+
+def test_cli_rejects_bad_value_before_any_work(tmp_path):
+    cmd = [sys.executable, "-m", "jaxdd.main", "--config.robust.alpha=1.5", f"--workdir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "config.robust.alpha=1.5 is invalid" in proc.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("ipc", 0, "config.ipc=0"),
+        ("robust.alpha", 0.0, "tail mass in \\(0, 1\\]"),
+        ("robust.risk", "median", "config.robust.risk"),
+        ("match.family", "trajectory", "config.match.family"),
+        ("model.name", "vit", "config.model.name"),
+        ("data.name", "imagenet", "config.data.name"),
+        ("cluster.num_clusters", 0, "config.cluster.num_clusters"),
+        ("match.augment", "color_warp", "config.match.augment"),
+        ("eval.num_models", 0, "config.eval.num_models"),
+    ],
+)
+def test_validation_names_the_field(field, value, message):
+    config = smoke.get_config()
+    section, _, key = field.rpartition(".")
+    (config[section] if section else config)[key] = value
+    with pytest.raises(ValueError, match=message):
+        train.validate_config(config)
+
+
+def test_too_many_clusters_for_the_data(tmp_path):
+    config = smoke.get_config()
+    config.cluster.num_clusters = 500
+    with pytest.raises(ValueError, match="exceeds the smallest class"):
+        train.distill_run(config, tmp_path)
