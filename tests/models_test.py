@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 from jaxdd import models
 
@@ -279,3 +280,53 @@ def test_cross_entropy_rejects_mismatched_labels():
         models.cross_entropy(logits, jnp.zeros((3, 5)))
     with pytest.raises(ValueError, match="integers"):
         models.cross_entropy(logits, jnp.zeros((3,), jnp.float32))
+
+
+@pytest.mark.parametrize("kernel_shape", [(3, 3, 3, 4), (5, 3, 3, 2), (1, 1, 3, 2)])
+def test_same_conv_matches_xla_conv_to_second_order(kernel_shape):
+    """`same_conv`'s hand-written VJP equals autodiff of lax's convolution, twice over."""
+    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (2, 6, 5, 3))
+    kernel = jax.random.normal(kk, kernel_shape)
+
+    def reference(x, k):
+        dims = ("NHWC", "HWIO", "NHWC")
+        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dims)
+
+    np.testing.assert_allclose(
+        models.same_conv(x, kernel), reference(x, kernel), rtol=1e-5, atol=1e-4
+    )
+    probe = jax.random.normal(kg, reference(x, kernel).shape)
+
+    def first(f):
+        return jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k)) * probe), argnums=(0, 1))
+
+    for got, want in zip(
+        first(models.same_conv)(x, kernel), first(reference)(x, kernel), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+    # Second order (gradient matching differentiates a parameter gradient w.r.t. images).
+    def second(f):
+        return jax.grad(lambda x: jnp.sum(first(f)(x, kernel)[1] ** 2))
+
+    want = second(reference)(x)
+    np.testing.assert_allclose(
+        second(models.same_conv)(x), want, rtol=1e-3, atol=1e-3 * float(jnp.abs(want).max())
+    )
+    check_grads(models.same_conv, (x, kernel), order=2, modes=("rev",), atol=5e-2, rtol=5e-2)
+
+
+def test_same_conv_module_is_a_drop_in_for_nn_conv():
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    fast = models.SameConv(4)
+    params = fast.init(jax.random.key(2), x)
+    reference = nn.Conv(4, (3, 3), padding="SAME")
+    assert jax.tree.map(jnp.shape, reference.init(jax.random.key(2), x)) == jax.tree.map(
+        jnp.shape, params
+    )
+    np.testing.assert_allclose(
+        fast.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="odd kernels"):
+        models.SameConv(4, kernel_size=(2, 2)).init(jax.random.key(0), x)
