@@ -1,0 +1,335 @@
+"""Evaluation: trains networks from scratch on an image set and measures them.
+
+This is SPEC's evaluation protocol. A set of images (a synthetic set, a coreset or real data)
+is judged by training `M` freshly initialised networks on it and testing them:
+
+- `train_models`: SGD with momentum 0.9, weight decay 5e-4, learning rate 0.01 decayed x0.1 at
+  half of the total steps, minibatches of 256 drawn by a per-epoch permutation, and DSA
+  augmentation with per-image parameters. All `M` networks train in ONE compiled program:
+  `jax.vmap` over their keys, `jax.lax.fori_loop` over epochs and `jax.lax.scan` over steps.
+- `predict`, `accuracy`, `group_accuracy`: predictions of every network and accuracies, overall
+  and per group (subgroup robustness lives in `jaxdd.robustness`).
+
+Every function here is pure: the images and labels are arguments of the compiled programs (never
+constants closed over), the hyperparameters are never mutated (the reference code silently
+changes the learning rate in its evaluation), and all randomness comes from the keys.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike
+
+from jaxdd import augment as augment_lib
+from jaxdd import models
+
+__all__ = [
+    "accuracy",
+    "create_optimizer",
+    "group_accuracy",
+    "learning_rate_schedule",
+    "predict",
+    "steps_per_epoch",
+    "train_models",
+]
+
+# The learning rate is multiplied by this once half of the steps are done (DC/DSA protocol).
+LR_DECAY = 0.1
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Minibatches per epoch: `ceil(N / min(batch_size, N))`."""
+    return math.ceil(num_examples / min(batch_size, num_examples))
+
+
+def learning_rate_schedule(learning_rate: ArrayLike, *, total_steps: int) -> optax.Schedule:
+    """`learning_rate` for the first `ceil(total_steps / 2)` steps, then `0.1 * learning_rate`.
+
+    Rounding the boundary up keeps a single-step run at the full learning rate; for an even
+    `total_steps` the two halves are exactly equal. `learning_rate` may be traced.
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
+    boundary = -(-total_steps // 2)
+    return optax.piecewise_constant_schedule(learning_rate, {boundary: LR_DECAY})
+
+
+def create_optimizer(
+    *,
+    learning_rate: ArrayLike,
+    total_steps: int,
+    momentum: ArrayLike = 0.9,
+    weight_decay: ArrayLike = 5e-4,
+) -> optax.GradientTransformation:
+    """SGD with momentum and L2 weight decay on every parameter, as PyTorch's `SGD` in DC/DSA.
+
+    The decay is added to the gradient before the momentum trace (PyTorch's coupled
+    `weight_decay`), and the learning rate follows `learning_rate_schedule`. Every
+    hyperparameter may be a traced scalar, so sweeping them does not recompile.
+    """
+    schedule = learning_rate_schedule(learning_rate, total_steps=total_steps)
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay),
+        optax.sgd(schedule, momentum=momentum),
+    )
+
+
+def _epoch_batches(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+    """(steps_per_epoch, batch_size) indices: one permutation, the last batch wrapped.
+
+    The last partial batch is filled with the first indices of the same permutation, so every
+    example is seen at least once per epoch and every batch has the same static shape (at most
+    `batch_size - 1` examples are seen twice in an epoch).
+    """
+    steps = steps_per_epoch(num_examples, batch_size)
+    perm = jax.random.permutation(key, num_examples)
+    pad = steps * batch_size - num_examples  # < batch_size <= num_examples
+    return jnp.concatenate([perm, perm[:pad]]).reshape(steps, batch_size)
+
+
+def _train_one(
+    model: nn.Module,
+    images: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    hparams: tuple[jax.Array, jax.Array, jax.Array],
+    *,
+    epochs: int,
+    batch_size: int,
+    strategy: str,
+) -> Any:
+    """Trains one network from scratch; `key` decides its init, batches and augmentation."""
+    learning_rate, momentum, weight_decay = hparams
+    num_examples = images.shape[0]
+    batch_size = min(batch_size, num_examples)
+    num_steps = steps_per_epoch(num_examples, batch_size)
+    tx = create_optimizer(
+        learning_rate=learning_rate,
+        total_steps=epochs * num_steps,
+        momentum=momentum,
+        weight_decay=weight_decay,
+    )
+    init_key, perm_key, aug_key = jax.random.split(key, 3)
+    params = models.init_params(model, init_key, images.shape[1:])
+
+    def loss_fn(params, x, y):
+        logits, _ = model.apply({"params": params}, x)
+        return jnp.mean(models.cross_entropy(logits, y))
+
+    def step(carry, inputs):
+        params, opt_state = carry
+        global_step, batch = inputs
+        x = images[batch]
+        # fold_in(step): a run is a pure function of its key, step by step.
+        x = augment_lib.augment(
+            x, jax.random.fold_in(aug_key, global_step), strategy=strategy, batch_shared=False
+        )
+        grads = jax.grad(loss_fn)(params, x, labels[batch])
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    def epoch(i, carry):
+        batches = _epoch_batches(jax.random.fold_in(perm_key, i), num_examples, batch_size)
+        global_steps = i * num_steps + jnp.arange(num_steps)
+        carry, _ = jax.lax.scan(step, carry, (global_steps, batches))
+        return carry
+
+    params, _ = jax.lax.fori_loop(0, epochs, epoch, (params, tx.init(params)))
+    return params
+
+
+@functools.partial(jax.jit, static_argnames=("model", "epochs", "batch_size", "strategy"))
+def _train_stacked(
+    model: nn.Module,
+    images: jax.Array,
+    labels: jax.Array,
+    keys: jax.Array,
+    hparams: tuple[jax.Array, jax.Array, jax.Array],
+    *,
+    epochs: int,
+    batch_size: int,
+    strategy: str,
+) -> Any:
+    # `_train_one` is looked up when tracing, so a test can wrap it to count traces.
+    train = functools.partial(
+        _train_one, model, epochs=epochs, batch_size=batch_size, strategy=strategy
+    )
+    return jax.vmap(train, in_axes=(None, None, 0, None))(images, labels, keys, hparams)
+
+
+def train_models(
+    model: nn.Module,
+    images: ArrayLike,
+    labels: ArrayLike,
+    *,
+    keys: jax.Array,
+    epochs: int,
+    batch_size: int = 256,
+    learning_rate: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    augment: str = "none",
+) -> Any:
+    """Trains `len(keys)` networks from scratch on `(images, labels)`, vmapped over the keys.
+
+    Each epoch draws a fresh permutation and splits it into `ceil(N / B)` minibatches of
+    `B = min(batch_size, N)` images, the last one wrapped around to the start of the permutation
+    (see `_epoch_batches`). The optimizer is `create_optimizer`; the learning rate drops x0.1
+    after `ceil(total_steps / 2)` of the `epochs * ceil(N / B)` steps. With `augment` != 'none'
+    every batch gets one DSA family (mode 'single') with parameters drawn per image.
+
+    Network `i` depends only on `keys[i]`: its init, batch order and augmentation come from it
+    (`fold_in` per epoch and step), so it equals a run with `keys[i]` alone, and re-running with
+    the same keys reproduces it. The program is compiled once per (model, shapes, epochs,
+    batch size, strategy); new images, labels, keys or learning-rate / momentum / decay values of
+    the same shapes reuse it.
+
+    Args:
+      model: a `jaxdd.models` network returning `(logits, embedding)`.
+      images: `(N, H, W, C)` float images (normalised, as the test images will be).
+      labels: `(N,)` int class indices, or `(N, num_classes)` float soft labels.
+      keys: `(M,)` PRNG keys (or `(M, 2)` raw uint32 keys), one per network.
+      epochs: training epochs, >= 1.
+      batch_size: minibatch size, capped at N.
+      learning_rate, momentum, weight_decay: SGD hyperparameters.
+      augment: DSA strategy string (see `jaxdd.augment`), or 'none'.
+
+    Returns:
+      The `params` of the `M` networks, stacked along a leading axis of size `M`.
+    """
+    images = jnp.asarray(images, jnp.float32)
+    labels = jnp.asarray(labels)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}.")
+    if labels.ndim not in (1, 2) or labels.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"labels must be (N,) or (N, num_classes) with N = {images.shape[0]} images, got "
+            f"shape {labels.shape}."
+        )
+    if images.shape[0] == 0:
+        raise ValueError("train_models needs at least one image.")
+    keys = jnp.asarray(keys)
+    key_ndim = 1 if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else 2
+    if keys.ndim != key_ndim or keys.shape[0] == 0:
+        raise ValueError(
+            "keys must stack M >= 1 PRNG keys on a leading axis (e.g. "
+            f"jax.random.split(key, M)); got {keys.dtype} of shape {keys.shape}."
+        )
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}.")
+    augment_lib.parse_strategy(augment)  # Fail on a bad strategy before compiling.
+    hparams = tuple(jnp.float32(v) for v in (learning_rate, momentum, weight_decay))
+    return _train_stacked(
+        model,
+        images,
+        labels,
+        keys,
+        hparams,
+        epochs=epochs,
+        batch_size=batch_size,
+        strategy=augment,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("model", "batch_size"))
+def _predict(model: nn.Module, params_stacked: Any, images: jax.Array, *, batch_size: int):
+    num_examples = images.shape[0]
+    num_chunks = -(-num_examples // batch_size)
+    pad = num_chunks * batch_size - num_examples
+    chunks = jnp.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0)))
+    chunks = chunks.reshape(num_chunks, batch_size, *images.shape[1:])
+
+    def classify(params, x):
+        logits, _ = model.apply({"params": params}, x)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def chunk_predictions(x):
+        return jax.vmap(classify, in_axes=(0, None))(params_stacked, x)  # (M, B)
+
+    # lax.map keeps one chunk's activations alive at a time: memory is bounded by batch_size.
+    out = jax.lax.map(chunk_predictions, chunks)  # (num_chunks, M, B)
+    return jnp.moveaxis(out, 0, 1).reshape(out.shape[1], -1)[:, :num_examples]
+
+
+def predict(
+    model: nn.Module, params_stacked: Any, images: ArrayLike, *, batch_size: int = 1024
+) -> jax.Array:
+    """Predicted classes of every network on every image.
+
+    Args:
+      model: the network the parameters belong to.
+      params_stacked: `params` of `M` networks stacked on a leading axis (`train_models`).
+      images: `(N, H, W, C)` images, normalised like the training images.
+      batch_size: images per forward pass (the last chunk is zero-padded); bounds memory.
+
+    Returns:
+      `(M, N)` int32 argmax classes.
+    """
+    images = jnp.asarray(images, jnp.float32)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    return _predict(
+        model, params_stacked, images, batch_size=min(batch_size, max(images.shape[0], 1))
+    )
+
+
+def _check_predictions(predictions: jax.Array, labels: jax.Array) -> None:
+    if predictions.ndim != 2 or labels.shape != predictions.shape[1:]:
+        raise ValueError(
+            f"predictions must be (M, N) and labels (N,), got {predictions.shape} and "
+            f"{labels.shape}."
+        )
+
+
+def accuracy(predictions: ArrayLike, labels: ArrayLike) -> jax.Array:
+    """Fraction of correct predictions of each network.
+
+    Args:
+      predictions: `(M, N)` int predicted classes.
+      labels: `(N,)` int true classes.
+
+    Returns:
+      `(M,)` float32 accuracies in [0, 1].
+    """
+    predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
+    _check_predictions(predictions, labels)
+    return jnp.mean(predictions == labels, axis=-1, dtype=jnp.float32)
+
+
+def group_accuracy(
+    predictions: ArrayLike, labels: ArrayLike, groups: ArrayLike, num_groups: int
+) -> jax.Array:
+    """Accuracy of each network on each group of examples.
+
+    Correct counts and sizes are accumulated per group and divided once (as big_vision's
+    evaluators do), so a group's accuracy is exact whatever its size.
+
+    Args:
+      predictions: `(M, N)` int predicted classes.
+      labels: `(N,)` int true classes.
+      groups: `(N,)` int group of each example in [0, num_groups); others are ignored.
+      num_groups: G.
+
+    Returns:
+      `(M, G)` float32 accuracies in [0, 1]; NaN for a group with no examples.
+    """
+    predictions, labels, groups = map(jnp.asarray, (predictions, labels, groups))
+    _check_predictions(predictions, labels)
+    if groups.shape != labels.shape:
+        raise ValueError(f"groups must have shape {labels.shape}, got {groups.shape}.")
+    # Integer sums: exact on every backend (a float matmul may run in reduced precision).
+    # segment_sum drops ids outside [0, num_groups).
+    correct = (predictions == labels).astype(jnp.int32).T  # (N, M)
+    correct = jax.ops.segment_sum(correct, groups, num_segments=num_groups).T  # (M, G)
+    counts = jax.ops.segment_sum(jnp.ones_like(groups, jnp.int32), groups, num_groups)  # (G,)
+    ratio = correct.astype(jnp.float32) / jnp.maximum(counts, 1).astype(jnp.float32)
+    return jnp.where(counts > 0, ratio, jnp.nan)

@@ -1,0 +1,237 @@
+"""Tests for jaxdd.evaluate: training from scratch, prediction and (group) accuracy.
+
+Networks are tiny MLPs on 8x8 images so that every compiled training program stays cheap on CPU.
+"""
+
+import chex
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxdd import evaluate, models
+
+jax.config.update("jax_enable_x64", False)
+
+EPOCHS = 10
+BATCH = 16
+AUGMENT = "crop_flip"
+
+
+def bright_vs_dark(n: int, seed: int, shape=(8, 8, 1)) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes: images around +0.5 (class 1) or -0.5 (class 0) plus N(0, 0.5^2) noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n).astype(np.int32)
+    images = (labels - 0.5)[:, None, None, None] + rng.normal(scale=0.5, size=(n, *shape))
+    return images.astype(np.float32), labels
+
+
+def _mlp(**kwargs):
+    return models.create_model("mlp", num_classes=2, **{"width": 16, "depth": 2, **kwargs})
+
+
+def _max_abs_diff(a, b) -> float:
+    return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), a, b)))
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return bright_vs_dark(32, seed=0), bright_vs_dark(200, seed=1)
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return jax.random.split(jax.random.key(0), 2)
+
+
+@pytest.fixture(scope="module")
+def trained(problem, keys):
+    (images, labels), _ = problem
+    return evaluate.train_models(
+        _mlp(), images, labels, keys=keys, epochs=EPOCHS, batch_size=BATCH, augment=AUGMENT
+    )
+
+
+def test_learns_separable_problem(problem, trained):
+    _, (test_images, test_labels) = problem
+    predictions = evaluate.predict(_mlp(), trained, test_images)
+    assert predictions.shape == (2, 200)
+    np.testing.assert_array_less(0.9, np.asarray(evaluate.accuracy(predictions, test_labels)))
+
+
+def test_models_differ_and_rerun_is_identical(problem, keys, trained):
+    (images, labels), _ = problem
+    leaves = jax.tree.leaves(trained)
+    assert all(leaf.shape[0] == 2 for leaf in leaves)
+    assert any(not np.allclose(leaf[0], leaf[1]) for leaf in leaves)
+    again = evaluate.train_models(
+        _mlp(), images, labels, keys=keys, epochs=EPOCHS, batch_size=BATCH, augment=AUGMENT
+    )
+    chex.assert_trees_all_equal(trained, again)
+
+
+def test_vmap_does_not_mix_seeds(problem, keys, trained):
+    (images, labels), _ = problem
+    for i in range(2):
+        alone = evaluate.train_models(
+            _mlp(),
+            images,
+            labels,
+            keys=keys[i : i + 1],
+            epochs=EPOCHS,
+            batch_size=BATCH,
+            augment=AUGMENT,
+        )
+        model_i = jax.tree.map(lambda leaf, i=i: leaf[i : i + 1], trained)
+        assert _max_abs_diff(model_i, alone) < 1e-5
+
+
+def test_compiled_once_for_new_data_and_hyperparameters(monkeypatch):
+    # 10x10 images: a shape no other test uses, so the first call below must trace.
+    monkeypatch.setattr(evaluate, "_train_one", chex.assert_max_traces(evaluate._train_one, n=1))
+    model = _mlp(width=8, depth=1)
+    keys = jax.random.split(jax.random.key(1), 2)
+    cache_before = evaluate._train_stacked._cache_size()
+    first = evaluate.train_models(model, *bright_vs_dark(8, 2, (10, 10, 1)), keys=keys, epochs=2)
+    second = evaluate.train_models(
+        model, *bright_vs_dark(8, 3, (10, 10, 1)), keys=keys, epochs=2, learning_rate=0.05
+    )
+    assert evaluate._train_stacked._cache_size() == cache_before + 1
+    assert _max_abs_diff(first, second) > 0
+
+
+def sgd_reference(x, onehot, w, b, *, lr, momentum, weight_decay, epochs):
+    """Full-batch softmax regression with PyTorch SGD (coupled decay, momentum, x0.1 at half)."""
+    x, w, b = (np.asarray(a, np.float64) for a in (x.reshape(len(x), -1), w, b))
+    buf_w, buf_b = np.zeros_like(w), np.zeros_like(b)
+    for step in range(epochs):
+        logits = x @ w + b
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        g_logits = (p - onehot) / len(x)
+        g_w = x.T @ g_logits + weight_decay * w
+        g_b = g_logits.sum(0) + weight_decay * b
+        buf_w, buf_b = momentum * buf_w + g_w, momentum * buf_b + g_b
+        rate = lr if step < (epochs + 1) // 2 else 0.1 * lr
+        w, b = w - rate * buf_w, b - rate * buf_b
+    return w, b
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["int_labels", "soft_labels"])
+def test_matches_numpy_sgd_reference(soft):
+    images, labels = bright_vs_dark(16, seed=5)
+    onehot = np.eye(2, dtype=np.float32)[labels]
+    # depth 1: the MLP is a single Dense, i.e. softmax regression on the flattened pixels.
+    model = _mlp(depth=1)
+    key = jax.random.key(3)
+    hp = dict(learning_rate=0.5, momentum=0.9, weight_decay=0.1)
+    trained = evaluate.train_models(
+        model, images, onehot if soft else labels, keys=key[None], epochs=6, **hp
+    )
+    # train_models initialises network i from split(keys[i], 3)[0].
+    init = models.init_params(model, jax.random.split(key, 3)[0], images.shape[1:])
+    w, b = sgd_reference(
+        images,
+        onehot,
+        init["fc"]["kernel"],
+        init["fc"]["bias"],
+        lr=hp["learning_rate"],
+        momentum=hp["momentum"],
+        weight_decay=hp["weight_decay"],
+        epochs=6,
+    )
+    np.testing.assert_allclose(trained["fc"]["kernel"][0], w, atol=1e-5)
+    np.testing.assert_allclose(trained["fc"]["bias"][0], b, atol=1e-5)
+
+
+@pytest.mark.parametrize("total_steps", [1, 7, 10])
+def test_learning_rate_schedule(total_steps):
+    schedule = evaluate.learning_rate_schedule(0.01, total_steps=total_steps)
+    half = -(-total_steps // 2)
+    for step in range(total_steps):
+        expected = 0.01 if step < half else 0.001
+        np.testing.assert_allclose(schedule(step), expected, rtol=1e-6)
+    if total_steps >= 2:  # Step < half is lr, step >= half is lr / 10.
+        np.testing.assert_allclose(schedule(total_steps // 2 - 1), 0.01, rtol=1e-6)
+        np.testing.assert_allclose(schedule(total_steps - 1), 0.001, rtol=1e-6)
+
+
+def test_optimizer_is_pytorch_sgd_with_decay():
+    tx = evaluate.create_optimizer(learning_rate=0.1, total_steps=4, momentum=0.9, weight_decay=0.5)
+    params = jnp.array([2.0, -1.0])
+    state = tx.init(params)
+    p, buf = np.array([2.0, -1.0]), np.zeros(2)
+    for step in range(4):
+        grad = np.array([1.0, 3.0])
+        updates, state = tx.update(jnp.asarray(grad, jnp.float32), state, params)
+        params = params + updates
+        buf = 0.9 * buf + grad + 0.5 * p
+        p = p - (0.1 if step < 2 else 0.01) * buf
+        np.testing.assert_allclose(params, p, rtol=1e-5)
+
+
+def test_predict_is_batched_consistently(problem, trained):
+    _, (test_images, _) = problem
+    model = _mlp()
+    full = evaluate.predict(model, trained, test_images)
+    chunked = evaluate.predict(model, trained, test_images, batch_size=7)
+    logits = jax.vmap(lambda p: model.apply({"params": p}, test_images)[0])(trained)
+    np.testing.assert_array_equal(full, chunked)
+    np.testing.assert_array_equal(full, np.argmax(logits, axis=-1))
+    assert full.dtype == jnp.int32
+
+
+def group_accuracy_reference(predictions, labels, groups, num_groups):
+    out = np.full((predictions.shape[0], num_groups), np.nan)
+    for g in range(num_groups):
+        members = groups == g
+        if members.any():
+            out[:, g] = (predictions[:, members] == labels[members]).mean(axis=1)
+    return out
+
+
+def test_accuracy_and_group_accuracy_against_numpy():
+    rng = np.random.default_rng(6)
+    predictions = rng.integers(0, 3, (4, 50))
+    labels = rng.integers(0, 3, 50)
+    groups = rng.choice([0, 1, 3, 4], size=50)  # Group 2 is empty.
+    accuracy = jax.jit(evaluate.accuracy)(predictions, labels)
+    np.testing.assert_allclose(accuracy, (predictions == labels).mean(axis=1), rtol=1e-6)
+    per_group = jax.jit(evaluate.group_accuracy, static_argnums=3)(predictions, labels, groups, 5)
+    expected = group_accuracy_reference(predictions, labels, groups, 5)
+    np.testing.assert_allclose(per_group, expected, rtol=1e-6)
+    assert np.isnan(per_group[:, 2]).all()
+    assert per_group.shape == (4, 5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    hnp.arrays(np.int32, (2, 30), elements=st.integers(0, 2)),
+    hnp.arrays(np.int32, 30, elements=st.integers(0, 2)),
+    hnp.arrays(np.int32, 30, elements=st.integers(0, 3)),
+)
+def test_group_accuracies_weighted_by_size_give_accuracy(predictions, labels, groups):
+    per_group = np.asarray(evaluate.group_accuracy(predictions, labels, groups, 4))
+    sizes = np.bincount(groups, minlength=4)
+    pooled = np.nansum(per_group * sizes, axis=1) / sizes.sum()
+    np.testing.assert_allclose(pooled, evaluate.accuracy(predictions, labels), atol=1e-6)
+
+
+def test_rejects_bad_inputs(problem, keys):
+    (images, labels), _ = problem
+    model = _mlp()
+    with pytest.raises(ValueError, match="labels must be"):
+        evaluate.train_models(model, images, labels[:-1], keys=keys, epochs=1)
+    with pytest.raises(ValueError, match="images must be"):
+        evaluate.train_models(model, images[0], labels, keys=keys, epochs=1)
+    with pytest.raises(ValueError, match="Unknown augmentation"):
+        evaluate.train_models(model, images, labels, keys=keys, epochs=1, augment="warp")
+    with pytest.raises(ValueError, match="keys must stack"):
+        evaluate.train_models(model, images, labels, keys=keys[0], epochs=1)
+    with pytest.raises(ValueError, match="epochs"):
+        evaluate.train_models(model, images, labels, keys=keys, epochs=0)
+    with pytest.raises(ValueError, match="predictions must be"):
+        evaluate.accuracy(np.zeros(5, np.int32), np.zeros(5, np.int32))
