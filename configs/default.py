@@ -17,6 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.dir = ""  # Data directory (IDX files or TFDS data_dir); '' = the default.
     config.data.validation_fraction = 0.1  # Carved from train, stratified; used for selection.
     config.data.test_fraction = 0.2  # Carved from the data only where no test split exists.
+    config.data.rare = ""  # Rare-subpopulation benchmark: invert | rotate90 | blur; '' = off.
+    config.data.rare_fraction = 0.05  # Share of each class's train images in its minority.
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "convnet"  # convnet | mlp | resnet18 | vgg11.
@@ -33,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.match.family = "gradient"  # gradient | distribution | risk.
     config.match.num_real = 64  # m: real samples drawn per group per step.
     config.match.augment = "color_crop_cutout_flip_scale_rotate"  # DSA strategy; 'none' = off.
-    config.match.group_batch = 1  # Groups vmapped together (speed only; see jaxdd.matching).
+    config.match.group_batch = 0  # Groups vmapped together, 0 = all (speed only; see matching).
     config.match.net_reset_every = 10  # Re-initialise the matched network every N steps.
     config.match.net_train_steps = 50  # Network SGD steps on the synthetic set after an update.
     config.match.net_lr = 0.01  # Learning rate of that network training.
@@ -57,6 +59,20 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.momentum = 0.9
     config.eval.weight_decay = 5e-4
     config.eval.augment = "color_crop_cutout_flip_scale_rotate"  # DSA while training; 'none'.
+    config.eval.architectures = ""  # Extra comma-separated models for cross-architecture eval.
+    config.eval.select_every = (
+        0  # Validation eval every N steps to select the reported set; 0 = last.
+    )
+    config.eval.select_num_models = 2  # Networks per validation eval.
+    config.eval.global_k = 10  # Test-set K-means groups over all classes (pixels), as the paper.
+    config.eval.per_class_k = 4  # Test-set K-means groups within each class.
+    config.eval.cache_dir = ""  # Cache of test partitions; '' = ~/.cache/jaxdd/partitions.
+    config.eval.shifts = ml_collections.ConfigDict(
+        {"gaussian_noise": 0.1, "gaussian_blur": 1.0, "invert": 0.0, "contrast": 0.5}
+    )  # Shifted test sets: name -> strength (noise sigma and blur sigma in [0,1] pixels).
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = 50  # Orbax checkpoint of the full state every N steps.
 
     config.log = ml_collections.ConfigDict()
     config.log.every_steps = 10  # Metrics to metrics.jsonl every N steps.

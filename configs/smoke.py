@@ -15,5 +15,9 @@ def get_config():
     config.match.unroll_steps = 2
     config.eval.num_models = 2
     config.eval.epochs = 4
+    config.eval.select_every = 2
+    config.eval.global_k = 3
+    config.eval.per_class_k = 2
     config.log.every_steps = 2
+    config.checkpoint.every_steps = 2
     return config

@@ -13,6 +13,8 @@ families use `net_reset_every=1, net_train_steps=0`: a fresh network every step.
 from __future__ import annotations
 
 import functools
+import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -203,6 +205,8 @@ def train_step(
         "group_loss_cvar": risk.cvar(flat, alpha),
         "group_loss_max": risk.worst(flat),
         "grad_norm": optax.global_norm(grads),
+        # The run loop stops on a non-finite loss or synthetic set, keeping the last checkpoint.
+        "finite": jnp.isfinite(value) & jnp.all(jnp.isfinite(images)),
         "group_losses": group_losses,
     }
     new_state = state.replace(
@@ -219,3 +223,17 @@ def synthetic_arrays(state: State) -> tuple[np.ndarray, np.ndarray]:
     """The synthetic set as flat host arrays: images (C*ipc, H, W, Ch), labels (C*ipc,)."""
     images = np.asarray(state.images)
     return images.reshape(-1, *images.shape[2:]), np.asarray(state.labels).reshape(-1)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets `jaxdd.distill(config, workdir)` run a whole distillation while `jaxdd.distill`
+    stays this module (`jaxdd.distill.train_step`, `jaxdd.distill.State`, ...)."""
+
+    def __call__(self, config, workdir):
+        """Runs distillation as `python -m jaxdd.main` does; see `jaxdd.train.distill_run`."""
+        from jaxdd import train  # The run loop imports this module: import it lazily.
+
+        return train.distill_run(config, workdir)
+
+
+sys.modules[__name__].__class__ = _CallableModule

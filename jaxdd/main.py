@@ -41,7 +41,14 @@ def main(argv):
     config = flags.FLAGS.config
     workdir = flags.FLAGS.workdir or default_workdir(config)
     result = train.distill_run(config, workdir)
-    print(f"wrote {result.workdir}: synthetic.npz, synthetic.png, metrics.jsonl, config.json")
+    report = result.report
+    print(
+        f"test accuracy {report['accuracy_mean']:.2f} +- {report['accuracy_std']:.2f} % "
+        f"({report['num_models']} networks), worst group "
+        f"{report.get('worst_group_accuracy', float('nan')):.2f} %, worst class "
+        f"{report['worst_class_accuracy']:.2f} %; selected step {report['selected_step']}\n"
+        f"wrote {result.workdir}: synthetic.npz, synthetic.png, eval.json, metrics.jsonl"
+    )
 
 
 if __name__ == "__main__":

@@ -8,15 +8,21 @@ A run writes to its workdir:
   metrics.jsonl    one JSON object per logged step;
   synthetic.npz    `images` (N, H, W, Ch) in the dataset's normalised space, `labels` (N,),
                    `mean`, `std`, `class_names`;
-  synthetic.png    the synthetic set as an image grid (one row per class).
+  synthetic.png    the synthetic set as an image grid (one row per class);
+  synthetic_last.npz  the set after the last step (synthetic.npz is the one selected on the
+                   validation split, which eval.json reports on);
+  eval.json        test accuracy, subgroup, shift and cross-architecture metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import pathlib
+import signal
+import threading
 import time
 from typing import Any
 
@@ -25,9 +31,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tensorboardX
+import tqdm
 from absl import logging
+from jax.typing import ArrayLike
 
-from jaxdd import augment, clustering, data, distill, matching, models, risk
+from jaxdd import augment, clustering, data, distill, evaluate, matching, models, risk, robustness
+from jaxdd import checkpoint as checkpoint_lib
 
 _DATA_FORMS = ("digits", "fashion_mnist", "mnist", "tfds:<name>", "npz:<path>")
 
@@ -40,6 +50,7 @@ class Result:
     images: np.ndarray  # (C*ipc, H, W, Ch) normalised synthetic images.
     labels: np.ndarray  # (C*ipc,)
     metrics: dict[str, float]  # Last logged step metrics.
+    report: dict[str, Any]  # eval.json: test metrics of the selected synthetic set.
 
 
 def _fail(field: str, value: Any, expected: str) -> None:
@@ -67,27 +78,15 @@ def _check_choice(config: ml_collections.ConfigDict, field: str, choices) -> Non
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks every value that can be checked without data; raises ValueError naming the field."""
     _check_ints(config, ("seed",), 0)
-    _check_ints(
-        config,
-        (
-            "ipc",
-            "num_steps",
-            "log.every_steps",
-            "model.width",
-            "model.depth",
-            "cluster.num_clusters",
-            "cluster.num_iters",
-            "match.num_real",
-            "match.group_batch",
-            "match.net_reset_every",
-            "match.unroll_steps",
-            "eval.num_models",
-            "eval.epochs",
-            "eval.batch_size",
-        ),
-        1,
-    )
-    _check_ints(config, ("match.net_train_steps",), 0)
+    positive = (
+        "ipc", "num_steps", "log.every_steps", "model.width", "model.depth",
+        "cluster.num_clusters", "cluster.num_iters", "match.num_real", "match.net_reset_every",
+        "match.unroll_steps", "eval.num_models", "eval.epochs", "eval.batch_size",
+        "eval.select_num_models", "eval.global_k", "eval.per_class_k",
+    )  # fmt: skip
+    _check_ints(config, positive, 1)
+    _check_ints(config, ("match.net_train_steps", "match.group_batch", "eval.select_every"), 0)
+    _check_ints(config, ("checkpoint.every_steps",), 1)
     name = config.data.name
     if not isinstance(name, str) or not (
         name in data.KNOWN_NAMES or name.startswith(("tfds:", "npz:"))
@@ -97,6 +96,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if not 0.0 < _get(config, field) < 1.0:
             _fail(field, _get(config, field), "a fraction in (0, 1)")
     _check_choice(config, "model.name", models.MODELS)
+    for name in filter(None, config.eval.architectures.split(",")):
+        if name.strip() not in models.MODELS:
+            _fail(
+                "eval.architectures", config.eval.architectures, f"names in {sorted(models.MODELS)}"
+            )
+    if config.data.rare:
+        _check_choice(config, "data.rare", data.RARE_TRANSFORMS)
+    for name in config.eval.shifts:
+        if name not in robustness.SHIFTS:
+            _fail(
+                f"eval.shifts.{name}",
+                config.eval.shifts[name],
+                f"a shift in {sorted(robustness.SHIFTS)}",
+            )
     _check_choice(config, "model.norm", models.NORMS)
     _check_choice(config, "cluster.features", CLUSTER_FEATURES)
     _check_choice(config, "match.family", matching.FAMILIES)
@@ -132,23 +145,32 @@ def validate_against_data(config: ml_collections.ConfigDict, dataset: data.Datas
         )
 
 
-def load_data(config: ml_collections.ConfigDict) -> data.Dataset:
-    return data.load(
+def load_data(config: ml_collections.ConfigDict) -> tuple[data.Dataset, data.RareDataset | None]:
+    """The configured dataset, with its rare-subpopulation version when `data.rare` is set."""
+    dataset = data.load(
         config.data.name,
         data_dir=config.data.dir or None,
         validation_fraction=config.data.validation_fraction,
         test_fraction=config.data.test_fraction,
         seed=config.seed,
     )
+    if not config.data.rare:
+        return dataset, None
+    rare = data.make_rare(
+        dataset, transform=config.data.rare, fraction=config.data.rare_fraction, seed=config.seed
+    )
+    return rare.dataset, rare
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int):
-    kwargs: dict[str, Any] = {"width": config.model.width}
-    if config.model.name in ("convnet", "mlp"):
-        kwargs["depth"] = config.model.depth
-    if config.model.name != "mlp":
+def create_model(config: ml_collections.ConfigDict, num_classes: int, name: str | None = None):
+    """The configured network (or the architecture `name` with the configured norm)."""
+    name = name or config.model.name
+    kwargs: dict[str, Any] = {}
+    if name in ("convnet", "mlp"):
+        kwargs.update(width=config.model.width, depth=config.model.depth)
+    if name != "mlp":
         kwargs["norm"] = config.model.norm
-    return models.create_model(config.model.name, num_classes=num_classes, **kwargs)
+    return models.create_model(name, num_classes=num_classes, **kwargs)
 
 
 def _pixel_features(images: np.ndarray, *, key: jax.Array, model_factory) -> jax.Array:
@@ -266,19 +288,94 @@ def summarize(dataset: data.Dataset, groups: clustering.Groups) -> str:
     return "\n".join(lines)
 
 
-def save_image_grid(path: pathlib.Path, images: np.ndarray, num_classes: int) -> None:
-    """Synthetic images in [0, 1] pixel space as a PNG grid, one row per class."""
-    from PIL import Image  # Only the run loop writes images.
-
+def image_grid(images: np.ndarray, num_classes: int) -> np.ndarray:
+    """Images in [0, 1] pixel space as one uint8 (H', W', C) grid, one row per class."""
     images = np.clip(images, 0.0, 1.0)
     n, h, w, ch = images.shape
     per_row = n // num_classes
     grid = images.reshape(num_classes, per_row, h, w, ch).transpose(0, 2, 1, 3, 4)
-    grid = grid.reshape(num_classes * h, per_row * w, ch)
-    grid = (grid * 255).round().astype(np.uint8)
-    scale = max(1, 256 // max(h, w) // 4)  # Upscale tiny (8x8) images so the PNG is legible.
-    grid = np.kron(grid, np.ones((scale, scale, 1), np.uint8))
-    Image.fromarray(grid[..., 0] if ch == 1 else grid).save(path)
+    grid = (grid.reshape(num_classes * h, per_row * w, ch) * 255).round().astype(np.uint8)
+    scale = max(1, 256 // max(h, w) // 4)  # Upscale tiny (8x8) images so the grid is legible.
+    return np.kron(grid, np.ones((scale, scale, 1), np.uint8))
+
+
+def save_image_grid(path: pathlib.Path, images: np.ndarray, num_classes: int) -> None:
+    from PIL import Image  # Only the run loop writes images.
+
+    grid = image_grid(images, num_classes)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Synthetic:
+    """A saved synthetic set (`load_synthetic`)."""
+
+    images: np.ndarray  # (N, H, W, C) in the dataset's normalised space.
+    labels: np.ndarray  # (N,)
+    mean: np.ndarray  # (C,) normalisation of the dataset it was distilled from.
+    std: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """Images in [0, 1] pixel space."""
+        return self.images * self.std + self.mean
+
+
+def load_synthetic(path: str | pathlib.Path) -> Synthetic:
+    """Reads `synthetic.npz` (a path to the file or to a run's workdir)."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / "synthetic.npz"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist; pass a run's workdir or its synthetic.npz."
+        )
+    with np.load(path, allow_pickle=False) as f:
+        missing = {"images", "labels", "mean", "std", "class_names"} - set(f.files)
+        if missing:
+            raise ValueError(f"{path} is not a jaxdd synthetic set: missing {sorted(missing)}.")
+        return Synthetic(
+            images=f["images"],
+            labels=f["labels"],
+            mean=f["mean"],
+            std=f["std"],
+            class_names=tuple(str(n) for n in f["class_names"]),
+        )
+
+
+def evaluate_synthetic(
+    config: ml_collections.ConfigDict,
+    images: ArrayLike | None = None,
+    labels=None,
+    *,
+    path: str | pathlib.Path | None = None,
+) -> dict[str, Any]:
+    """SPEC's test protocol (eval.json's report) for a synthetic set under `config`'s data/eval.
+
+    Pass `images`/`labels` (normalised, as in synthetic.npz) or `path` to a saved set.
+    """
+    validate_config(config)
+    if path is not None:
+        synthetic = load_synthetic(path)
+        images, labels = synthetic.images, synthetic.labels
+    if images is None or labels is None:
+        raise ValueError("pass images and labels, or path= to a synthetic.npz.")
+    dataset, rare = load_data(config)
+    images = np.asarray(images, np.float32)
+    if images.shape[1:] != dataset.image_shape:
+        raise ValueError(
+            f"images of shape {images.shape[1:]} do not match {dataset.name}'s "
+            f"{dataset.image_shape}; evaluate with the config the set was distilled with."
+        )
+    return test_report(
+        config,
+        dataset,
+        images,
+        np.asarray(labels),
+        partitions=test_partitions(config, dataset, rare),
+        seeds=eval_seeds(config, config.eval.num_models),
+    )
 
 
 def save_synthetic(path: pathlib.Path, images, labels, dataset: data.Dataset) -> None:
@@ -293,17 +390,202 @@ def save_synthetic(path: pathlib.Path, images, labels, dataset: data.Dataset) ->
 
 
 def _scalars(metrics: dict[str, jax.Array]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+    """The float scalar metrics of a step, as Python floats for logs."""
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if np.ndim(v) == 0 and jnp.issubdtype(jnp.result_type(v), jnp.floating)
+    }
+
+
+def eval_seeds(config: ml_collections.ConfigDict, num_models: int, *, offset: int = 0) -> list[int]:
+    """Integer seeds of evaluation networks, derived from the run seed (reported in eval.json)."""
+    return [config.seed * 1000 + offset + i for i in range(num_models)]
+
+
+def train_eval_models(
+    config: ml_collections.ConfigDict,
+    images: ArrayLike,
+    labels: ArrayLike,
+    *,
+    num_classes: int,
+    seeds: list[int],
+    architecture: str | None = None,
+):
+    """Networks trained from scratch on (images, labels) with the eval protocol; (model, params)."""
+    model = create_model(config, num_classes, architecture)
+    params = evaluate.train_models(
+        model,
+        images,
+        labels,
+        keys=jax.vmap(jax.random.key)(jnp.asarray(seeds)),
+        epochs=config.eval.epochs,
+        batch_size=config.eval.batch_size,
+        learning_rate=config.eval.lr,
+        momentum=config.eval.momentum,
+        weight_decay=config.eval.weight_decay,
+        augment=config.eval.augment,
+    )
+    return model, params
+
+
+def validation_accuracy(
+    config: ml_collections.ConfigDict, dataset: data.Dataset, images, labels, *, seeds: list[int]
+) -> float:
+    """Mean validation accuracy (%) of networks trained on the set: the selection criterion."""
+    model, params = train_eval_models(
+        config, images, labels, num_classes=dataset.num_classes, seeds=seeds
+    )
+    predictions = evaluate.predict(model, params, dataset.validation.images)
+    return float(np.mean(evaluate.accuracy(predictions, dataset.validation.labels)) * 100)
+
+
+def test_partitions(
+    config: ml_collections.ConfigDict, dataset: data.Dataset, rare: data.RareDataset | None
+) -> dict[str, np.ndarray]:
+    """Fixed, cached test-set groups (independent of the run seed), plus the rare groups."""
+    cache_dir = config.eval.cache_dir or pathlib.Path.home() / ".cache" / "jaxdd" / "partitions"
+    partitions = robustness.cached_partitions(
+        cache_dir,
+        dataset.name,
+        dataset.test.images,
+        dataset.test.labels,
+        num_classes=dataset.num_classes,
+        key=jax.random.key(0),
+        global_k=config.eval.global_k,
+        per_class_k=config.eval.per_class_k,
+    )
+    if rare is not None:
+        partitions["rare"] = rare.group_of("test")
+    return dict(partitions)
+
+
+def test_report(
+    config: ml_collections.ConfigDict,
+    dataset: data.Dataset,
+    images,
+    labels,
+    *,
+    partitions: dict[str, np.ndarray],
+    seeds: list[int],
+) -> dict[str, Any]:
+    """SPEC's protocol on the test split: accuracy, subgroup, shift and cross-architecture."""
+    shifts = {
+        name: (None if name == "invert" else float(strength))
+        for name, strength in config.eval.shifts.items()
+    }
+
+    def report_for(architecture: str | None) -> dict[str, Any]:
+        model, params = train_eval_models(
+            config,
+            images,
+            labels,
+            num_classes=dataset.num_classes,
+            seeds=seeds,
+            architecture=architecture,
+        )
+        return robustness.robustness_report(
+            model,
+            params,
+            dataset.test.images,
+            dataset.test.labels,
+            mean=dataset.mean,
+            std=dataset.std,
+            partitions=partitions,
+            shifts=shifts,
+            key=jax.random.key(config.seed),
+            num_classes=dataset.num_classes,
+        )
+
+    report = report_for(None)
+    report.update(seeds=seeds, architecture=config.model.name)
+    cross = {}
+    for name in filter(None, (n.strip() for n in config.eval.architectures.split(","))):
+        other = report_for(name)
+        cross[name] = {
+            k: other[k]
+            for k in (
+                "accuracy_mean",
+                "accuracy_std",
+                "worst_group_accuracy",
+                "worst_class_accuracy",
+            )
+            if k in other
+        }
+    if cross:
+        report["cross_architecture"] = cross
+    return report
+
+
+# Config sections that fix the meaning of a checkpointed state; a resumed run must match them.
+_FINGERPRINT_FIELDS = ("seed", "ipc", "data", "model", "cluster", "match", "robust", "syn")
+
+
+def fingerprint(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, Any]:
+    """What a checkpoint must agree on to be resumed (num_steps, eval and logging may change)."""
+    resolved = json.loads(config.to_json_best_effort())
+    return {
+        **{field: resolved[field] for field in _FINGERPRINT_FIELDS},
+        "dataset": dataset.name,
+        "image_shape": list(dataset.image_shape),
+        "num_classes": dataset.num_classes,
+    }
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM stopped the run after checkpointing `step`; re-run to resume."""
+
+    def __init__(self, signum: int, step: int, workdir: pathlib.Path):
+        self.signum, self.step = signum, step
+        super().__init__(
+            f"{signal.Signals(signum).name} received: saved a checkpoint at step {step} in "
+            f"{workdir}; run the same command again to resume."
+        )
+
+
+@contextlib.contextmanager
+def _signals_to_flag():
+    """SIGINT/SIGTERM set a flag (checked between steps) instead of killing mid-write."""
+    received: list[int] = []
+    handler = lambda signum, frame: received.append(signum)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _truncate_metrics(path: pathlib.Path, after_step: int) -> None:
+    """Drops log lines past the resumed step, so a resumed log equals an uninterrupted one."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= after_step]
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 def distill_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Result:
-    """Runs distillation as configured and writes its files to `workdir`."""
+    """Distils as configured, selects the reported set on validation, evaluates it on test.
+
+    Resumes from the latest checkpoint in `workdir/checkpoints` when there is one (bit-identical
+    to an uninterrupted run). Writes config.json, metrics.jsonl, tensorboard/, synthetic.npz
+    (the selected set), synthetic_last.npz, synthetic.png and eval.json to `workdir`.
+
+    Raises:
+      ValueError: an invalid config value (before any work).
+      checkpoint.IncompatibleCheckpointError: `workdir` holds another configuration's run.
+      FloatingPointError: the loss or the synthetic set became non-finite (the last good
+        checkpoint is kept).
+      Interrupted: SIGINT/SIGTERM (after saving a checkpoint).
+    """
     validate_config(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
-    dataset = load_data(config)
+    dataset, rare = load_data(config)
     validate_against_data(config, dataset)
     root = jax.random.key(config.seed)
     cluster_key, init_key, step_root = jax.random.split(root, 3)
@@ -314,23 +596,133 @@ def distill_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
     real = distill.RealData(images=jnp.asarray(dataset.train.images), groups=groups)
     state = create_state(config, model, real, key=init_key)
     step_fn = create_step(config, model, dataset.image_shape)
+    select_seeds = eval_seeds(config, config.eval.select_num_models, offset=500)
 
-    last: dict[str, float] = {}
+    payload = {
+        "state": state,
+        "root_key": jax.random.key_data(step_root),
+        "best": {
+            "step": jnp.asarray(-1, jnp.int32),
+            "accuracy": jnp.asarray(-np.inf, jnp.float32),
+            "images": state.images,
+        },
+    }
+    run_fingerprint = fingerprint(config, dataset)
+    manager = checkpoint_lib.create_manager(workdir / "checkpoints")
+    restored = checkpoint_lib.restore_latest(
+        manager, checkpoint_lib.abstract(payload), run_fingerprint
+    )
+    if restored is not None:
+        logging.info("resuming from the checkpoint at step %d", restored[0])
+        payload = restored[1]
+    # Lines logged after the resumed step (or by a run killed before its first checkpoint)
+    # are redone below.
+    _truncate_metrics(workdir / "metrics.jsonl", restored[0] if restored else 0)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    state = payload["state"]
+    step_root = jax.random.wrap_key_data(payload["root_key"])
+    best = payload["best"]
+    start_step = int(state.step)
+
+    def save_checkpoint() -> None:
+        if int(state.step) in manager.all_steps():
+            return  # Already saved (a signal right after a periodic checkpoint).
+        checkpoint_lib.save(
+            manager,
+            int(state.step),
+            {"state": state, "root_key": payload["root_key"], "best": best},
+            {"fingerprint": run_fingerprint},
+        )
+
+    last: dict[str, Any] = {}
     start = time.time()
-    with open(workdir / "metrics.jsonl", "a") as log_file:
-        for step in range(int(state.step), config.num_steps):
-            state, metrics = step_fn(state, jax.random.fold_in(step_root, step), real)
-            if (step + 1) % config.log.every_steps == 0 or step + 1 == config.num_steps:
-                last = {"step": step + 1, **_scalars(metrics), "elapsed_s": time.time() - start}
-                if not np.isfinite(last["loss"]):
-                    raise FloatingPointError(
-                        f"non-finite distillation loss at step {step + 1}; lower syn.lr."
-                    )
-                log_file.write(json.dumps(last) + "\n")
-                log_file.flush()
-                logging.info("step %d: %s", step + 1, last)
+    writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step)
+    progress = tqdm.tqdm(
+        total=config.num_steps, initial=start_step, desc="distill", unit="step", disable=None
+    )
+    with (
+        open(workdir / "metrics.jsonl", "a") as log_file,
+        _signals_to_flag() as signals,
+        writer,
+        progress,
+    ):
 
-    images, labels = distill.synthetic_arrays(state)
-    save_synthetic(workdir / "synthetic.npz", images, labels, dataset)
-    save_image_grid(workdir / "synthetic.png", dataset.denormalize(images), dataset.num_classes)
-    return Result(workdir=workdir, images=images, labels=labels, metrics=last)
+        def log(record: dict[str, Any]) -> None:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            for name, value in record.items():
+                if name != "step":
+                    writer.add_scalar(f"distill/{name}", value, record["step"])
+
+        for step in range(start_step, config.num_steps):
+            new_state, metrics = step_fn(state, jax.random.fold_in(step_root, step), real)
+            done = step + 1
+            if not bool(metrics["finite"]):
+                raise FloatingPointError(
+                    f"non-finite loss or synthetic images at step {done} (loss "
+                    f"{float(metrics['loss'])}); the last good checkpoint is kept in "
+                    f"{workdir / 'checkpoints'}. Lower syn.lr and run again."
+                )
+            state = new_state
+            progress.update(1)
+            if done % config.log.every_steps == 0 or done == config.num_steps:
+                last = {"step": done, **_scalars(metrics), "elapsed_s": time.time() - start}
+                log(last)
+                writer.add_histogram(
+                    "distill/group_losses", np.asarray(metrics["group_losses"]), done
+                )
+                progress.set_postfix(loss=f"{last['loss']:.4g}")
+            select_now = config.eval.select_every and done % config.eval.select_every == 0
+            if select_now or done == config.num_steps:
+                images, labels = distill.synthetic_arrays(state)
+                accuracy = validation_accuracy(config, dataset, images, labels, seeds=select_seeds)
+                log({"step": done, "validation_accuracy": accuracy})
+                if accuracy > float(best["accuracy"]):
+                    best = {
+                        "step": jnp.asarray(done, jnp.int32),
+                        "accuracy": jnp.asarray(accuracy, jnp.float32),
+                        "images": state.images,
+                    }
+            if done % config.checkpoint.every_steps == 0 or done == config.num_steps:
+                save_checkpoint()
+                grid = image_grid(
+                    dataset.denormalize(distill.synthetic_arrays(state)[0]), dataset.num_classes
+                )
+                writer.add_image("synthetic", grid, done, dataformats="HWC")
+            if signals:
+                save_checkpoint()
+                raise Interrupted(signals[0], done, workdir)
+
+        images, labels = distill.synthetic_arrays(state)
+        best_images = np.asarray(best["images"]).reshape(images.shape)
+        save_synthetic(workdir / "synthetic_last.npz", images, labels, dataset)
+        save_synthetic(workdir / "synthetic.npz", best_images, labels, dataset)
+        save_image_grid(
+            workdir / "synthetic.png", dataset.denormalize(best_images), dataset.num_classes
+        )
+        report = test_report(
+            config,
+            dataset,
+            best_images,
+            labels,
+            partitions=test_partitions(config, dataset, rare),
+            seeds=eval_seeds(config, config.eval.num_models),
+        )
+        report.update(
+            selected_step=int(best["step"]),
+            validation_accuracy=float(best["accuracy"]),
+            dataset=dataset.name,
+            ipc=config.ipc,
+        )
+        (workdir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        for name in ("accuracy_mean", "worst_group_accuracy", "worst_class_accuracy"):
+            if name in report:
+                writer.add_scalar(f"eval/{name}", report[name], config.num_steps)
+    logging.info(
+        "test accuracy %.2f +- %.2f, worst group %.2f (selected step %d)",
+        report["accuracy_mean"],
+        report["accuracy_std"],
+        report.get("worst_group_accuracy", float("nan")),
+        report["selected_step"],
+    )
+    return Result(workdir=workdir, images=best_images, labels=labels, metrics=last, report=report)

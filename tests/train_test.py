@@ -29,23 +29,66 @@ def _tiny(config):
     config.match.unroll_steps = 2
     config.eval.num_models = 1
     config.eval.epochs = 1
+    config.eval.global_k = 2
+    config.eval.per_class_k = 1
+    config.eval.select_every = 0
     config.log.every_steps = 1
     return config
 
 
+def test_rare_subpopulation_run_reports_minority_groups(tmp_path):
+    config = _tiny(smoke.get_config())
+    config.data.rare = "invert"
+    result = train.distill_run(config, tmp_path)
+    assert result.report["dataset"] == "digits+rare-invert"
+    assert len(result.report["group_accuracy_rare"]) == 20  # (class, majority/minority)
+
+
 def test_smoke_run_writes_every_file(tmp_path):
     result = train.distill_run(smoke.get_config(), tmp_path)
-    for name in ("synthetic.npz", "synthetic.png", "metrics.jsonl", "config.json"):
+    for name in (
+        "synthetic.npz",
+        "synthetic_last.npz",
+        "synthetic.png",
+        "metrics.jsonl",
+        "config.json",
+        "eval.json",
+    ):
         assert (tmp_path / name).is_file(), name
     saved = np.load(tmp_path / "synthetic.npz")
     assert saved["images"].shape == (20, 8, 8, 1)
     np.testing.assert_array_equal(saved["labels"], np.repeat(np.arange(10), 2))
     np.testing.assert_array_equal(saved["images"], result.images)
+    report = json.loads((tmp_path / "eval.json").read_text())
+    for key in (
+        "accuracy_mean",
+        "accuracy_std",
+        "group_accuracy",
+        "mean_group_accuracy",
+        "worst_group_accuracy",
+        "worst_class_accuracy",
+        "shift_accuracy",
+        "num_models",
+        "seeds",
+    ):
+        assert key in report, key
+    assert report["num_models"] == len(report["seeds"]) == 2
+    assert set(report["shift_accuracy"]) == {
+        "gaussian_noise",
+        "gaussian_blur",
+        "invert",
+        "contrast",
+    }
+    assert 0 <= report["worst_group_accuracy"] <= report["mean_group_accuracy"] <= 100
+    assert report["selected_step"] in (2, 4)  # chosen on validation among the checkpoints
     assert saved["mean"].shape == (1,) and saved["std"].shape == (1,)
     assert list(saved["class_names"]) == [str(i) for i in range(10)]
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines] == [2, 4]
-    assert all(line["group_loss_max"] >= line["group_loss_mean"] for line in lines)
+    steps = [line for line in lines if "loss" in line]
+    assert [line["step"] for line in steps] == [2, 4]
+    assert all(line["group_loss_max"] >= line["group_loss_mean"] for line in steps)
+    selections = [line for line in lines if "validation_accuracy" in line]
+    assert [line["step"] for line in selections] == [2, 4]
     assert json.loads((tmp_path / "config.json").read_text())["ipc"] == 2
 
 

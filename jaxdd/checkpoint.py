@@ -1,0 +1,121 @@
+"""Checkpoints of a distillation run (orbax): save, find the latest good one, refuse a mismatch.
+
+A checkpoint holds the full `distill.State` (synthetic set, its optimiser state, the carried
+network and its optimiser state, step), the run's root PRNG key, the validation-selection
+record (best step, accuracy and images), and a JSON fingerprint of everything that fixes the
+shapes and meaning of that state (dataset, ipc, model, image shape, ...). Orbax writes each
+step to a temporary directory and renames it when complete, so a run killed mid-save leaves
+the previous checkpoint intact; a step directory that is present but unreadable (corrupted,
+truncated) is skipped with a warning in favour of the one before it.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+_KEEP = 3  # Checkpoints kept: enough to fall back past a corrupted latest one.
+
+
+class IncompatibleCheckpointError(ValueError):
+    """The workdir holds a checkpoint of a different run configuration."""
+
+
+def create_manager(directory: str | pathlib.Path) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=_KEEP,
+        create=True,
+        # Synchronous saves: a checkpoint is on disk before the next step or a signal exit.
+        enable_async_checkpointing=False,
+    )
+    return ocp.CheckpointManager(
+        pathlib.Path(directory).absolute(), options=options, item_names=("payload", "meta")
+    )
+
+
+def save(manager: ocp.CheckpointManager, step: int, payload: Any, meta: dict[str, Any]) -> None:
+    """Saves `payload` (a pytree of arrays) and `meta` (JSON) as checkpoint `step`."""
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            payload=ocp.args.StandardSave(payload), meta=ocp.args.JsonSave(meta)
+        ),
+        force=True,
+    )
+    manager.wait_until_finished()
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], directory: pathlib.Path):
+    differences = {
+        k: (saved.get(k), current.get(k)) for k in current if saved.get(k) != current.get(k)
+    }
+    if differences:
+        details = ", ".join(
+            f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in differences.items()
+        )
+        raise IncompatibleCheckpointError(
+            f"{directory} holds a checkpoint of a different run ({details}). Use another "
+            "--workdir, or delete that directory to start this config from scratch."
+        )
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager, abstract_payload: Any, fingerprint: dict[str, Any]
+) -> tuple[int, Any] | None:
+    """The newest readable checkpoint as (step, payload), or None when there is none.
+
+    Unreadable newer checkpoints are renamed `<step>.unreadable` (see `_set_aside`).
+
+    Raises:
+      IncompatibleCheckpointError: the newest readable checkpoint's fingerprint differs from
+        `fingerprint` (another dataset, ipc, model, ...).
+    """
+    unreadable: list[int] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+                "meta"
+            ]
+        except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint: fall back, loudly.
+            logging.warning("checkpoint %d is unreadable (%s); trying the previous one", step, e)
+            unreadable.append(step)
+            continue
+        check_compatible(meta.get("fingerprint", {}), fingerprint, manager.directory)
+        try:
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(payload=ocp.args.StandardRestore(abstract_payload)),
+            )
+        except Exception as e:  # noqa: BLE001
+            logging.warning("checkpoint %d is unreadable (%s); trying the previous one", step, e)
+            unreadable.append(step)
+            continue
+        _set_aside(manager, unreadable)
+        return step, restored["payload"]
+    _set_aside(manager, unreadable)
+    return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+    """Renames unreadable checkpoints to `<step>.unreadable` (kept for inspection, never
+    deleted) so that the resumed run can write those steps again."""
+    for step in steps:
+        path = pathlib.Path(manager.directory) / str(step)
+        target = path.with_name(f"{step}.unreadable")
+        suffix = 0
+        while target.exists():
+            suffix += 1
+            target = path.with_name(f"{step}.unreadable.{suffix}")
+        path.rename(target)
+        logging.warning("moved unreadable checkpoint %s to %s", path, target)
+    if steps:
+        manager.reload()
+
+
+def abstract(tree: Any) -> Any:
+    """Shape/dtype skeleton of `tree`, the restore target."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

@@ -1,0 +1,139 @@
+"""Checkpoint and failure handling of the run loop: exact resume after SIGKILL, SIGTERM saves,
+a corrupted latest checkpoint falls back, a mismatched config is refused, NaN stops the run."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs import smoke
+from jaxdd import checkpoint, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Enough steps, each slow enough, that a kill lands mid-run; tiny evaluation.
+OVERRIDES = {
+    "num_steps": 24,
+    "model.width": 32,
+    "checkpoint.every_steps": 4,
+    "eval.num_models": 1,
+    "eval.epochs": 1,
+    "eval.select_every": 0,
+}
+
+
+def _config(**extra):
+    config = smoke.get_config()
+    for field, value in {**OVERRIDES, **extra}.items():
+        section, _, key = field.rpartition(".")
+        (config[section] if section else config)[key] = value
+    return config
+
+
+def _command(workdir, **extra):
+    flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **extra}.items()]
+    return [
+        sys.executable, "-m", "jaxdd.main", f"--config={REPO / 'configs' / 'smoke.py'}",
+        *flags, f"--workdir={workdir}",
+    ]  # fmt: skip
+
+
+def _start(workdir):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen(
+        _command(workdir), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def _wait_for_checkpoint(proc, workdir, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        # Finalised checkpoints only (orbax renames "<step>.orbax-checkpoint-tmp" when done).
+        steps = [p.name for p in (workdir / "checkpoints").glob("[0-9]*") if p.name.isdigit()]
+        if steps:
+            return steps
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.02)
+    raise TimeoutError("no checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    train.distill_run(_config(), workdir)
+    return workdir
+
+
+def _assert_same_run(workdir, reference):
+    for name in ("synthetic_last.npz", "synthetic.npz"):
+        got, want = np.load(workdir / name), np.load(reference / name)
+        np.testing.assert_array_equal(got["images"], want["images"])  # bit-identical
+    strip = lambda path: [
+        {k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+        for line in path.read_text().splitlines()
+    ]
+    assert strip(workdir / "metrics.jsonl") == strip(reference / "metrics.jsonl")
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted):
+    proc = _start(tmp_path)
+    _wait_for_checkpoint(proc, tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "synthetic_last.npz").exists(), "the kill must land mid-run"
+    train.distill_run(_config(), tmp_path)  # the same command again: resumes
+    _assert_same_run(tmp_path, uninterrupted)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path, uninterrupted):
+    proc = _start(tmp_path)
+    _wait_for_checkpoint(proc, tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert "SIGTERM received: saved a checkpoint at step" in stderr
+    step = int(stderr.split("saved a checkpoint at step ")[1].split()[0])
+    assert (tmp_path / "checkpoints" / str(step)).is_dir()
+    train.distill_run(_config(), tmp_path)
+    _assert_same_run(tmp_path, uninterrupted)
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, uninterrupted, caplog):
+    train.distill_run(_config(num_steps=12), tmp_path)
+    latest = tmp_path / "checkpoints" / "12"
+    for path in latest.rglob("*"):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(b"\0" * 7)  # truncated garbage
+    result = train.distill_run(_config(), tmp_path)  # 24 steps: resumes from step 8
+    assert any("checkpoint 12 is unreadable" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "checkpoints" / "12.unreadable").is_dir()  # set aside, not deleted
+    assert result.metrics["step"] == 24
+    _assert_same_run(tmp_path, uninterrupted)
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    train.distill_run(_config(num_steps=4), tmp_path)
+    with pytest.raises(
+        checkpoint.IncompatibleCheckpointError, match="ipc: checkpoint 2 vs config 3"
+    ):
+        train.distill_run(_config(num_steps=4, ipc=3), tmp_path)
+    # num_steps and evaluation may change: continuing a finished run for more steps works.
+    assert train.distill_run(_config(num_steps=8), tmp_path).metrics["step"] == 8
+
+
+def test_non_finite_synthetic_set_stops_with_the_step_and_keeps_checkpoints(tmp_path):
+    with pytest.raises(FloatingPointError, match="non-finite loss or synthetic images at step"):
+        train.distill_run(_config(**{"syn.lr": 1e38, "checkpoint.every_steps": 1}), tmp_path)
+    steps = sorted(
+        int(p.name) for p in (tmp_path / "checkpoints").glob("[0-9]*") if p.name.isdigit()
+    )
+    manager = checkpoint.create_manager(tmp_path / "checkpoints")
+    assert manager.all_steps() == steps  # every saved checkpoint is a complete, finite one
+    shutil.rmtree(tmp_path)
