@@ -290,7 +290,10 @@ def summarize(dataset: data.Dataset, groups: clustering.Groups) -> str:
 
 def image_grid(images: np.ndarray, num_classes: int) -> np.ndarray:
     """Images in [0, 1] pixel space as one uint8 (H', W', C) grid, one row per class."""
-    images = np.clip(images, 0.0, 1.0)
+    # A one-pixel mid-grey border keeps neighbouring cells apart.
+    images = np.pad(
+        np.clip(images, 0.0, 1.0), ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=0.5
+    )
     n, h, w, ch = images.shape
     per_row = n // num_classes
     grid = images.reshape(num_classes, per_row, h, w, ch).transpose(0, 2, 1, 3, 4)
