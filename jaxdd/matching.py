@@ -206,12 +206,18 @@ def unrolled_training(
     learning_rate: ArrayLike,
     augment_fn: AugmentFn = no_augment,
     remat: bool = True,
+    unroll: int | bool = 1,
 ) -> Any:
     """T full-batch SGD steps on (images, labels) inside the graph, differentiable in `images`.
 
     Each step is `jax.checkpoint`ed, so the backward pass stores only the T parameter
     iterates and recomputes each step's activations: memory O(T * |params| + one step) instead
     of O(T * activations).
+
+    The loop is a rolled `lax.scan` (`unroll=1`): on the 2-core CPU (digits, ConvNet-128
+    depth 2, C=10, K=4, m=32, ipc 10) it matched or beat the fully unrolled loop
+    (`unroll=True`) at run time, 1.85 s vs 1.97 s per gradient for T=10 and 3.15 s vs 3.46 s
+    for T=20, and compiled 2-5x faster (6.6 s vs 31.5 s at T=20).
 
     Returns:
       The trained parameters.
@@ -224,7 +230,7 @@ def unrolled_training(
         return jax.tree.map(lambda p, g: p - learning_rate * g, params, grads), None
 
     body = jax.checkpoint(sgd_step) if remat else sgd_step
-    params, _ = jax.lax.scan(body, params, jax.random.split(key, num_steps))
+    params, _ = jax.lax.scan(body, params, jax.random.split(key, num_steps), unroll=unroll)
     return params
 
 
@@ -239,6 +245,7 @@ def risk(
     augment_fn: AugmentFn = no_augment,
     num_steps: int = 10,
     learning_rate: ArrayLike = 0.01,
+    unroll: int | bool = 1,
     group_batch: int | None = None,
 ) -> jax.Array:
     """Risk matching: cross-entropy on each group of a network trained on S for T steps.
@@ -262,6 +269,7 @@ def risk(
         num_steps=num_steps,
         learning_rate=learning_rate,
         augment_fn=augment_fn,
+        unroll=unroll,
     )
 
     def group_loss(images: jax.Array, label: jax.Array) -> jax.Array:
