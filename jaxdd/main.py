@@ -40,7 +40,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = flags.FLAGS.config
     workdir = flags.FLAGS.workdir or default_workdir(config)
-    result = train.distill_run(config, workdir)
+    try:
+        result = train.distill_run(config, workdir)
+    except train.Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)
     report = result.report
     print(
         f"test accuracy {report['accuracy_mean']:.2f} +- {report['accuracy_std']:.2f} % "
