@@ -99,10 +99,6 @@ def _map_groups(fn: Callable, xs: Any, *, group_batch: int) -> Any:
     return jax.lax.map(fn, xs, batch_size=group_batch)
 
 
-def _split_class_keys(key: jax.Array, num_classes: int) -> jax.Array:
-    return jax.random.split(key, num_classes)
-
-
 def gradient(
     params: Any,
     syn_images: jax.Array,
@@ -132,7 +128,7 @@ def gradient(
     """
     num_classes, num_clusters, m = real.shape[:3]
     grad_fn = jax.grad(functools.partial(mean_cross_entropy, apply_fn))
-    class_keys = _split_class_keys(key, num_classes)
+    class_keys = jax.random.split(key, num_classes)
 
     # Real gradients do not depend on the synthetic set: computed once per group, as constants.
     def real_group_grad(args):
@@ -182,7 +178,7 @@ def distribution(
     """
     del labels, group_batch  # DM matches class-conditional embeddings; labels are implicit.
     num_classes = syn_images.shape[0]
-    class_keys = _split_class_keys(key, num_classes)
+    class_keys = jax.random.split(key, num_classes)
 
     def mean_embedding(images: jax.Array, class_key: jax.Array) -> jax.Array:
         return jnp.mean(apply_fn(params, augment_fn(images, class_key))[1], axis=0)
