@@ -71,6 +71,14 @@ def get_config() -> ml_collections.ConfigDict:
         {"gaussian_noise": 0.1, "gaussian_blur": 1.0, "invert": 0.0, "contrast": 0.5}
     )  # Shifted test sets: name -> strength (noise sigma and blur sigma in [0,1] pixels).
 
+    config.distributed = ml_collections.ConfigDict()
+    # Devices the step's groups are split over (a one-axis mesh); 0 = every device of the run.
+    config.distributed.num_devices = 0
+    # Multi-host: jax.distributed.initialize settings; '' = one process (no initialisation).
+    config.distributed.coordinator_address = ""  # host:port of process 0.
+    config.distributed.num_processes = 1
+    config.distributed.process_id = 0
+
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 50  # Orbax checkpoint of the full state every N steps.
 

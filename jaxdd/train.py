@@ -87,6 +87,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_ints(config, positive, 1)
     _check_ints(config, ("match.net_train_steps", "match.group_batch", "eval.select_every"), 0)
     _check_ints(config, ("checkpoint.every_steps",), 1)
+    _check_ints(config, ("distributed.num_devices", "distributed.process_id"), 0)
+    _check_ints(config, ("distributed.num_processes",), 1)
+    if config.distributed.process_id >= config.distributed.num_processes:
+        _fail(
+            "distributed.process_id",
+            config.distributed.process_id,
+            f"an index below distributed.num_processes={config.distributed.num_processes}",
+        )
     name = config.data.name
     if not isinstance(name, str) or not (
         name in data.KNOWN_NAMES or name.startswith(("tfds:", "npz:"))
@@ -143,6 +151,36 @@ def validate_against_data(config: ml_collections.ConfigDict, dataset: data.Datas
             f"config.ipc={config.ipc} exceeds the smallest class of the train split "
             f"({counts[smallest]} examples) with syn.init='real'; lower ipc or use syn.init=noise."
         )
+
+
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """`jax.distributed.initialize` from `config.distributed` (multi-host runs), once.
+
+    Every process runs the same command with its own `distributed.process_id`; all of them
+    compute the same data, groups and initial state from the seed, each device computes its
+    share of the groups, and process 0 writes the run's files (checkpoints are written by all,
+    as orbax requires, into a workdir they share).
+    """
+    settings = config.distributed
+    if not settings.coordinator_address or jax.distributed.is_initialized():
+        return
+    jax.distributed.initialize(
+        coordinator_address=settings.coordinator_address,
+        num_processes=settings.num_processes,
+        process_id=settings.process_id,
+    )
+
+
+def create_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """A one-axis ('groups') mesh over `distributed.num_devices` devices (0 = all of them)."""
+    devices = jax.devices()
+    wanted = config.distributed.num_devices or len(devices)
+    if wanted > len(devices):
+        raise ValueError(
+            f"config.distributed.num_devices={wanted} exceeds the {len(devices)} devices JAX "
+            f"sees ({devices[0].platform}); lower it or use 0 for all of them."
+        )
+    return jax.sharding.Mesh(np.asarray(devices[:wanted]), ("groups",))
 
 
 def load_data(config: ml_collections.ConfigDict) -> tuple[data.Dataset, data.RareDataset | None]:
@@ -238,8 +276,15 @@ def create_losses_fn(config: ml_collections.ConfigDict, apply_fn: matching.Apply
     return functools.partial(matching.FAMILIES[config.match.family], **kwargs)
 
 
-def create_step(config: ml_collections.ConfigDict, model, image_shape):
-    """The jitted `(state, key, real) -> (state, metrics)` step with hyperparameters bound."""
+def create_step(
+    config: ml_collections.ConfigDict, model, image_shape, mesh: jax.sharding.Mesh | None = None
+):
+    """The jitted `(state, key, real) -> (state, metrics)` step with hyperparameters bound.
+
+    With `mesh`, the groups are split over its devices (`distill.compute_group_losses`) and
+    every output is replicated on it; pass the state and real data replicated on it too
+    (`distill.replicate`).
+    """
     apply_fn = lambda params, x: model.apply({"params": params}, x)
     step = functools.partial(
         distill.train_step,
@@ -254,8 +299,13 @@ def create_step(config: ml_collections.ConfigDict, model, image_shape):
         num_real=config.match.num_real,
         net_reset_every=config.match.net_reset_every,
         net_train_steps=config.match.net_train_steps,
+        mesh=mesh,
     )
-    return jax.jit(step)
+    if mesh is None:
+        return jax.jit(step)
+    return jax.jit(
+        step, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    )
 
 
 def create_state(
@@ -585,8 +635,12 @@ def distill_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
       Interrupted: SIGINT/SIGTERM (after saving a checkpoint).
     """
     validate_config(config)
+    initialize_distributed(config)
+    mesh = create_mesh(config)
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    # Checkpoints go to the shared workdir from every process; other files from process 0.
+    out = workdir if jax.process_index() == 0 else workdir / f"process_{jax.process_index()}"
+    out.mkdir(parents=True, exist_ok=True)
 
     dataset, rare = load_data(config)
     validate_against_data(config, dataset)
@@ -594,11 +648,15 @@ def distill_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
     cluster_key, init_key, step_root = jax.random.split(root, 3)
     groups = create_groups(config, dataset, key=cluster_key)
     logging.info("%s", summarize(dataset, groups))
+    logging.info(
+        "the groups are split over %d %s device(s)", mesh.size, mesh.devices.flat[0].platform
+    )
 
     model = create_model(config, dataset.num_classes)
     real = distill.RealData(images=jnp.asarray(dataset.train.images), groups=groups)
     state = create_state(config, model, real, key=init_key)
-    step_fn = create_step(config, model, dataset.image_shape)
+    real, state = distill.replicate((real, state), mesh)
+    step_fn = create_step(config, model, dataset.image_shape, mesh)
     select_seeds = eval_seeds(config, config.eval.select_num_models, offset=500)
 
     payload = {
@@ -610,6 +668,7 @@ def distill_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
             "images": state.images,
         },
     }
+    payload = distill.replicate(payload, mesh)
     run_fingerprint = fingerprint(config, dataset)
     manager = checkpoint_lib.create_manager(workdir / "checkpoints")
     restored = checkpoint_lib.restore_latest(
@@ -620,10 +679,10 @@ def distill_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
         payload = restored[1]
     # Lines logged after the resumed step (or by a run killed before its first checkpoint)
     # are redone below.
-    _truncate_metrics(workdir / "metrics.jsonl", restored[0] if restored else 0)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    _truncate_metrics(out / "metrics.jsonl", restored[0] if restored else 0)
+    (out / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     state = payload["state"]
-    step_root = jax.random.wrap_key_data(payload["root_key"])
+    step_root = jax.random.wrap_key_data(payload["root_key"])  # Replicated: so are step keys.
     best = payload["best"]
     start_step = int(state.step)
 
@@ -639,12 +698,12 @@ def distill_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
 
     last: dict[str, Any] = {}
     start = time.time()
-    writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step)
+    writer = tensorboardX.SummaryWriter(str(out / "tensorboard"), purge_step=start_step)
     progress = tqdm.tqdm(
         total=config.num_steps, initial=start_step, desc="distill", unit="step", disable=None
     )
     with (
-        open(workdir / "metrics.jsonl", "a") as log_file,
+        open(out / "metrics.jsonl", "a") as log_file,
         _signals_to_flag() as signals,
         writer,
         progress,
@@ -698,10 +757,10 @@ def distill_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
 
         images, labels = distill.synthetic_arrays(state)
         best_images = np.asarray(best["images"]).reshape(images.shape)
-        save_synthetic(workdir / "synthetic_last.npz", images, labels, dataset)
-        save_synthetic(workdir / "synthetic.npz", best_images, labels, dataset)
+        save_synthetic(out / "synthetic_last.npz", images, labels, dataset)
+        save_synthetic(out / "synthetic.npz", best_images, labels, dataset)
         save_image_grid(
-            workdir / "synthetic.png", dataset.denormalize(best_images), dataset.num_classes
+            out / "synthetic.png", dataset.denormalize(best_images), dataset.num_classes
         )
         report = test_report(
             config,
@@ -717,7 +776,7 @@ def distill_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
             dataset=dataset.name,
             ipc=config.ipc,
         )
-        (workdir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         for name in ("accuracy_mean", "worst_group_accuracy", "worst_class_accuracy"):
             if name in report:
                 writer.add_scalar(f"eval/{name}", report[name], config.num_steps)

@@ -1,0 +1,127 @@
+"""Multi-device distillation: the step split over 4 forced CPU devices equals the 1-device step.
+
+XLA's host device count is fixed when JAX starts, so the checks run in a subprocess started
+with `--xla_force_host_platform_device_count=4` (this file's `__main__`).
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run_worker(tmp_path: pathlib.Path, check: str) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, __file__, check, str(tmp_path), str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("family", ["gradient", "distribution", "risk"])
+def test_step_on_4_devices_matches_one_device(tmp_path, family):
+    result = _run_worker(tmp_path, family)
+    assert result["devices"] == 4
+    for num_clusters, r in result["runs"].items():
+        # K=2 on 4 devices pads the cluster axis with repeated groups: their losses are dropped.
+        assert r["output_devices"] == 4, num_clusters
+        np.testing.assert_allclose(r["losses_mesh"], r["losses_single"], rtol=2e-4, atol=1e-6)
+        np.testing.assert_allclose(r["images_mesh"], r["images_single"], rtol=2e-4, atol=2e-5)
+        # The update really moved the images, and by the single-device amount, not 4x (an
+        # extra pmean/psum) or 1/4 (a device's share only).
+        moved = np.abs(np.subtract(r["images_single"], r["images_init"])).max()
+        assert moved > 1e-4, num_clusters
+        np.testing.assert_allclose(r["grad_norm_mesh"], r["grad_norm_single"], rtol=2e-4)
+
+
+def test_run_uses_all_devices_and_matches_one_device(tmp_path):
+    result = _run_worker(tmp_path, "run")
+    assert result["mesh_sizes"] == [1, 4]
+    np.testing.assert_allclose(result["all"], result["one"], rtol=1e-3, atol=1e-4)
+
+
+# --- worker (runs with 4 forced CPU devices) ------------------------------------------------
+
+
+def _step_check(family: str) -> dict:
+    import jax
+
+    from configs import smoke
+    from jaxdd import clustering, distill, train
+
+    runs = {}
+    for num_clusters in (2, 4):
+        config = smoke.get_config()
+        config.model.width, config.model.depth = 8, 2
+        config.match.family = family
+        config.match.num_real = 4
+        config.cluster.num_clusters = num_clusters
+        num_classes, per_class = 3, 16
+        images = jax.random.normal(jax.random.key(0), (num_classes * per_class, 8, 8, 1))
+        labels = np.repeat(np.arange(num_classes), per_class)
+        assignments = np.tile(np.arange(per_class) % num_clusters, num_classes)
+        groups = clustering.make_groups(
+            labels, assignments, num_classes=num_classes, num_clusters=num_clusters
+        )
+        model = train.create_model(config, num_classes)
+        real = distill.RealData(images=images + labels[:, None, None, None], groups=groups)
+        state = train.create_state(config, model, real, key=jax.random.key(1))
+        key = jax.random.key(2)
+
+        single_state, single = train.create_step(config, model, (8, 8, 1))(state, key, real)
+        mesh = train.create_mesh(config)
+        step = train.create_step(config, model, (8, 8, 1), mesh)
+        mesh_state, sharded = step(*distill.replicate((state, key), mesh), real)
+        runs[str(num_clusters)] = {
+            "output_devices": len(mesh_state.images.sharding.device_set),
+            "losses_single": np.asarray(single["group_losses"]).tolist(),
+            "losses_mesh": np.asarray(sharded["group_losses"]).tolist(),
+            "images_init": np.asarray(state.images).tolist(),
+            "images_single": np.asarray(single_state.images).tolist(),
+            "images_mesh": np.asarray(mesh_state.images).tolist(),
+            "grad_norm_single": float(single["grad_norm"]),
+            "grad_norm_mesh": float(sharded["grad_norm"]),
+        }
+    return {"devices": jax.device_count(), "runs": runs}
+
+
+def _run_check(tmp_path: pathlib.Path) -> dict:
+    from configs import smoke
+    from jaxdd import train
+
+    results, sizes = {}, []
+    for name, num_devices in (("one", 1), ("all", 0)):
+        config = smoke.get_config()
+        config.num_steps = 3
+        config.eval.num_models, config.eval.epochs, config.eval.select_every = 1, 1, 0
+        config.distributed.num_devices = num_devices
+        sizes.append(train.create_mesh(config).size)
+        train.distill_run(config, tmp_path / name)
+        results[name] = np.load(tmp_path / name / "synthetic_last.npz")["images"].tolist()
+    return {**results, "mesh_sizes": sizes}
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    import tests.conftest  # noqa: F401  (the persistent compilation cache)
+
+    check, tmp, out = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+    result = _run_check(tmp) if check == "run" else _step_check(check)
+    out.write_text(json.dumps(result))
