@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.match.net_lr = 0.01  # Learning rate of that network training.
     config.match.unroll_steps = 10  # risk family: T unrolled SGD steps.
     config.match.unroll_lr = 0.01  # risk family: learning rate of the unrolled steps.
+    config.match.unroll_remat = "nested"  # risk family: nested (O(sqrt T) memory) | step | none.
 
     config.robust = ml_collections.ConfigDict()
     config.robust.risk = "cvar"  # mean (ERM) | cvar | max | mean+max.

@@ -15,7 +15,8 @@ real-data terms are constants of the synthetic set.
 - `distribution` (DM): squared distance between the mean embeddings of synthetic class c and of
   group (c, k) under a randomly initialised network.
 - `risk` (unrolled): train the network on the synthetic set for T SGD steps inside the graph
-  (`jax.checkpoint`ed), then the cross-entropy of the trained network on group (c, k).
+  (rematerialised, O(sqrt(T)) memory), then the cross-entropy of the trained network on
+  group (c, k).
 
 Mapping over groups goes through `jax.lax.map(..., batch_size=group_batch)`: `group_batch`
 groups are vmapped together and the chunks run in sequence; `group_batch = 0` (the default)
@@ -33,6 +34,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from jaxdd import augment as augment_lib
@@ -191,6 +193,32 @@ def distribution(
     return jax.vmap(class_losses)(syn_images, real, class_keys)
 
 
+REMATS = ("nested", "step", "none")
+
+
+def _nested_remat_scan(body: Callable, carry: Any, xs: jax.Array, *, segment: int) -> Any:
+    """`lax.scan(body, carry, xs)[0]` storing only segment-boundary carries for the backward.
+
+    The steps run in segments of `segment`, each segment a `jax.checkpoint`ed inner scan of
+    `jax.checkpoint`ed steps: the backward pass keeps the T / segment boundary carries, and
+    recomputes one segment at a time (keeping its `segment` carries). With segment ~ sqrt(T)
+    that is O(sqrt(T)) stored carries for one extra forward pass.
+    """
+    num_steps = xs.shape[0]
+    step = jax.checkpoint(body)
+
+    @jax.checkpoint
+    def run_segment(carry, segment_xs):
+        return jax.lax.scan(step, carry, segment_xs)[0], None
+
+    whole = num_steps // segment * segment
+    if whole:
+        carry, _ = jax.lax.scan(run_segment, carry, xs[:whole].reshape(-1, segment, *xs.shape[1:]))
+    if whole < num_steps:
+        carry, _ = run_segment(carry, xs[whole:])
+    return carry
+
+
 def unrolled_training(
     params: Any,
     images: jax.Array,
@@ -201,14 +229,19 @@ def unrolled_training(
     num_steps: int,
     learning_rate: ArrayLike,
     augment_fn: AugmentFn = no_augment,
-    remat: bool = True,
+    remat: str = "nested",
     unroll: int | bool = 1,
 ) -> Any:
     """T full-batch SGD steps on (images, labels) inside the graph, differentiable in `images`.
 
-    Each step is `jax.checkpoint`ed, so the backward pass stores only the T parameter
-    iterates and recomputes each step's activations: memory O(T * |params| + one step) instead
-    of O(T * activations).
+    `remat` sets what the backward pass stores (`REMATS`):
+      - "nested" (default): segments of ceil(sqrt(T)) steps, each rematerialised
+        (`_nested_remat_scan`): O(sqrt(T)) parameter iterates plus one step's activations,
+        for a third forward pass per step.
+      - "step": every step `jax.checkpoint`ed: the T parameter iterates plus one step's
+        activations.
+      - "none": every step's activations, O(T * activations).
+    The compiled peak memory for T = 10..80 is in benchmarks/results/step_time.md.
 
     The loop is a rolled `lax.scan` (`unroll=1`): on the 2-core CPU (digits, ConvNet-128
     depth 2, C=10, K=4, m=32, ipc 10) it matched or beat the fully unrolled loop
@@ -218,6 +251,8 @@ def unrolled_training(
     Returns:
       The trained parameters.
     """
+    if remat not in REMATS:
+        raise ValueError(f"unknown remat {remat!r}; expected one of {REMATS}.")
 
     def sgd_step(params, step_key):
         grads = jax.grad(functools.partial(mean_cross_entropy, apply_fn))(
@@ -225,8 +260,12 @@ def unrolled_training(
         )
         return jax.tree.map(lambda p, g: p - learning_rate * g, params, grads), None
 
-    body = jax.checkpoint(sgd_step) if remat else sgd_step
-    params, _ = jax.lax.scan(body, params, jax.random.split(key, num_steps), unroll=unroll)
+    keys = jax.random.split(key, num_steps)
+    if remat == "nested":
+        segment = max(1, int(np.ceil(np.sqrt(num_steps))))
+        return _nested_remat_scan(sgd_step, params, keys, segment=segment)
+    body = jax.checkpoint(sgd_step) if remat == "step" else sgd_step
+    params, _ = jax.lax.scan(body, params, keys, unroll=unroll)
     return params
 
 
@@ -241,6 +280,7 @@ def risk(
     augment_fn: AugmentFn = no_augment,
     num_steps: int = 10,
     learning_rate: ArrayLike = 0.01,
+    remat: str = "nested",
     unroll: int | bool = 1,
     group_batch: int | None = None,
 ) -> jax.Array:
@@ -265,6 +305,7 @@ def risk(
         num_steps=num_steps,
         learning_rate=learning_rate,
         augment_fn=augment_fn,
+        remat=remat,
         unroll=unroll,
     )
 

@@ -123,6 +123,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "match.family", matching.FAMILIES)
     _check_choice(config, "robust.risk", risk.RISKS)
     _check_choice(config, "syn.init", ("real", "noise"))
+    _check_choice(config, "match.unroll_remat", matching.REMATS)
     for field in ("match.augment", "eval.augment"):
         try:
             augment.parse_strategy(_get(config, field))
@@ -272,7 +273,11 @@ def create_losses_fn(config: ml_collections.ConfigDict, apply_fn: matching.Apply
         "group_batch": config.match.group_batch,
     }
     if config.match.family == "risk":
-        kwargs.update(num_steps=config.match.unroll_steps, learning_rate=config.match.unroll_lr)
+        kwargs.update(
+            num_steps=config.match.unroll_steps,
+            learning_rate=config.match.unroll_lr,
+            remat=config.match.unroll_remat,
+        )
     return functools.partial(matching.FAMILIES[config.match.family], **kwargs)
 
 

@@ -165,18 +165,19 @@ def test_unrolled_training_remat_and_python_loop_agree(setup):
         flat_labels,
         key=jax.random.key(0),
         apply_fn=apply_fn,
-        num_steps=3,
+        num_steps=5,
         learning_rate=0.1,
         remat=remat,
     )
     # Independent: plain Python loop of SGD steps.
     reference = params
-    for _ in range(3):
+    for _ in range(5):
         g = jax.grad(functools.partial(matching.mean_cross_entropy, apply_fn))(
             reference, images, flat_labels
         )
         reference = jax.tree.map(lambda p, g: p - 0.1 * g, reference, g)
-    for remat in (True, False):
+    # T=5: "nested" runs one segment of 3 steps and a remainder of 2.
+    for remat in matching.REMATS:
         jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
             run(remat),
@@ -193,11 +194,47 @@ def test_unrolled_training_remat_and_python_loop_agree(setup):
                     flat_labels,
                     key=jax.random.key(0),
                     apply_fn=apply_fn,
-                    num_steps=3,
+                    num_steps=5,
                     learning_rate=0.1,
                     remat=remat,
                 )
             )
         )
     )(images)
-    np.testing.assert_allclose(grad_of(True), grad_of(False), rtol=1e-4, atol=1e-6)
+    expected = grad_of("none")
+    assert float(jnp.abs(expected).max()) > 0
+    for remat in ("nested", "step"):
+        np.testing.assert_allclose(grad_of(remat), expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="remat"):
+        grad_of("sqrt")
+
+
+def test_nested_remat_peak_memory_grows_sublinearly(setup):
+    apply_fn, params, syn, _, labels = setup
+    images, flat_labels = syn.reshape(-1, HW, HW, 1), labels.reshape(-1)
+
+    def temp_bytes(remat, num_steps):
+        loss = lambda x: sum(
+            jnp.sum(leaf)
+            for leaf in jax.tree.leaves(
+                matching.unrolled_training(
+                    params,
+                    x,
+                    flat_labels,
+                    key=jax.random.key(0),
+                    apply_fn=apply_fn,
+                    num_steps=num_steps,
+                    learning_rate=0.1,
+                    remat=remat,
+                )
+            )
+        )
+        compiled = jax.jit(jax.grad(loss)).lower(images).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    step = {t: temp_bytes("step", t) for t in (16, 64)}
+    nested = {t: temp_bytes("nested", t) for t in (16, 64)}
+    # Per-step remat stores all T iterates; nested stores ~2 sqrt(T): 4x the steps costs far
+    # less than 4x the memory, and less than per-step remat at T=64.
+    assert nested[64] < step[64]
+    assert nested[64] - nested[16] < 0.5 * (step[64] - step[16])

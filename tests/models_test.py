@@ -282,11 +282,22 @@ def test_cross_entropy_rejects_mismatched_labels():
         models.cross_entropy(logits, jnp.zeros((3,), jnp.float32))
 
 
-@pytest.mark.parametrize("kernel_shape", [(3, 3, 3, 4), (5, 3, 3, 2), (1, 1, 3, 2)])
-def test_same_conv_matches_xla_conv_to_second_order(kernel_shape):
+@pytest.mark.parametrize(
+    "x_shape, kernel_shape",
+    [
+        # Every forward formulation of `same_conv` (and its dx, which runs one on C_out):
+        ((2, 6, 5, 3), (3, 3, 3, 4)),  # shifted GEMMs (C_in <= 4)
+        ((2, 6, 5, 3), (5, 3, 3, 2)),
+        ((2, 6, 5, 3), (1, 1, 3, 2)),
+        ((2, 5, 4, 6), (3, 3, 6, 5)),  # XLA's convolution
+        ((2, 2, 2, 6), (3, 3, 6, 5)),  # dense matrix (<= 4 pixels)
+        ((2, 1, 3, 5), (5, 3, 5, 6)),  # dense, kernel larger than the map
+    ],
+)
+def test_same_conv_matches_xla_conv_to_second_order(x_shape, kernel_shape):
     """`same_conv`'s hand-written VJP equals autodiff of lax's convolution, twice over."""
     kx, kk, kg = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (2, 6, 5, 3))
+    x = jax.random.normal(kx, x_shape)
     kernel = jax.random.normal(kk, kernel_shape)
 
     def reference(x, k):
