@@ -15,6 +15,7 @@ be resumed with the same command.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import json
 import pathlib
@@ -40,6 +41,29 @@ COLUMNS = {
 }
 
 
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    """`field=value` strings (values as Python literals, else strings) -> {field: value}."""
+    overrides = {}
+    for item in items:
+        field, _, value = item.partition("=")
+        try:
+            overrides[field.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            overrides[field.strip()] = value.strip()
+    return overrides
+
+
+def apply_overrides(config, overrides: dict[str, object]) -> None:
+    for field, value in overrides.items():
+        *parents, leaf = field.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise ValueError(f"unknown config field {field!r}")
+        node[leaf] = value
+
+
 def make_config(dataset: str, ipc: int, seed: int, args) -> object:
     name, _, rare = dataset.partition("+")
     config = importlib.import_module(f"configs.{name}").get_config()
@@ -54,6 +78,7 @@ def make_config(dataset: str, ipc: int, seed: int, args) -> object:
         config.match.net_train_steps = 1  # DC's inner loop for IPC 1.
     if rare:
         config.data.rare = "invert"
+    apply_overrides(config, parse_overrides(getattr(args, "set", None) or []))
     return config
 
 
@@ -65,7 +90,6 @@ def run_method(method: str, config, workdir: pathlib.Path) -> dict:
     train_set = dataset.train
     if method == "full":
         images, labels = train_set.images, train_set.labels
-        config.eval.epochs = max(1, config.eval.epochs // 10)  # 10x more data per epoch
     else:
         features = train_set.images.reshape(len(train_set), -1)
         index = baselines.select(
@@ -89,11 +113,12 @@ def summarise(records: list[dict], args, wall: float) -> str:
         f"Command: `python benchmarks/robustness.py {' '.join(sys.argv[1:])}`  ",
         f"Machine: {platform.machine()} CPU ({platform.processor() or 'unknown'}), "
         f"{_cores()} cores, no accelerator; wall time of this invocation {wall / 60:.1f} min.  ",
-        f"Protocol: ConvNet (depth 2 on 8x8 digits), {args.steps} distillation steps, the set "
-        f"selected on validation; {args.eval_models} networks trained from scratch per method "
-        f"for {args.eval_epochs} epochs (full data: {max(1, args.eval_epochs // 10)}), SGD "
-        "momentum 0.9, lr 0.01 decayed x0.1 at half, DSA. Accuracies in % on the test split, "
-        "mean +- std over distillation seeds (each value itself a mean over the networks).",
+        "Protocol: the dataset's shipped config (ConvNet; depth 2 on 8x8 digits), the "
+        "synthetic set selected on the validation split; networks trained from scratch per "
+        "method with SGD momentum 0.9, lr 0.01 decayed x0.1 at half, DSA. Each table lists its "
+        "distillation steps, evaluation networks x epochs and config overrides. Accuracies in % "
+        "on the test split, mean +- std over distillation seeds (each value itself a mean over "
+        "the networks).",
         "",
     ]
     keys = sorted({(r["dataset"], r["ipc"]) for r in records})
@@ -112,6 +137,15 @@ def summarise(records: list[dict], args, wall: float) -> str:
                 values = np.array([r["report"][c] for r in runs if c in r["report"]], float)
                 cells.append(f"{values.mean():.1f} ± {values.std():.1f}" if len(values) else "")
             lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
+        lines.append("")
+        settings = sorted({json.dumps(r.get("settings", {}), sort_keys=True) for r in rows})
+        for text in settings:
+            used = [
+                r["method"]
+                for r in rows
+                if json.dumps(r.get("settings", {}), sort_keys=True) == text
+            ]
+            lines.append(f"Settings of {', '.join(sorted(set(used)))}: `{text}`  ")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -169,6 +203,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--eval-models", type=int, default=3)
     parser.add_argument("--eval-epochs", type=int, default=150)
+    parser.add_argument("--full-epochs", type=int, default=0, help="full data; 0 = eval-epochs")
+    parser.add_argument("--set", action="append", default=[], help="config field=value")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "robustness"))
     args = parser.parse_args()
     out = pathlib.Path(args.out)
@@ -190,13 +226,19 @@ def main() -> None:
                     if done:
                         continue
                     t = time.time()
+                    config = make_config(dataset, ipc, seed, args)
+                    if method == "full" and args.full_epochs:
+                        config.eval.epochs = args.full_epochs
+                    settings = {
+                        "steps": args.steps,
+                        "eval": f"{config.eval.num_models}x{config.eval.epochs} epochs",
+                        "set": parse_overrides(args.set),
+                    }
                     with tempfile.TemporaryDirectory() as workdir:
-                        report = run_method(
-                            method, make_config(dataset, ipc, seed, args), pathlib.Path(workdir)
-                        )
+                        report = run_method(method, config, pathlib.Path(workdir))
                     records.append(
                         {"dataset": dataset, "ipc": ipc, "seed": seed, "method": method,
-                         "seconds": time.time() - t, "report": report}
+                         "seconds": time.time() - t, "report": report, "settings": settings}
                     )  # fmt: skip
                     results_path.write_text(json.dumps(records, indent=1) + "\n")
                     print(

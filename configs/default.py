@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.robust.alpha = 0.5  # CVaR tail mass in (0, 1]; 1 = mean.
 
     config.syn = ml_collections.ConfigDict()
-    config.syn.init = "real"  # real | noise.
+    config.syn.init = "real"  # real (random real images) | noise | random | herding | k_center.
     config.syn.lr = 0.1  # Learning rate of the synthetic images (SGD with momentum, as DC).
     config.syn.momentum = 0.5
 

@@ -36,7 +36,18 @@ import tqdm
 from absl import logging
 from jax.typing import ArrayLike
 
-from jaxdd import augment, clustering, data, distill, evaluate, matching, models, risk, robustness
+from jaxdd import (
+    augment,
+    baselines,
+    clustering,
+    data,
+    distill,
+    evaluate,
+    matching,
+    models,
+    risk,
+    robustness,
+)
 from jaxdd import checkpoint as checkpoint_lib
 
 _DATA_FORMS = ("digits", "fashion_mnist", "mnist", "tfds:<name>", "npz:<path>")
@@ -122,7 +133,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "cluster.features", CLUSTER_FEATURES)
     _check_choice(config, "match.family", matching.FAMILIES)
     _check_choice(config, "robust.risk", risk.RISKS)
-    _check_choice(config, "syn.init", ("real", "noise"))
+    _check_choice(config, "syn.init", ("real", "noise", *baselines.BASELINES))
     _check_choice(config, "match.unroll_remat", matching.REMATS)
     for field in ("match.augment", "eval.augment"):
         try:
@@ -147,10 +158,11 @@ def validate_against_data(config: ml_collections.ConfigDict, dataset: data.Datas
             f"class of the train split (class {smallest} has {counts[smallest]} examples); "
             "lower it."
         )
-    if config.syn.init == "real" and config.ipc > counts[smallest]:
+    if config.syn.init != "noise" and config.ipc > counts[smallest]:
         raise ValueError(
             f"config.ipc={config.ipc} exceeds the smallest class of the train split "
-            f"({counts[smallest]} examples) with syn.init='real'; lower ipc or use syn.init=noise."
+            f"({counts[smallest]} examples) with syn.init={config.syn.init!r}; lower ipc or use "
+            "syn.init=noise."
         )
 
 
@@ -314,12 +326,34 @@ def create_step(
 
 
 def create_state(
-    config: ml_collections.ConfigDict, model, real: distill.RealData, *, key: jax.Array
+    config: ml_collections.ConfigDict,
+    model,
+    real: distill.RealData,
+    *,
+    key: jax.Array,
+    train_labels: np.ndarray | None = None,
 ) -> distill.State:
+    """The initial state; `syn.init` is 'real', 'noise' or a coreset of `baselines.BASELINES`
+    (chosen on the flattened train images, which then needs `train_labels`)."""
     syn_key, net_key = jax.random.split(key)
-    images, labels = distill.init_synthetic(
-        real, ipc=config.ipc, key=syn_key, method=config.syn.init
-    )
+    if config.syn.init in baselines.BASELINES:
+        if train_labels is None:
+            raise ValueError(f"syn.init={config.syn.init!r} needs the train labels.")
+        pixels = np.asarray(real.images)
+        index = baselines.select(
+            config.syn.init,
+            pixels.reshape(len(pixels), -1),
+            train_labels,
+            ipc=config.ipc,
+            seed=config.seed,
+        )
+        num_classes = int(real.groups.sizes.shape[0])
+        images = jnp.asarray(pixels[index]).reshape(num_classes, config.ipc, *pixels.shape[1:])
+        labels = jnp.asarray(train_labels[index], jnp.int32).reshape(num_classes, config.ipc)
+    else:
+        images, labels = distill.init_synthetic(
+            real, ipc=config.ipc, key=syn_key, method=config.syn.init
+        )
     return distill.create_state(
         images=images,
         labels=labels,
@@ -659,7 +693,7 @@ def distill_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
 
     model = create_model(config, dataset.num_classes)
     real = distill.RealData(images=jnp.asarray(dataset.train.images), groups=groups)
-    state = create_state(config, model, real, key=init_key)
+    state = create_state(config, model, real, key=init_key, train_labels=dataset.train.labels)
     real, state = distill.replicate((real, state), mesh)
     step_fn = create_step(config, model, dataset.image_shape, mesh)
     select_seeds = eval_seeds(config, config.eval.select_num_models, offset=500)

@@ -164,6 +164,10 @@ def test_cli_rejects_bad_value_before_any_work(tmp_path):
         ("cluster.num_clusters", 0, "config.cluster.num_clusters"),
         ("match.augment", "color_warp", "config.match.augment"),
         ("eval.num_models", 0, "config.eval.num_models"),
+        ("syn.init", "kmeans", "config.syn.init"),
+        ("match.unroll_remat", "sqrt", "config.match.unroll_remat"),
+        ("distributed.num_devices", -1, "config.distributed.num_devices"),
+        ("distributed.process_id", 1, "below distributed.num_processes=1"),
     ],
 )
 def test_validation_names_the_field(field, value, message):
@@ -179,3 +183,31 @@ def test_too_many_clusters_for_the_data(tmp_path):
     config.cluster.num_clusters = 500
     with pytest.raises(ValueError, match="exceeds the smallest class"):
         train.distill_run(config, tmp_path)
+
+
+def test_mesh_uses_every_device_unless_told(monkeypatch):
+    config = smoke.get_config()
+    assert train.create_mesh(config).size == len(train.jax.devices())
+    config.distributed.num_devices = len(train.jax.devices()) + 1
+    with pytest.raises(ValueError, match="distributed.num_devices"):
+        train.create_mesh(config)
+
+
+def test_coreset_initialisation_starts_from_the_coreset():
+    config = smoke.get_config()
+    config.syn.init, config.ipc = "k_center", 2
+    dataset, _ = train.load_data(config)
+    groups = train.create_groups(config, dataset, key=train.jax.random.key(0))
+    real = train.distill.RealData(images=train.jnp.asarray(dataset.train.images), groups=groups)
+    model = train.create_model(config, dataset.num_classes)
+    state = train.create_state(
+        config, model, real, key=train.jax.random.key(1), train_labels=dataset.train.labels
+    )
+    pixels = dataset.train.images.reshape(len(dataset.train), -1)
+    index = train.baselines.select("k_center", pixels, dataset.train.labels, ipc=2, seed=0)
+    np.testing.assert_array_equal(
+        np.asarray(state.images).reshape(-1, *dataset.image_shape), dataset.train.images[index]
+    )
+    np.testing.assert_array_equal(np.asarray(state.labels).reshape(-1), dataset.train.labels[index])
+    with pytest.raises(ValueError, match="train labels"):
+        train.create_state(config, model, real, key=train.jax.random.key(1))

@@ -1,0 +1,417 @@
+"""Speed and memory of the distillation step, measured against this machine's matmul peak.
+
+  python benchmarks/step_time.py                      # everything below
+  python benchmarks/step_time.py --sections=steps --shapes=digits --ipcs=1,10
+
+Sections (`--sections`, comma-separated):
+  steps    for each matching family x {digits 8x8x1, fashion_mnist 28x28x1, svhn 32x32x3}
+           x IPC: the shipped config's full `train_step` (groups sampled, DSA, matching, risk,
+           synthetic update, DC's inner network training): compile time, median step time,
+           FLOPs per step, achieved FLOP/s against the dense-matmul peak measured in the same
+           run, and the compiled memory (arguments + outputs + XLA temporaries).
+  scaling  the gradient family's matching objective on digits as K grows (m fixed), and the
+           grouped (C, K, m) losses against one ungrouped loss over the same C*K*m images.
+  torch    the same robust gradient-matching objective in PyTorch eager with per-class and
+           per-cluster Python loops (`benchmarks/torch_reference.py`, the `bench` extra),
+           same shapes, same CPU, same run.
+  memory   compiled peak memory of the risk family's unrolled objective for T = 10..80
+           under each `match.unroll_remat`.
+
+Data is random (mock) with the datasets' shapes: timings do not depend on pixel values.
+FLOPs: XLA's cost analysis counts a loop body once, whatever its trip count, so "FLOPs/step"
+is counted as the matching objective compiled with its loops unrolled and without
+rematerialisation (the useful work), plus `net_train_steps` x one inner SGD step; XLA's own
+figure for the compiled step is listed beside it. Results go to
+benchmarks/results/step_time.{md,json}; no persistent compilation cache is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from configs import digits, fashion_mnist, svhn  # noqa: E402
+from jaxdd import clustering, distill, matching, train  # noqa: E402
+
+SHAPES = {
+    "digits": (digits, (8, 8, 1)),
+    "fashion_mnist": (fashion_mnist, (28, 28, 1)),
+    "svhn": (svhn, (32, 32, 3)),
+}
+FAMILIES = ("gradient", "distribution", "risk")
+
+
+def timed(fn, *args, repeats: int) -> tuple[float, list[float]]:
+    """Median wall time of `fn(*args)` after one warm-up call."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), times
+
+
+def matmul_peak(size: int = 4096, repeats: int = 5) -> float:
+    """Dense f32 matmul FLOP/s of this machine through XLA (best of `repeats`)."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b).lower(a, a).compile()
+    jax.block_until_ready(f(a, a))
+    best = min(_wall(f, a, a) for _ in range(repeats))
+    return 2 * size**3 / best
+
+
+def _wall(fn, *args) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+def family_config(shape_name: str, family: str, ipc: int):
+    module, _ = SHAPES[shape_name]
+    config = module.get_config()
+    config.ipc = ipc
+    config.match.family = family
+    if family != "gradient":  # DM and risk matching draw a fresh network every step.
+        config.match.net_reset_every, config.match.net_train_steps = 1, 0
+    return config
+
+
+def mock_real(config, image_shape, num_classes: int = 10) -> distill.RealData:
+    """Random images, each group holding exactly m members (C * K * m images)."""
+    num_clusters, m = config.cluster.num_clusters, config.match.num_real
+    per_class = num_clusters * max(m, config.ipc)
+    images = jax.random.normal(jax.random.key(0), (num_classes * per_class, *image_shape))
+    labels = np.repeat(np.arange(num_classes), per_class)
+    assignments = np.tile(np.arange(per_class) % num_clusters, num_classes)
+    groups = clustering.make_groups(
+        labels, assignments, num_classes=num_classes, num_clusters=num_clusters
+    )
+    return distill.RealData(images=images, groups=groups)
+
+
+def memory_bytes(compiled) -> int:
+    stats = compiled.memory_analysis()
+    return int(
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        + stats.temp_size_in_bytes
+        - stats.alias_size_in_bytes
+    )
+
+
+def _objective(config, model, state, real, *, remat=None, unroll=1):
+    """The jitted robust objective's value_and_grad w.r.t. the synthetic images."""
+    apply_fn = lambda params, x: model.apply({"params": params}, x)
+    kwargs = {}
+    if config.match.family == "risk":
+        kwargs = dict(
+            num_steps=config.match.unroll_steps,
+            learning_rate=config.match.unroll_lr,
+            remat=remat or config.match.unroll_remat,
+            unroll=unroll,
+        )
+    losses = functools.partial(
+        matching.FAMILIES[config.match.family],
+        apply_fn=apply_fn,
+        augment_fn=matching.siamese_augment(config.match.augment),
+        group_batch=config.match.group_batch,
+        **kwargs,
+    )
+
+    def objective(net_params, images, real_images, key):
+        return jax.value_and_grad(
+            lambda s: distill.robust_objective(
+                s,
+                losses_fn=functools.partial(
+                    losses, net_params, labels=state.labels, real=real_images, key=key
+                ),
+                risk_name=config.robust.risk,
+                alpha=config.robust.alpha,
+            ),
+            has_aux=True,
+        )(images)
+
+    index = clustering.sample_groups(real.groups, config.match.num_real, key=jax.random.key(1))
+    args = (state.net_params, state.images, real.images[index], jax.random.key(2))
+    return jax.jit(objective), args
+
+
+def useful_flops(config, model, state, real) -> float:
+    """FLOPs of one step with every loop counted at its trip count (see module docstring)."""
+    objective, args = _objective(config, model, state, real, remat="none", unroll=True)
+    total = objective.lower(*args).compile().cost_analysis()["flops"]
+    if config.match.net_train_steps:
+        apply_fn = lambda params, x: model.apply({"params": params}, x)
+        grad = jax.grad(functools.partial(matching.mean_cross_entropy, apply_fn))
+        images = state.images.reshape(-1, *state.images.shape[2:])
+        labels = state.labels.reshape(-1)
+        sgd = jax.jit(grad).lower(state.net_params, images, labels).compile()
+        total += config.match.net_train_steps * sgd.cost_analysis()["flops"]
+    return float(total)
+
+
+def bench_steps(args, peak: float) -> list[dict]:
+    rows = []
+    for shape_name in args.shapes.split(","):
+        image_shape = SHAPES[shape_name][1]
+        for family in args.families.split(","):
+            for ipc in (int(i) for i in args.ipcs.split(",")):
+                config = family_config(shape_name, family, ipc)
+                model = train.create_model(config, 10)
+                real = mock_real(config, image_shape)
+                state = train.create_state(config, model, real, key=jax.random.key(0))
+                # As the run loop does: the groups split over a mesh of every local device.
+                mesh = train.create_mesh(config)
+                step = train.create_step(config, model, image_shape, mesh)
+                state, key, real = distill.replicate((state, jax.random.key(3), real), mesh)
+                start = time.perf_counter()
+                compiled = step.lower(state, key, real).compile()
+                compile_s = time.perf_counter() - start
+                repeats = args.repeats if shape_name == "digits" else args.repeats_large
+                median, times = timed(compiled, state, key, real, repeats=repeats)
+                flops = useful_flops(config, model, state, real)
+                row = {
+                    "shape": shape_name,
+                    "image_shape": list(image_shape),
+                    "family": family,
+                    "ipc": ipc,
+                    "groups": f"10x{config.cluster.num_clusters}x{config.match.num_real}",
+                    "model": f"{config.model.name}-{config.model.width} depth {config.model.depth}",
+                    "net_train_steps": config.match.net_train_steps,
+                    "compile_s": compile_s,
+                    "step_s": median,
+                    "times_s": times,
+                    "flops": flops,
+                    "xla_flops": float(compiled.cost_analysis()["flops"]),
+                    "flops_per_s": flops / median,
+                    "peak_fraction": flops / median / peak,
+                    "memory_bytes": memory_bytes(compiled),
+                    "devices": mesh.size,
+                }
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "times_s"}), flush=True)
+    return rows
+
+
+def bench_scaling(args) -> dict:
+    config = family_config("digits", "gradient", 10)
+    model = train.create_model(config, 10)
+    out = {"clusters": [], "grouped": None}
+    for k in (1, 2, 4, 8, 16):
+        config.cluster.num_clusters = k
+        real = mock_real(config, (8, 8, 1))
+        state = train.create_state(config, model, real, key=jax.random.key(0))
+        objective, obj_args = _objective(config, model, state, real)
+        median, _ = timed(objective, *obj_args, repeats=args.repeats)
+        out["clusters"].append({"K": k, "real_images": 10 * k * config.match.num_real, "s": median})
+        print(json.dumps(out["clusters"][-1]), flush=True)
+    # Same C*K*m real images: (C, K=4, m) groups against one group of 4m per class.
+    timings = {}
+    for name, (k, m) in {"grouped": (4, 64), "ungrouped": (1, 256)}.items():
+        config.cluster.num_clusters, config.match.num_real = k, m
+        real = mock_real(config, (8, 8, 1))
+        state = train.create_state(config, model, real, key=jax.random.key(0))
+        objective, obj_args = _objective(config, model, state, real)
+        timings[name] = timed(objective, *obj_args, repeats=args.repeats)[0]
+    out["grouped"] = {**timings, "ratio": timings["grouped"] / timings["ungrouped"]}
+    print(json.dumps(out["grouped"]), flush=True)
+    return out
+
+
+def bench_torch(args) -> list[dict]:
+    try:
+        import torch_reference
+    except ImportError as e:  # The `bench` extra is not installed.
+        print(f"skipping the torch comparison: {e}", flush=True)
+        return []
+    rows = []
+    for size in (8, 28):
+        config = family_config("fashion_mnist", "gradient", 10)
+        config.match.augment = "none"
+        config.model.depth, config.model.width = 3, 128
+        config.cluster.num_clusters, config.match.num_real = 4, 64
+        model = train.create_model(config, 10)
+        real = mock_real(config, (size, size, 1))
+        state = train.create_state(config, model, real, key=jax.random.key(0))
+        objective, obj_args = _objective(config, model, state, real)
+        start = time.perf_counter()
+        compiled = objective.lower(*obj_args).compile()
+        compile_s = time.perf_counter() - start
+        jax_s, _ = timed(compiled, *obj_args, repeats=args.repeats)
+        ref = torch_reference.time_step(
+            image_shape=(size, size, 1), num_classes=10, num_clusters=4, num_real=64, ipc=10,
+            width=128, depth=3, alpha=config.robust.alpha, repeats=args.repeats,
+        )  # fmt: skip
+        rows.append(
+            {
+                "image_shape": [size, size, 1],
+                "jaxdd_s": jax_s,
+                "jaxdd_compile_s": compile_s,
+                "torch_s": ref["median_s"],
+                "torch_threads": ref["threads"],
+                "torch": ref["torch"],
+                "speedup": ref["median_s"] / jax_s,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def bench_memory(args) -> list[dict]:
+    rows = []
+    for steps in (10, 20, 40, 80):
+        row = {"T": steps}
+        for remat in matching.REMATS:
+            config = family_config("svhn", "risk", 10)
+            config.match.unroll_steps = steps
+            model = train.create_model(config, 10)
+            real = mock_real(config, (32, 32, 3))
+            state = train.create_state(config, model, real, key=jax.random.key(0))
+            objective, obj_args = _objective(config, model, state, real, remat=remat)
+            row[remat] = memory_bytes(objective.lower(*obj_args).compile())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def render(results: dict) -> str:
+    gib = lambda b: f"{b / 2**30:.2f}"
+    lines = [
+        "# Step time and memory",
+        "",
+        f"Command: `python benchmarks/step_time.py {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {results['machine']}; jax {results['jax']}; "
+        f"dense f32 matmul peak measured in this run: {results['peak'] / 1e9:.0f} GFLOP/s.  ",
+        f"Wall time of this invocation: {results['wall_s'] / 60:.1f} min.",
+        "",
+    ]
+    if results.get("steps"):
+        lines += [
+            "## Full distillation step (shipped configs, mock data of the datasets' shapes)",
+            "",
+            "| data | family | IPC | groups C x K x m | model | inner steps | compile s | "
+            "step s (median) | GFLOP/step | XLA GFLOP | GFLOP/s | of peak | memory GiB |",
+            "|---" * 13 + "|",
+        ]
+        for r in results["steps"]:
+            lines.append(
+                f"| {r['shape']} {'x'.join(map(str, r['image_shape']))} | {r['family']} | "
+                f"{r['ipc']} | {r['groups']} | {r['model']} | {r['net_train_steps']} | "
+                f"{r['compile_s']:.1f} | {r['step_s']:.3f} | {r['flops'] / 1e9:.1f} | "
+                f"{r['xla_flops'] / 1e9:.1f} | {r['flops_per_s'] / 1e9:.1f} | "
+                f"{100 * r['peak_fraction']:.0f}% | {gib(r['memory_bytes'])} |"
+            )
+        lines.append("")
+    if results.get("scaling"):
+        s = results["scaling"]
+        lines += [
+            "## Scaling of the gradient family's objective (digits 8x8, ConvNet-128 depth 2, "
+            "C = 10, m = 32, IPC 10)",
+            "",
+            "| K | real images | s |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {r['K']} | {r['real_images']} | {r['s']:.3f} |" for r in s["clusters"]]
+        g = s["grouped"]
+        lines += [
+            "",
+            f"Same 2560 real images: 10 x 4 groups of 64 take {g['grouped']:.3f} s, one group "
+            f"of 256 per class {g['ungrouped']:.3f} s: ratio {g['ratio']:.2f} (target < 2).",
+            "",
+        ]
+    if results.get("torch"):
+        lines += [
+            "## Against PyTorch eager (the field's per-class, per-cluster loops)",
+            "",
+            "Robust (CVaR) gradient-matching objective and its gradient w.r.t. the synthetic "
+            "images: ConvNet-128 depth 3, 10 classes x 4 clusters x 64 real, IPC 10, no DSA.",
+            "",
+            "| image | jaxdd s | jaxdd compile s | torch s | torch threads | jaxdd speed-up |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in results["torch"]:
+            lines.append(
+                f"| {'x'.join(map(str, r['image_shape']))} | {r['jaxdd_s']:.3f} | "
+                f"{r['jaxdd_compile_s']:.1f} | {r['torch_s']:.3f} | {r['torch_threads']} | "
+                f"{r['speedup']:.2f}x |"
+            )
+        lines.append("")
+    if results.get("memory"):
+        lines += [
+            "## Risk family: compiled memory of the unrolled objective vs T (svhn 32x32x3, "
+            "IPC 10, GiB)",
+            "",
+            "| T | " + " | ".join(f"remat={r}" for r in matching.REMATS) + " |",
+            "|---" * (len(matching.REMATS) + 1) + "|",
+        ]
+        for r in results["memory"]:
+            lines.append(
+                f"| {r['T']} | " + " | ".join(gib(r[name]) for name in matching.REMATS) + " |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="steps,scaling,torch,memory")
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--ipcs", default="1,10,50")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps at 8x8")
+    parser.add_argument("--repeats-large", type=int, default=2, help="timed steps, 28/32 px")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "step_time"))
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    start = time.time()
+    sections = args.sections.split(",")
+    results = {
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, JAX devices: "
+        f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "jax": jax.__version__,
+        "peak": matmul_peak(),
+    }
+    print(f"matmul peak {results['peak'] / 1e9:.1f} GFLOP/s", flush=True)
+    for name, fn in (
+        ("steps", lambda: bench_steps(args, results["peak"])),
+        ("scaling", lambda: bench_scaling(args)),
+        ("torch", lambda: bench_torch(args)),
+        ("memory", lambda: bench_memory(args)),
+    ):
+        if name in sections:
+            results[name] = fn()
+    results["wall_s"] = time.time() - start
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    out.with_suffix(".md").write_text(render(results))
+    print(render(results))
+
+
+if __name__ == "__main__":
+    main()
