@@ -170,7 +170,8 @@ def bench_steps(args, peak: float) -> list[dict]:
     for shape_name in args.shapes.split(","):
         image_shape = SHAPES[shape_name][1]
         for family in args.families.split(","):
-            for ipc in (int(i) for i in args.ipcs.split(",")):
+            ipcs = args.ipcs if shape_name == "digits" else args.large_ipcs
+            for ipc in (int(i) for i in ipcs.split(",")):
                 config = family_config(shape_name, family, ipc)
                 model = train.create_model(config, 10)
                 real = mock_real(config, image_shape)
@@ -294,7 +295,12 @@ def render(results: dict) -> str:
     lines = [
         "# Step time and memory",
         "",
-        f"Command: `python benchmarks/step_time.py {' '.join(sys.argv[1:])}`  ",
+        "Commands: "
+        + "; ".join(
+            f"`{command}` ({', '.join(k for k, c in results['sections'].items() if c == command)})"
+            for command in dict.fromkeys(results["sections"].values())
+        )
+        + "  ",
         f"Machine: {results['machine']}; jax {results['jax']}; "
         f"dense f32 matmul peak measured in this run: {results['peak'] / 1e9:.0f} GFLOP/s.  ",
         f"Wall time of this invocation: {results['wall_s'] / 60:.1f} min.",
@@ -382,7 +388,8 @@ def main() -> None:
     parser.add_argument("--sections", default="steps,scaling,torch,memory")
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--families", default=",".join(FAMILIES))
-    parser.add_argument("--ipcs", default="1,10,50")
+    parser.add_argument("--ipcs", default="1,10,50", help="IPCs on digits")
+    parser.add_argument("--large-ipcs", default="1,10", help="IPCs at 28x28 and 32x32")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps at 8x8")
     parser.add_argument("--repeats-large", type=int, default=2, help="timed steps, 28/32 px")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "step_time"))
@@ -395,7 +402,9 @@ def main() -> None:
         f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "jax": jax.__version__,
         "peak": matmul_peak(),
+        "command": "python benchmarks/step_time.py " + " ".join(sys.argv[1:]),
     }
+    results["sections"] = {k: results["command"] for k in sections}
     print(f"matmul peak {results['peak'] / 1e9:.1f} GFLOP/s", flush=True)
     for name, fn in (
         ("steps", lambda: bench_steps(args, results["peak"])),
@@ -408,6 +417,11 @@ def main() -> None:
     results["wall_s"] = time.time() - start
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.with_suffix(".json").exists():  # Keep the sections this invocation did not run.
+        previous = json.loads(out.with_suffix(".json").read_text())
+        kept = {k: v for k, v in previous.get("sections", {}).items() if k not in sections}
+        results["sections"] = {**kept, **{k: results["command"] for k in sections}}
+        results = {**{k: previous[k] for k in kept}, **results}
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     out.with_suffix(".md").write_text(render(results))
     print(render(results))

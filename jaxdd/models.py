@@ -98,6 +98,10 @@ _CONV_DIMS = ("NHWC", "HWIO", "NHWC")
 #   - otherwise XLA's convolution.
 _DENSE_MAX_PIXELS = 4
 _SHIFTED_MAX_CHANNELS = 4
+# The kernel gradient is one im2col GEMM while an image's patches (H*W*kh*kw*C_in values) are
+# at most this many (8x8 digits: 4x4x9x128 = 18k), else kh*kw GEMMs over the shifted views:
+# im2col holds kh*kw copies of the input at once (2.3 GB for 2560 images at 14x14x128).
+_IM2COL_MAX_PATCH = 32768
 
 
 def _pad_same(x: jax.Array, kh: int, kw: int) -> jax.Array:
@@ -155,7 +159,8 @@ def same_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     ConvNet-3 at 8x8. Distillation lives in such loops (inner training, unrolls, group maps),
     so the VJP here is written with loop-friendly ops only: the input gradient is this same
     forward convolution with the flipped, transposed kernel, the kernel gradient is one GEMM
-    of the im2col patches with the output gradient. Both are again differentiable (second
+    of the im2col patches with the output gradient (kh*kw GEMMs of shifted views for large
+    maps). Both are again differentiable (second
     order for gradient matching), and under `vmap` over groups the kernel gradient becomes a
     batched GEMM instead of a grouped convolution. The forward picks a formulation from the
     static shapes (see `_conv_forward`); all compute the same convolution.
@@ -177,9 +182,13 @@ def _same_conv_bwd(residuals, g: jax.Array):
     x, kernel = residuals
     kh, kw, c_in, c_out = kernel.shape
     dx = same_conv(g, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
-    patches = jnp.concatenate(_shifted_views(x, kh, kw), axis=-1).reshape(-1, kh * kw * c_in)
-    dkernel = (patches.T @ g.reshape(-1, c_out)).reshape(kernel.shape)
-    return dx, dkernel
+    views = _shifted_views(x, kh, kw)
+    g_rows = g.reshape(-1, c_out)
+    if x.shape[1] * x.shape[2] * kh * kw * c_in <= _IM2COL_MAX_PATCH:
+        patches = jnp.concatenate(views, axis=-1).reshape(-1, kh * kw * c_in)
+        return dx, (patches.T @ g_rows).reshape(kernel.shape)
+    dkernel = jnp.stack([v.reshape(-1, c_in).T @ g_rows for v in views])
+    return dx, dkernel.reshape(kernel.shape)
 
 
 same_conv.defvjp(_same_conv_fwd, _same_conv_bwd)

@@ -292,6 +292,7 @@ def test_cross_entropy_rejects_mismatched_labels():
         ((2, 5, 4, 6), (3, 3, 6, 5)),  # XLA's convolution
         ((2, 2, 2, 6), (3, 3, 6, 5)),  # dense matrix (<= 4 pixels)
         ((2, 1, 3, 5), (5, 3, 5, 6)),  # dense, kernel larger than the map
+        ((1, 16, 16, 16), (3, 3, 16, 4)),  # kernel gradient from shifted views (no im2col)
     ],
 )
 def test_same_conv_matches_xla_conv_to_second_order(x_shape, kernel_shape):
