@@ -249,7 +249,11 @@ def main() -> None:
                         f"({time.time() - t:.0f} s)",
                         flush=True,
                     )
-    out.with_suffix(".md").write_text(summarise(records, args, time.time() - start))
+    summary = summarise(records, args, time.time() - start)
+    findings = out.with_name(out.name + "_findings.md")  # Written by hand after the runs.
+    if findings.exists():
+        summary += "\n" + findings.read_text()
+    out.with_suffix(".md").write_text(summary)
     plot(records, out.with_suffix(".png"))
 
 
