@@ -168,29 +168,32 @@ def distribution(
     key: jax.Array,
     apply_fn: ApplyFn,
     augment_fn: AugmentFn = no_augment,
-    group_batch: int | None = None,
+    group_batch: int = 0,
 ) -> jax.Array:
     """DM distribution matching, one loss per group: ||mean emb(A(S_c)) - mean emb(A(R_ck))||^2.
 
-    `params` should be a freshly initialised network (DM samples one per step). Forward passes
-    only, so all groups are batched in one vmap (`group_batch` is accepted and ignored).
+    `params` should be a freshly initialised network (DM samples one per step). The real
+    groups' mean embeddings (constants) are computed `group_batch` groups at a time.
 
     Returns:
       (C, K) losses.
     """
-    del labels, group_batch  # DM matches class-conditional embeddings; labels are implicit.
-    num_classes = syn_images.shape[0]
+    del labels  # DM matches class-conditional embeddings; labels are implicit.
+    num_classes, num_clusters = real.shape[:2]
     class_keys = jax.random.split(key, num_classes)
 
-    def mean_embedding(images: jax.Array, class_key: jax.Array) -> jax.Array:
+    def mean_embedding(args) -> jax.Array:
+        images, class_key = args
         return jnp.mean(apply_fn(params, augment_fn(images, class_key))[1], axis=0)
 
-    def class_losses(syn_c, real_c, class_key):
-        syn_mean = mean_embedding(syn_c, class_key)
-        real_means = jax.vmap(lambda r: mean_embedding(r, class_key))(real_c)
-        return jnp.sum(jnp.square(jax.lax.stop_gradient(real_means) - syn_mean), axis=-1)
-
-    return jax.vmap(class_losses)(syn_images, real, class_keys)
+    flat = (
+        real.reshape(num_classes * num_clusters, *real.shape[2:]),
+        jnp.repeat(class_keys, num_clusters, axis=0),
+    )
+    real_means = jax.lax.stop_gradient(_map_groups(mean_embedding, flat, group_batch=group_batch))
+    real_means = real_means.reshape(num_classes, num_clusters, -1)
+    syn_means = jax.vmap(lambda s, k: mean_embedding((s, k)))(syn_images, class_keys)
+    return jnp.sum(jnp.square(real_means - syn_means[:, None]), axis=-1)
 
 
 REMATS = ("nested", "step", "none")
@@ -282,19 +285,20 @@ def risk(
     learning_rate: ArrayLike = 0.01,
     remat: str = "nested",
     unroll: int | bool = 1,
-    group_batch: int | None = None,
+    group_batch: int = 0,
 ) -> jax.Array:
     """Risk matching: cross-entropy on each group of a network trained on S for T steps.
 
     `params` is the initialisation (fresh per step); training runs on the whole synthetic set
     with `unrolled_training`, then every group's real batch is scored by the trained network.
-    The gradient w.r.t. `syn_images` flows back through the whole unroll.
+    The gradient w.r.t. `syn_images` flows back through the whole unroll. The groups are
+    scored `group_batch` at a time (0 = all in one vmap).
 
     Returns:
       (C, K) losses.
     """
-    del group_batch  # Per-group forward losses of one network: one batched forward pass.
     num_classes, ipc = syn_images.shape[:2]
+    num_clusters = real.shape[1]
     train_key, _ = jax.random.split(key)
     trained = unrolled_training(
         params,
@@ -309,11 +313,16 @@ def risk(
         unroll=unroll,
     )
 
-    def group_loss(images: jax.Array, label: jax.Array) -> jax.Array:
+    def group_loss(args) -> jax.Array:
+        images, label = args
         return mean_cross_entropy(apply_fn, trained, images, jnp.full(images.shape[:1], label))
 
-    per_class = jax.vmap(group_loss, in_axes=(0, None))  # over the K groups of one class
-    return jax.vmap(per_class)(real, jnp.arange(num_classes))
+    flat = (
+        real.reshape(num_classes * num_clusters, *real.shape[2:]),
+        jnp.repeat(jnp.arange(num_classes), num_clusters),
+    )
+    losses = _map_groups(group_loss, flat, group_batch=group_batch)
+    return losses.reshape(num_classes, num_clusters)
 
 
 # `match.family` -> per-group loss function with the common signature above.

@@ -106,25 +106,33 @@ def test_group_losses_depend_only_on_their_group(setup, family):
     np.testing.assert_array_equal(diff, expected)
 
 
-def test_gradient_family_group_batch_changes_speed_not_results(setup):
+@pytest.mark.parametrize("family", ["gradient", "distribution", "risk"])
+def test_group_batch_changes_speed_not_results(setup, family):
     apply_fn, params, syn, real, labels = setup
-    results = [
-        jax.jit(
-            functools.partial(
-                matching.gradient,
-                params,
-                labels=labels,
-                real=real,
-                key=jax.random.key(4),
-                apply_fn=apply_fn,
-                augment_fn=matching.siamese_augment("color_crop_scale"),
-                group_batch=group_batch,
-            )
-        )(syn)
-        for group_batch in (0, 1, 2, C * K)
-    ]
-    for other in results[1:]:
-        np.testing.assert_allclose(other, results[0], rtol=2e-4, atol=2e-5)
+    extra = {"num_steps": 2} if family == "risk" else {}
+
+    def losses_and_grad(group_batch):
+        fn = functools.partial(
+            matching.FAMILIES[family],
+            params,
+            labels=labels,
+            real=real,
+            key=jax.random.key(4),
+            apply_fn=apply_fn,
+            augment_fn=matching.siamese_augment("color_crop_scale"),
+            group_batch=group_batch,
+            **extra,
+        )
+        return jax.jit(lambda s: (fn(s), jax.grad(lambda s: fn(s).sum())(s)))(syn)
+
+    expected = losses_and_grad(0)
+    assert float(jnp.abs(expected[1]).max()) > 0
+    for group_batch in (1, 2, C * K):
+        got = losses_and_grad(group_batch)
+        np.testing.assert_allclose(got[0], expected[0], rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(
+            got[1], expected[1], rtol=2e-3, atol=2e-5 * float(jnp.abs(expected[1]).max())
+        )
 
 
 def test_gradient_family_siamese_augmentation_shared_by_syn_and_real(setup):
