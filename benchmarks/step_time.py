@@ -389,6 +389,8 @@ def render(results: dict) -> str:
                 f"| {r['T']} | " + " | ".join(gib(r[name]) for name in matching.REMATS) + " |"
             )
         lines.append("")
+    if results.get("findings"):
+        lines += ["## Findings", ""] + [f"- {text}" for text in results["findings"]] + [""]
     return "\n".join(lines)
 
 
