@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -109,7 +108,7 @@ def main() -> None:
     header = (
         "# Ablation: distillation variants under the robustness benchmark's protocol\n\n"
         f"Command (last invocation): `python benchmarks/ablation.py {' '.join(sys.argv[1:])}`  \n"
-        f"Machine: {platform.machine()} CPU, {robustness._cores()} cores, no accelerator. "
+        f"Machine: {robustness.cpu_name()} CPU, {robustness._cores()} cores, no accelerator. "
         f"{args.eval_models} evaluation networks x {args.eval_epochs} epochs per run; the set "
         "is selected on the validation split. Accuracies in % on the test split.\n\n"
     )

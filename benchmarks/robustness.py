@@ -111,8 +111,8 @@ def summarise(records: list[dict], args, wall: float) -> str:
         "# Robustness benchmark",
         "",
         f"Command: `python benchmarks/robustness.py {' '.join(sys.argv[1:])}`  ",
-        f"Machine: {platform.machine()} CPU ({platform.processor() or 'unknown'}), "
-        f"{_cores()} cores, no accelerator; wall time of this invocation {wall / 60:.1f} min.  ",
+        f"Machine: {cpu_name()} CPU, {_cores()} cores, no accelerator; wall time of this "
+        f"invocation {wall / 60:.1f} min.  ",
         "Protocol: the dataset's shipped config (ConvNet; depth 2 on 8x8 digits), the "
         "synthetic set selected on the validation split; networks trained from scratch per "
         "method with SGD momentum 0.9, lr 0.01 decayed x0.1 at half, DSA. Each table lists its "
@@ -148,6 +148,17 @@ def summarise(records: list[dict], args, wall: float) -> str:
             lines.append(f"Settings of {', '.join(sorted(set(used)))}: `{text}`  ")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _cores() -> int:

@@ -32,7 +32,6 @@ import functools
 import json
 import os
 import pathlib
-import platform
 import sys
 import time
 
@@ -394,16 +393,6 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def cpu_name() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="steps,scaling,torch,memory")
@@ -419,6 +408,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "benchmarks"))
+    from robustness import cpu_name
+
     out = pathlib.Path(args.out)
     if args.recount:
         results = json.loads(out.with_suffix(".json").read_text())
