@@ -103,6 +103,13 @@ def mock_real(config, image_shape, num_classes: int = 10) -> distill.RealData:
     return distill.RealData(images=images, groups=groups)
 
 
+def problem(config, image_shape):
+    """(model, real, state) of `config` on mock data of `image_shape`, 10 classes."""
+    model = train.create_model(config, 10)
+    real = mock_real(config, image_shape)
+    return model, real, train.create_state(config, model, real, key=jax.random.key(0))
+
+
 def memory_bytes(compiled) -> int:
     stats = compiled.memory_analysis()
     return int(
@@ -174,9 +181,7 @@ def bench_steps(args, peak: float) -> list[dict]:
             ipcs = args.ipcs if shape_name == "digits" else args.large_ipcs
             for ipc in (int(i) for i in ipcs.split(",")):
                 config = family_config(shape_name, family, ipc)
-                model = train.create_model(config, 10)
-                real = mock_real(config, image_shape)
-                state = train.create_state(config, model, real, key=jax.random.key(0))
+                model, real, state = problem(config, image_shape)
                 # As the run loop does: the groups split over a mesh of every local device.
                 mesh = train.create_mesh(config)
                 step = train.create_step(config, model, image_shape, mesh)
@@ -216,9 +221,7 @@ def recount(results: dict) -> None:
     for row in results.get("steps", []):
         config = family_config(row["shape"], row["family"], row["ipc"])
         image_shape = SHAPES[row["shape"]][1]
-        model = train.create_model(config, 10)
-        real = mock_real(config, image_shape)
-        state = train.create_state(config, model, real, key=jax.random.key(0))
+        model, real, state = problem(config, image_shape)
         row["flops"] = useful_flops(config, model, state, real)
         row["flops_per_s"] = row["flops"] / row["step_s"]
         row["peak_fraction"] = row["flops_per_s"] / row["peak"]
@@ -227,12 +230,10 @@ def recount(results: dict) -> None:
 
 def bench_scaling(args) -> dict:
     config = family_config("digits", "gradient", 10)
-    model = train.create_model(config, 10)
     out = {"clusters": [], "grouped": None}
     for k in (1, 2, 4, 8, 16):
         config.cluster.num_clusters = k
-        real = mock_real(config, (8, 8, 1))
-        state = train.create_state(config, model, real, key=jax.random.key(0))
+        model, real, state = problem(config, (8, 8, 1))
         objective, obj_args = _objective(config, model, state, real)
         median, _ = timed(objective, *obj_args, repeats=args.repeats)
         out["clusters"].append({"K": k, "real_images": 10 * k * config.match.num_real, "s": median})
@@ -241,8 +242,7 @@ def bench_scaling(args) -> dict:
     timings = {}
     for name, (k, m) in {"grouped": (4, 64), "ungrouped": (1, 256)}.items():
         config.cluster.num_clusters, config.match.num_real = k, m
-        real = mock_real(config, (8, 8, 1))
-        state = train.create_state(config, model, real, key=jax.random.key(0))
+        model, real, state = problem(config, (8, 8, 1))
         objective, obj_args = _objective(config, model, state, real)
         timings[name] = timed(objective, *obj_args, repeats=args.repeats)[0]
     out["grouped"] = {**timings, "ratio": timings["grouped"] / timings["ungrouped"]}
@@ -263,9 +263,7 @@ def bench_torch(args) -> list[dict]:
         config.model.depth, config.model.width = 3, 128
         config.cluster.num_clusters, config.match.num_real = 4, 64
         config.match.group_batch = 0  # All 40 groups in one vmap: the fastest here.
-        model = train.create_model(config, 10)
-        real = mock_real(config, (size, size, 1))
-        state = train.create_state(config, model, real, key=jax.random.key(0))
+        model, real, state = problem(config, (size, size, 1))
         objective, obj_args = _objective(config, model, state, real)
         start = time.perf_counter()
         compiled = objective.lower(*obj_args).compile()
@@ -297,9 +295,7 @@ def bench_memory(args) -> list[dict]:
         for remat in matching.REMATS:
             config = family_config("svhn", "risk", 10)
             config.match.unroll_steps = steps
-            model = train.create_model(config, 10)
-            real = mock_real(config, (32, 32, 3))
-            state = train.create_state(config, model, real, key=jax.random.key(0))
+            model, real, state = problem(config, (32, 32, 3))
             objective, obj_args = _objective(config, model, state, real, remat=remat)
             row[remat] = memory_bytes(objective.lower(*obj_args).compile())
         rows.append(row)

@@ -35,7 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.match.family = "gradient"  # gradient | distribution | risk.
     config.match.num_real = 64  # m: real samples drawn per group per step.
     config.match.augment = "color_crop_cutout_flip_scale_rotate"  # DSA strategy; 'none' = off.
-    config.match.group_batch = 0  # Groups vmapped together, 0 = all (speed only; see matching).
+    # Groups vmapped together, 0 = all (speed and memory only; see jaxdd.matching). Chunks of
+    # 8 bound memory at 28x28 and up: all 40 groups at once needed 8 GiB of XLA temporaries at
+    # 28x28 and 21 GiB at 32x32x3 (IPC 1), chunks of 8 need 1.9 and 4.3 GiB.
+    config.match.group_batch = 0
     config.match.net_reset_every = 10  # Re-initialise the matched network every N steps.
     config.match.net_train_steps = 50  # Network SGD steps on the synthetic set after an update.
     config.match.net_lr = 0.01  # Learning rate of that network training.

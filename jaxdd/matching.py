@@ -192,7 +192,7 @@ def distribution(
     )
     real_means = jax.lax.stop_gradient(_map_groups(mean_embedding, flat, group_batch=group_batch))
     real_means = real_means.reshape(num_classes, num_clusters, -1)
-    syn_means = jax.vmap(lambda s, k: mean_embedding((s, k)))(syn_images, class_keys)
+    syn_means = jax.vmap(mean_embedding)((syn_images, class_keys))
     return jnp.sum(jnp.square(real_means - syn_means[:, None]), axis=-1)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 __all__ = [
@@ -119,8 +120,6 @@ def _shifted_views(x: jax.Array, kh: int, kw: int) -> list[jax.Array]:
 def _dense_index(h: int, w: int, kh: int, kw: int):
     """For input pixel p and output pixel q of an h x w map: the kernel tap joining them,
     or kh*kw (a zero block) where none does."""
-    import numpy as np
-
     index = np.full((h * w, h * w), kh * kw)
     for a in range(h):
         for b in range(w):
@@ -160,9 +159,9 @@ def same_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     so the VJP here is written with loop-friendly ops only: the input gradient is this same
     forward convolution with the flipped, transposed kernel, the kernel gradient is one GEMM
     of the im2col patches with the output gradient (kh*kw GEMMs of shifted views for large
-    maps). Both are again differentiable (second
-    order for gradient matching), and under `vmap` over groups the kernel gradient becomes a
-    batched GEMM instead of a grouped convolution. The forward picks a formulation from the
+    maps). Both are again differentiable (second order for gradient matching), and under
+    `vmap` over groups the kernel gradient becomes a batched GEMM instead of a grouped
+    convolution. The forward picks a formulation from the
     static shapes (see `_conv_forward`); all compute the same convolution.
 
     Args:

@@ -694,7 +694,7 @@ def distill_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
     model = create_model(config, dataset.num_classes)
     real = distill.RealData(images=jnp.asarray(dataset.train.images), groups=groups)
     state = create_state(config, model, real, key=init_key, train_labels=dataset.train.labels)
-    real, state = distill.replicate((real, state), mesh)
+    real = distill.replicate(real, mesh)  # The state is replicated with the payload below.
     step_fn = create_step(config, model, dataset.image_shape, mesh)
     select_seeds = eval_seeds(config, config.eval.select_num_models, offset=500)
 

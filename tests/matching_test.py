@@ -64,18 +64,25 @@ def test_layerwise_cosine_distance_matches_numpy():
     )
 
 
-@pytest.mark.parametrize("family", sorted(matching.FAMILIES))
-def test_families_return_finite_group_losses_and_gradients(setup, family):
-    apply_fn, params, syn, real, labels = setup
-    losses_fn = functools.partial(
+def _bind(setup, family, *, key, strategy, **kwargs):
+    """`family` with everything but the synthetic images bound, on the `setup` problem."""
+    apply_fn, params, _, real, labels = setup
+    return functools.partial(
         matching.FAMILIES[family],
         params,
         labels=labels,
         real=real,
-        key=jax.random.key(2),
+        key=key,
         apply_fn=apply_fn,
-        augment_fn=matching.siamese_augment("color_crop"),
+        augment_fn=matching.siamese_augment(strategy),
+        **kwargs,
     )
+
+
+@pytest.mark.parametrize("family", sorted(matching.FAMILIES))
+def test_families_return_finite_group_losses_and_gradients(setup, family):
+    syn = setup[2]
+    losses_fn = _bind(setup, family, key=jax.random.key(2), strategy="color_crop")
     losses = jax.jit(losses_fn)(syn)
     assert losses.shape == (C, K)
     assert np.all(np.isfinite(losses))
@@ -108,18 +115,15 @@ def test_group_losses_depend_only_on_their_group(setup, family):
 
 @pytest.mark.parametrize("family", ["gradient", "distribution", "risk"])
 def test_group_batch_changes_speed_not_results(setup, family):
-    apply_fn, params, syn, real, labels = setup
+    syn = setup[2]
     extra = {"num_steps": 2} if family == "risk" else {}
 
     def losses_and_grad(group_batch):
-        fn = functools.partial(
-            matching.FAMILIES[family],
-            params,
-            labels=labels,
-            real=real,
+        fn = _bind(
+            setup,
+            family,
             key=jax.random.key(4),
-            apply_fn=apply_fn,
-            augment_fn=matching.siamese_augment("color_crop_scale"),
+            strategy="color_crop_scale",
             group_batch=group_batch,
             **extra,
         )
@@ -164,6 +168,25 @@ def test_distribution_family_matches_numpy(setup):
             np.testing.assert_allclose(losses[c, k], expected, rtol=1e-4)
 
 
+def _unrolled_sum(apply_fn, params, labels, *, remat, num_steps):
+    """images -> sum of the parameters after `num_steps` unrolled SGD steps (lr 0.1)."""
+
+    def loss(images):
+        trained = matching.unrolled_training(
+            params,
+            images,
+            labels,
+            key=jax.random.key(0),
+            apply_fn=apply_fn,
+            num_steps=num_steps,
+            learning_rate=0.1,
+            remat=remat,
+        )
+        return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(trained))
+
+    return loss
+
+
 def test_unrolled_training_remat_and_python_loop_agree(setup):
     apply_fn, params, syn, _, labels = setup
     images, flat_labels = syn.reshape(-1, HW, HW, 1), labels.reshape(-1)
@@ -193,21 +216,7 @@ def test_unrolled_training_remat_and_python_loop_agree(setup):
         )
     # The gradient w.r.t. the images flows through the unroll identically with and without remat.
     grad_of = lambda remat: jax.grad(
-        lambda x: sum(
-            jnp.sum(leaf)
-            for leaf in jax.tree.leaves(
-                matching.unrolled_training(
-                    params,
-                    x,
-                    flat_labels,
-                    key=jax.random.key(0),
-                    apply_fn=apply_fn,
-                    num_steps=5,
-                    learning_rate=0.1,
-                    remat=remat,
-                )
-            )
-        )
+        _unrolled_sum(apply_fn, params, flat_labels, remat=remat, num_steps=5)
     )(images)
     expected = grad_of("none")
     assert float(jnp.abs(expected).max()) > 0
@@ -222,21 +231,7 @@ def test_nested_remat_peak_memory_grows_sublinearly(setup):
     images, flat_labels = syn.reshape(-1, HW, HW, 1), labels.reshape(-1)
 
     def temp_bytes(remat, num_steps):
-        loss = lambda x: sum(
-            jnp.sum(leaf)
-            for leaf in jax.tree.leaves(
-                matching.unrolled_training(
-                    params,
-                    x,
-                    flat_labels,
-                    key=jax.random.key(0),
-                    apply_fn=apply_fn,
-                    num_steps=num_steps,
-                    learning_rate=0.1,
-                    remat=remat,
-                )
-            )
-        )
+        loss = _unrolled_sum(apply_fn, params, flat_labels, remat=remat, num_steps=num_steps)
         compiled = jax.jit(jax.grad(loss)).lower(images).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
