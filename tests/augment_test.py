@@ -229,3 +229,63 @@ def test_invalid_mode_and_input_raise():
         aug.augment(jnp.zeros((1, 8, 8, 1)), jax.random.key(0), mode="multiple")
     with pytest.raises(ValueError, match="NHWC"):
         aug.augment(jnp.zeros((8, 8, 1)), jax.random.key(0))
+
+
+def _chosen_family(key, families):
+    """The family `augment`'s single mode draws for `key`, and the key it applies it with."""
+    choice_key, key = jax.random.split(key)
+    return families[int(jax.random.randint(choice_key, (), 0, len(families)))], key
+
+
+@pytest.mark.parametrize(
+    "shape, batch_shared",
+    [((3, 8, 8, 2), True), ((3, 8, 8, 2), False), ((2, 40, 36, 1), True)],
+    ids=["dense-sampling", "per-image", "gather-sampling"],
+)
+def test_single_mode_equals_the_chosen_family_alone(shape, batch_shared):
+    # Single mode applies every family's identity except the drawn one (no lax.switch); the
+    # result and its image gradient must equal the drawn family applied on its own.
+    assert (shape[1] * shape[2] <= aug.DENSE_SAMPLING_MAX_PIXELS) == (shape[1] == 8)
+    x = _images(shape, seed=7)
+    families = aug.parse_strategy(FULL)
+    probe = _images(shape, seed=8)
+
+    def value_and_grad(fn):
+        return jax.jit(jax.value_and_grad(lambda x, key: jnp.sum(probe * jnp.sin(fn(x, key)))))
+
+    single = value_and_grad(
+        functools.partial(aug.augment, strategy=FULL, batch_shared=batch_shared)
+    )
+    seen = set()
+    for key in _keys(24, seed=3):
+        name, family_key = _chosen_family(key, families)
+        seen.add(name)
+        alone = functools.partial(aug.TRANSFORMS[name], batch_shared=batch_shared)
+        np.testing.assert_allclose(
+            aug.augment(x, key, strategy=FULL, batch_shared=batch_shared),
+            alone(x, family_key),
+            atol=1e-6,
+            err_msg=name,
+        )
+        (v1, g1), (v2, g2) = single(x, key), value_and_grad(alone)(x, family_key)
+        np.testing.assert_allclose(v1, v2, rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(g1, g2, atol=1e-5, err_msg=name)
+    assert seen == set(families)  # The keys covered every family.
+
+
+def test_sampling_matrix_equals_sample():
+    x = _images((3, 6, 7, 2), seed=9)
+    rng = np.random.default_rng(1)
+    # Fractional coordinates, some outside the image (zero fill).
+    rows = jnp.asarray(rng.uniform(-1.5, 6.5, (6, 7)), jnp.float32)
+    cols = jnp.asarray(rng.uniform(-1.5, 7.5, (6, 7)), jnp.float32)
+    matrix = aug.sampling_matrix(rows, cols)
+    via_matrix = jnp.einsum("pq,nqc->npc", matrix, x.reshape(3, 42, 2)).reshape(x.shape)
+    np.testing.assert_allclose(via_matrix, aug.sample(x, rows[None], cols[None]), atol=1e-6)
+    # Integer coordinates (a shift with zero fill): 0/1 rows, an exact copy.
+    grid_rows, grid_cols = np.meshgrid(np.arange(6.0), np.arange(7.0), indexing="ij")
+    matrix = aug.sampling_matrix(jnp.asarray(grid_rows + 1), jnp.asarray(grid_cols - 1))
+    assert set(np.unique(np.asarray(matrix))) <= {0.0, 1.0}
+    shifted = jnp.einsum("pq,nqc->npc", matrix, x.reshape(3, 42, 2)).reshape(x.shape)
+    expected = aug.translate(x, jnp.array([[1, -1]] * 3), max_shift=(1, 1))
+    np.testing.assert_array_equal(shifted, expected)
