@@ -3,7 +3,10 @@
 Every method is evaluated with the same protocol and the same evaluation seeds
 (`train.test_report`): random real subset, herding and k-center coresets (flattened normalised
 pixels), ERM distillation (robust.risk=mean), robust distillation (robust.risk=cvar) and the
-full real training set. Synthetic sets are selected on the validation split only.
+full real training set. `erm+k_center` and `robust+k_center` distill from a k-center coreset
+(`syn.init=k_center`) instead of random real images. Synthetic sets are selected on the
+validation split only. The full-data baseline depends on neither IPC nor the distillation
+seed: it runs once per dataset and is shown in each of its IPC tables.
 
   python benchmarks/robustness.py --datasets=digits,digits+rare --ipcs=1,10 --seeds=0
 
@@ -20,6 +23,7 @@ import importlib
 import json
 import pathlib
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -31,7 +35,16 @@ sys.path.insert(0, str(REPO))
 
 from jaxdd import baselines, train  # noqa: E402
 
-METHODS = ("random", "herding", "k_center", "erm", "robust", "full")
+METHODS = (
+    "random",
+    "herding",
+    "k_center",
+    "erm",
+    "robust",
+    "erm+k_center",
+    "robust+k_center",
+    "full",
+)
 # Reported columns: eval.json key -> table header.
 COLUMNS = {
     "accuracy_mean": "accuracy",
@@ -83,8 +96,11 @@ def make_config(dataset: str, ipc: int, seed: int, args) -> object:
 
 
 def run_method(method: str, config, workdir: pathlib.Path) -> dict:
-    if method in ("erm", "robust"):
-        config.robust.risk = "mean" if method == "erm" else "cvar"
+    risk, _, init = method.partition("+")
+    if risk in ("erm", "robust"):
+        config.robust.risk = "mean" if risk == "erm" else "cvar"
+        if init:
+            config.syn.init = init
         return train.distill_run(config, workdir).report
     dataset, rare = train.load_data(config)
     train_set = dataset.train
@@ -106,13 +122,16 @@ def run_method(method: str, config, workdir: pathlib.Path) -> dict:
     )
 
 
-def summarise(records: list[dict], args, wall: float) -> str:
+def summarise(records: list[dict]) -> str:
+    commands = sorted({r.get("command", "") for r in records} - {""})
     lines = [
         "# Robustness benchmark",
         "",
-        f"Command: `python benchmarks/robustness.py {' '.join(sys.argv[1:])}`  ",
-        f"Machine: {cpu_name()} CPU, {_cores()} cores, no accelerator; wall time of this "
-        f"invocation {wall / 60:.1f} min.  ",
+        "Commands (each row records the one that produced it):",
+        *[f"- `{command}`" for command in commands],
+        "",
+        f"Machine: {cpu_name()} CPU, {_cores()} cores, no accelerator; summed run time of the "
+        f"rows {sum(r['seconds'] for r in records) / 60:.1f} min.  ",
         "Protocol: the dataset's shipped config (ConvNet; depth 2 on 8x8 digits), the "
         "synthetic set selected on the validation split; networks trained from scratch per "
         "method with SGD momentum 0.9, lr 0.01 decayed x0.1 at half, DSA. Each table lists its "
@@ -121,11 +140,14 @@ def summarise(records: list[dict], args, wall: float) -> str:
         "the networks).",
         "",
     ]
-    keys = sorted({(r["dataset"], r["ipc"]) for r in records})
-    for dataset, ipc in keys:
-        rows = [r for r in records if r["dataset"] == dataset and r["ipc"] == ipc]
+    for dataset, ipc in _tables(records):
+        rows = [
+            r
+            for r in records
+            if r["dataset"] == dataset and (r["ipc"] == ipc or r["method"] == "full")
+        ]
         columns = [c for c in COLUMNS if any(c in r["report"] for r in rows)]
-        lines += [f"## {dataset}, IPC {ipc}", ""]
+        lines += [f"## {dataset}, " + (f"IPC {ipc}" if ipc else "full data only"), ""]
         lines.append("| method | seeds | " + " | ".join(COLUMNS[c] for c in columns) + " |")
         lines.append("|---" * (len(columns) + 2) + "|")
         for method in METHODS:
@@ -148,6 +170,15 @@ def summarise(records: list[dict], args, wall: float) -> str:
             lines.append(f"Settings of {', '.join(sorted(set(used)))}: `{text}`  ")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _tables(records: list[dict]) -> list[tuple[str, int | None]]:
+    """(dataset, IPC) of every table; full-data rows (IPC None) belong to all of a dataset's,
+    or make its only table (IPC None) when nothing else ran on it."""
+    keys = {(r["dataset"], r["ipc"]) for r in records if r["ipc"] is not None}
+    with_ipc = {dataset for dataset, _ in keys}
+    keys |= {(r["dataset"], None) for r in records if r["dataset"] not in with_ipc}
+    return sorted(keys, key=lambda k: (k[0], k[1] or 0))
 
 
 def cpu_name() -> str:
@@ -173,14 +204,15 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sorted({(r["dataset"], r["ipc"]) for r in records})
+    keys = _tables(records)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
     for ax, (dataset, ipc) in zip(axes[0], keys, strict=True):
         methods = [
             m
             for m in METHODS
             if any(
-                r["method"] == m and r["dataset"] == dataset and r["ipc"] == ipc for r in records
+                r["method"] == m and r["dataset"] == dataset and r["ipc"] in (ipc, None)
+                for r in records
             )
         ]
         for offset, (key, label) in enumerate(
@@ -191,14 +223,14 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
                     [
                         r["report"][key]
                         for r in records
-                        if r["method"] == m and r["dataset"] == dataset and r["ipc"] == ipc
+                        if r["method"] == m and r["dataset"] == dataset and r["ipc"] in (ipc, None)
                     ]
                 )
                 for m in methods
             ]
             ax.bar(np.arange(len(methods)) + 0.4 * offset, values, width=0.4, label=label)
         ax.set_xticks(np.arange(len(methods)) + 0.2, methods, rotation=30)
-        ax.set_title(f"{dataset}, IPC {ipc}")
+        ax.set_title(f"{dataset}, " + (f"IPC {ipc}" if ipc else "full data"))
         ax.set_ylim(0, 100)
     axes[0][0].legend()
     fig.tight_layout()
@@ -222,22 +254,24 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     results_path = out.with_suffix(".json")
     records = json.loads(results_path.read_text()) if results_path.exists() else []
-    start = time.time()
+    command = "python benchmarks/robustness.py " + shlex.join(sys.argv[1:])
     for dataset in args.datasets.split(","):
         for ipc in map(int, args.ipcs.split(",")):
             for seed in map(int, args.seeds.split(",")):
                 for method in args.methods.split(","):
-                    if method == "full" and seed != int(args.seeds.split(",")[0]):
-                        continue  # the full-data baseline does not depend on the distillation seed
+                    if method not in METHODS:
+                        raise SystemExit(f"unknown method {method!r}; choose from {METHODS}")
+                    # The full-data baseline depends on neither IPC nor the distillation seed.
+                    key = (dataset, None, 0, method) if method == "full" else (
+                        dataset, ipc, seed, method
+                    )  # fmt: skip
                     done = any(
-                        (r["dataset"], r["ipc"], r["seed"], r["method"])
-                        == (dataset, ipc, seed, method)
-                        for r in records
+                        (r["dataset"], r["ipc"], r["seed"], r["method"]) == key for r in records
                     )
                     if done:
                         continue
                     t = time.time()
-                    config = make_config(dataset, ipc, seed, args)
+                    config = make_config(dataset, ipc, key[2], args)
                     if method == "full" and args.full_epochs:
                         config.eval.epochs = args.full_epochs
                     settings = {
@@ -248,8 +282,9 @@ def main() -> None:
                     with tempfile.TemporaryDirectory() as workdir:
                         report = run_method(method, config, pathlib.Path(workdir))
                     records.append(
-                        {"dataset": dataset, "ipc": ipc, "seed": seed, "method": method,
-                         "seconds": time.time() - t, "report": report, "settings": settings}
+                        {"dataset": dataset, "ipc": key[1], "seed": key[2], "method": method,
+                         "seconds": time.time() - t, "report": report, "settings": settings,
+                         "command": command}
                     )  # fmt: skip
                     results_path.write_text(json.dumps(records, indent=1) + "\n")
                     print(
@@ -260,7 +295,7 @@ def main() -> None:
                         f"({time.time() - t:.0f} s)",
                         flush=True,
                     )
-    summary = summarise(records, args, time.time() - start)
+    summary = summarise(records)
     findings = out.with_name(out.name + "_findings.md")  # Written by hand after the runs.
     if findings.exists():
         summary += "\n" + findings.read_text()
