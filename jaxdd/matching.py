@@ -101,6 +101,21 @@ def _map_groups(fn: Callable, xs: Any, *, group_batch: int) -> Any:
     return jax.lax.map(fn, xs, batch_size=group_batch)
 
 
+def _map_real_groups(fn: Callable, real: jax.Array, per_class: Any, *, group_batch: int) -> Any:
+    """`fn((images, *per_class_values))` over all C*K real groups, `group_batch` at a time.
+
+    `real` is (C, K, m, ...); `per_class` a tuple of arrays with a leading C axis, each
+    repeated for the K groups of its class. Outputs come back shaped (C, K, ...).
+    """
+    num_classes, num_clusters = real.shape[:2]
+    flat = (
+        real.reshape(num_classes * num_clusters, *real.shape[2:]),
+        *(jnp.repeat(value, num_clusters, axis=0) for value in per_class),
+    )
+    out = _map_groups(fn, flat, group_batch=group_batch)
+    return jax.tree.map(lambda o: o.reshape(num_classes, num_clusters, *o.shape[1:]), out)
+
+
 def gradient(
     params: Any,
     syn_images: jax.Array,
@@ -137,14 +152,10 @@ def gradient(
         images, label, class_key = args
         return grad_fn(params, augment_fn(images, class_key), jnp.full((m,), label))
 
-    flat = (
-        real.reshape(num_classes * num_clusters, *real.shape[2:]),
-        jnp.repeat(jnp.arange(num_classes), num_clusters),
-        jnp.repeat(class_keys, num_clusters, axis=0),
-    )
-    real_grads = jax.lax.stop_gradient(_map_groups(real_group_grad, flat, group_batch=group_batch))
-    real_grads = jax.tree.map(
-        lambda g: g.reshape(num_classes, num_clusters, *g.shape[1:]), real_grads
+    real_grads = jax.lax.stop_gradient(
+        _map_real_groups(
+            real_group_grad, real, (jnp.arange(num_classes), class_keys), group_batch=group_batch
+        )
     )
 
     def class_losses(args):
@@ -179,19 +190,16 @@ def distribution(
       (C, K) losses.
     """
     del labels  # DM matches class-conditional embeddings; labels are implicit.
-    num_classes, num_clusters = real.shape[:2]
+    num_classes = real.shape[0]
     class_keys = jax.random.split(key, num_classes)
 
     def mean_embedding(args) -> jax.Array:
         images, class_key = args
         return jnp.mean(apply_fn(params, augment_fn(images, class_key))[1], axis=0)
 
-    flat = (
-        real.reshape(num_classes * num_clusters, *real.shape[2:]),
-        jnp.repeat(class_keys, num_clusters, axis=0),
+    real_means = jax.lax.stop_gradient(
+        _map_real_groups(mean_embedding, real, (class_keys,), group_batch=group_batch)
     )
-    real_means = jax.lax.stop_gradient(_map_groups(mean_embedding, flat, group_batch=group_batch))
-    real_means = real_means.reshape(num_classes, num_clusters, -1)
     syn_means = jax.vmap(mean_embedding)((syn_images, class_keys))
     return jnp.sum(jnp.square(real_means - syn_means[:, None]), axis=-1)
 
@@ -298,7 +306,6 @@ def risk(
       (C, K) losses.
     """
     num_classes, ipc = syn_images.shape[:2]
-    num_clusters = real.shape[1]
     train_key, _ = jax.random.split(key)
     trained = unrolled_training(
         params,
@@ -317,12 +324,7 @@ def risk(
         images, label = args
         return mean_cross_entropy(apply_fn, trained, images, jnp.full(images.shape[:1], label))
 
-    flat = (
-        real.reshape(num_classes * num_clusters, *real.shape[2:]),
-        jnp.repeat(jnp.arange(num_classes), num_clusters),
-    )
-    losses = _map_groups(group_loss, flat, group_batch=group_batch)
-    return losses.reshape(num_classes, num_clusters)
+    return _map_real_groups(group_loss, real, (jnp.arange(num_classes),), group_batch=group_batch)
 
 
 # `match.family` -> per-group loss function with the common signature above.
