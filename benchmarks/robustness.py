@@ -141,11 +141,7 @@ def summarise(records: list[dict]) -> str:
         "",
     ]
     for dataset, ipc in _tables(records):
-        rows = [
-            r
-            for r in records
-            if r["dataset"] == dataset and (r["ipc"] == ipc or r["method"] == "full")
-        ]
+        rows = _table_rows(records, dataset, ipc)
         columns = [c for c in COLUMNS if any(c in r["report"] for r in rows)]
         lines += [f"## {dataset}, " + (f"IPC {ipc}" if ipc else "full data only"), ""]
         lines.append("| method | seeds | " + " | ".join(COLUMNS[c] for c in columns) + " |")
@@ -181,6 +177,11 @@ def _tables(records: list[dict]) -> list[tuple[str, int | None]]:
     return sorted(keys, key=lambda k: (k[0], k[1] or 0))
 
 
+def _table_rows(records: list[dict], dataset: str, ipc: int | None) -> list[dict]:
+    """The records of the (dataset, IPC) table: its own and the dataset's full-data rows."""
+    return [r for r in records if r["dataset"] == dataset and r["ipc"] in (ipc, None)]
+
+
 def cpu_name() -> str:
     """The CPU model (from /proc/cpuinfo where there is one)."""
     try:
@@ -207,26 +208,13 @@ def plot(records: list[dict], path: pathlib.Path) -> None:
     keys = _tables(records)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
     for ax, (dataset, ipc) in zip(axes[0], keys, strict=True):
-        methods = [
-            m
-            for m in METHODS
-            if any(
-                r["method"] == m and r["dataset"] == dataset and r["ipc"] in (ipc, None)
-                for r in records
-            )
-        ]
+        rows = _table_rows(records, dataset, ipc)
+        methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
         for offset, (key, label) in enumerate(
             [("accuracy_mean", "accuracy"), ("worst_group_accuracy", "worst group")]
         ):
             values = [
-                np.mean(
-                    [
-                        r["report"][key]
-                        for r in records
-                        if r["method"] == m and r["dataset"] == dataset and r["ipc"] in (ipc, None)
-                    ]
-                )
-                for m in methods
+                np.mean([r["report"][key] for r in rows if r["method"] == m]) for m in methods
             ]
             ax.bar(np.arange(len(methods)) + 0.4 * offset, values, width=0.4, label=label)
         ax.set_xticks(np.arange(len(methods)) + 0.2, methods, rotation=30)
