@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from jaxdd import xla
+
 __all__ = [
     "Groups",
     "KMeansResult",
@@ -292,7 +294,7 @@ def kmeans(
     return jax.tree.map(lambda leaf: leaf[best], runs)
 
 
-@functools.partial(jax.jit, static_argnames=("num_clusters", "num_iters", "num_inits"))
+@functools.partial(xla.jit, static_argnames=("num_clusters", "num_iters", "num_inits"))
 def _kmeans_per_class(
     features: jax.Array,
     mask: jax.Array,

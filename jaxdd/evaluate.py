@@ -30,7 +30,7 @@ import optax
 from jax.typing import ArrayLike
 
 from jaxdd import augment as augment_lib
-from jaxdd import models
+from jaxdd import models, xla
 
 __all__ = [
     "accuracy",
@@ -147,7 +147,7 @@ def _train_one(
     return params
 
 
-@functools.partial(jax.jit, static_argnames=("model", "epochs", "batch_size", "strategy"))
+@functools.partial(xla.jit, static_argnames=("model", "epochs", "batch_size", "strategy"))
 def _train_stacked(
     model: nn.Module,
     images: jax.Array,
@@ -240,7 +240,7 @@ def train_models(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("model", "batch_size"))
+@functools.partial(xla.jit, static_argnames=("model", "batch_size"))
 def _predict(model: nn.Module, params_stacked: Any, images: jax.Array, *, batch_size: int):
     num_examples = images.shape[0]
     num_chunks = -(-num_examples // batch_size)

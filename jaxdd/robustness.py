@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 from jax.typing import ArrayLike
 
-from jaxdd import clustering, evaluate
+from jaxdd import clustering, evaluate, xla
 
 __all__ = [
     "SHIFTS",
@@ -51,7 +51,7 @@ __all__ = [
 # Bump when the partition algorithm changes, so that old cache files are not reused.
 _PARTITION_VERSION = 1
 
-_kmeans = jax.jit(clustering.kmeans, static_argnames=("num_clusters", "num_iters", "num_inits"))
+_kmeans = xla.jit(clustering.kmeans, static_argnames=("num_clusters", "num_iters", "num_inits"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +328,7 @@ SHIFTS: dict[str, Callable[..., jax.Array]] = {
 _NEEDS_STRENGTH = ("gaussian_noise", "gaussian_blur", "contrast")
 
 
-@functools.partial(jax.jit, static_argnames=("name", "strength"))
+@functools.partial(xla.jit, static_argnames=("name", "strength"))
 def _apply_shift(name: str, images: jax.Array, key: jax.Array, strength: float | None):
     return SHIFTS[name](images, key=key, strength=strength)
 

@@ -47,6 +47,7 @@ from jaxdd import (
     models,
     risk,
     robustness,
+    xla,
 )
 from jaxdd import checkpoint as checkpoint_lib
 
@@ -233,7 +234,7 @@ def _random_net_features(images: np.ndarray, *, key: jax.Array, model_factory) -
     """Penultimate embedding of a randomly initialised network, L2-normalised per sample."""
     model = model_factory()
     params = models.init_params(model, key, images.shape[1:])
-    embed = jax.jit(lambda p, x: model.apply({"params": p}, x)[1])
+    embed = xla.jit(lambda p, x: model.apply({"params": p}, x)[1])
     chunks = [embed(params, images[i : i + 1024]) for i in range(0, len(images), 1024)]
     features = jnp.concatenate(chunks)
     return features / jnp.maximum(jnp.linalg.norm(features, axis=1, keepdims=True), 1e-12)
@@ -319,9 +320,11 @@ def create_step(
         mesh=mesh,
     )
     if mesh is None:
-        return jax.jit(step)
+        return xla.jit(step)
     return jax.jit(
-        step, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        step,
+        out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+        compiler_options=xla.compiler_options(mesh.devices.flat[0].platform),
     )
 
 
