@@ -30,7 +30,7 @@ def _net(kernel, w, x, *, depth):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the options are CPU's")
-def test_jit_applies_the_options_and_matches_plain_jit():
+def test_jit_matches_plain_jit_and_passes_attributes_through():
     fun = jax.value_and_grad(_net, argnums=(0, 1))
     jitted = functools.partial(xla.jit, static_argnames="depth")(fun)
     keys = jax.random.split(jax.random.key(0), 3)
