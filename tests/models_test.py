@@ -293,6 +293,9 @@ def test_cross_entropy_rejects_mismatched_labels():
         ((2, 2, 2, 6), (3, 3, 6, 5)),  # dense matrix (<= 4 pixels)
         ((2, 1, 3, 5), (5, 3, 5, 6)),  # dense, kernel larger than the map
         ((1, 16, 16, 16), (3, 3, 16, 4)),  # kernel gradient from shifted views (no im2col)
+        ((2, 4, 4, 6), (3, 3, 6, 5)),  # Winograd F(4x4, 3x3), one tile
+        ((2, 3, 4, 6), (3, 3, 6, 5)),  # Winograd, part of a tile
+        ((2, 4, 2, 3), (3, 3, 3, 2)),
     ],
 )
 def test_same_conv_matches_xla_conv_to_second_order(x_shape, kernel_shape):
@@ -326,7 +329,34 @@ def test_same_conv_matches_xla_conv_to_second_order(x_shape, kernel_shape):
     np.testing.assert_allclose(
         second(models.same_conv)(x), want, rtol=1e-3, atol=1e-3 * float(jnp.abs(want).max())
     )
-    check_grads(models.same_conv, (x, kernel), order=2, modes=("rev",), atol=5e-2, rtol=5e-2)
+    # Finite differences in float64: Winograd's transforms (coefficients up to 8 and 1/24) put
+    # f32 rounding at about 1e-5 of the output, which f32 differences amplify past any useful
+    # tolerance; in float64 every formulation is exact to rounding.
+    with jax.enable_x64(True):
+        x64, kernel64 = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+        check_grads(models.same_conv, (x64, kernel64), order=2, modes=("rev",), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "x_shape, winograd",
+    [((3, 4, 4, 8), True), ((3, 3, 4, 8), True), ((3, 2, 2, 8), False), ((3, 5, 4, 8), False)],
+)
+def test_same_conv_uses_winograd_on_small_maps_only(x_shape, winograd):
+    """Maps within one 4x4 tile (and over 4 pixels) run F(4x4, 3x3): GEMMs only, no custom
+    VJP and no convolution, to second order; other maps keep the direct formulations."""
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 8, 8))
+
+    def second(x):
+        first = jax.grad(lambda x, k: jnp.sum(jnp.sin(models.same_conv(x, k))), argnums=1)
+        return jnp.sum(first(x, kernel) ** 2)
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(second))(x))
+    assert ("custom_vjp" not in jaxpr and "conv_general" not in jaxpr) == winograd
+    if winograd:  # 36 transformed products, batched: (36, N, C_in) x (36, C_in, C_out).
+        y = jax.make_jaxpr(models.same_conv)(x, kernel)
+        dots = [e for e in y.eqns if e.primitive.name == "dot_general"]
+        assert any(v.aval.shape[0] == 36 for e in dots for v in e.outvars)
 
 
 def test_same_conv_module_is_a_drop_in_for_nn_conv():
