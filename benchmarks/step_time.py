@@ -32,6 +32,7 @@ import functools
 import json
 import os
 import pathlib
+import resource
 import sys
 import time
 
@@ -77,6 +78,28 @@ def matmul_peak(size: int = 4096, repeats: int = 5, dtype=jnp.float32) -> float:
         jax.block_until_ready(f(a, a))
         best = min([best] + [_wall(f, a, a) for _ in range(repeats)])
     return 2 * size**3 / best
+
+
+def host_cost(fn, *args, repeats: int = 2) -> tuple[float, float]:
+    """Kernel (system) CPU seconds and minor page faults per call of `fn(*args)`, this process,
+    after one warm-up call: the host's cost of handing XLA fresh memory for each call."""
+    jax.block_until_ready(fn(*args))
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(repeats):
+        jax.block_until_ready(fn(*args))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return (
+        (after.ru_stime - before.ru_stime) / repeats,
+        (after.ru_minflt - before.ru_minflt) / repeats,
+    )
+
+
+def host_allocator() -> str:
+    """The process's malloc as set from the environment (LD_PRELOAD, MALLOC_CONF)."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    name = ", ".join(pathlib.Path(p).name for p in preload.split(":") if p) or "glibc malloc"
+    conf = os.environ.get("MALLOC_CONF")
+    return f"{name} (MALLOC_CONF={conf})" if conf else name
 
 
 def _wall(fn, *args) -> float:
@@ -274,6 +297,7 @@ def bench_torch(args, peak: float) -> list[dict]:
         compiled = objective.lower(*obj_args).compile()
         compile_s = time.perf_counter() - start
         jax_s, _ = timed(compiled, *obj_args, repeats=args.repeats)
+        sys_s, faults = host_cost(compiled, *obj_args)
         flops = float(compiled.cost_analysis()["flops"])
         ref = torch_reference.time_step(
             image_shape=(size, size, 1), num_classes=10, num_clusters=4, num_real=64, ipc=10,
@@ -284,6 +308,8 @@ def bench_torch(args, peak: float) -> list[dict]:
                 "image_shape": [size, size, 1],
                 "jaxdd_s": jax_s,
                 "jaxdd_compile_s": compile_s,
+                "jaxdd_sys_s": sys_s,
+                "jaxdd_page_faults": faults,
                 "flops": flops,
                 # The step's FLOPs at this run's dense-matmul peak: no f32 formulation is faster.
                 "peak_floor_s": flops / peak,
@@ -324,7 +350,8 @@ def render(results: dict) -> str:
         )
         + "  ",
         f"Machine: {results['machine']}; jax {results['jax']}; "
-        f"dense f32 matmul peak measured in this run: {results['peak'] / 1e9:.0f} GFLOP/s"
+        + (f"host allocator: {results['allocator']}; " if "allocator" in results else "")
+        + f"dense f32 matmul peak measured in this run: {results['peak'] / 1e9:.0f} GFLOP/s"
         + (
             f" (bf16 inputs with f32 accumulation: {results['peak_bf16'] / 1e9:.0f} GFLOP/s)"
             if "peak_bf16" in results
@@ -377,15 +404,21 @@ def render(results: dict) -> str:
             "images: ConvNet-128 depth 3, 10 classes x 4 clusters x 64 real, IPC 10, no DSA.",
             "",
             "| image | jaxdd s | jaxdd compile s | torch s | torch threads | jaxdd speed-up | "
-            "XLA GFLOP | at f32 matmul peak s | 2x target s |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "XLA GFLOP | at f32 matmul peak s | 2x target s | jaxdd kernel CPU s | "
+            "jaxdd page faults |",
+            "|---" * 11 + "|",
         ]
         for r in results["torch"]:
             floor = f"{r['flops'] / 1e9:.1f} | {r['peak_floor_s']:.3f}" if "flops" in r else " | "
+            host = (
+                f"{r['jaxdd_sys_s']:.2f} | {r['jaxdd_page_faults']:,.0f}"
+                if "jaxdd_sys_s" in r
+                else " | "
+            )
             lines.append(
                 f"| {'x'.join(map(str, r['image_shape']))} | {r['jaxdd_s']:.3f} | "
                 f"{r['jaxdd_compile_s']:.1f} | {r['torch_s']:.3f} | {r['torch_threads']} | "
-                f"{r['speedup']:.2f}x | {floor} | {r['torch_s'] / 2:.3f} |"
+                f"{r['speedup']:.2f}x | {floor} | {r['torch_s'] / 2:.3f} | {host} |"
             )
         lines.append("")
     if results.get("memory"):
@@ -448,6 +481,7 @@ def main() -> None:
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, JAX devices: "
         f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "jax": jax.__version__,
+        "allocator": host_allocator(),
         "peak": matmul_peak(),
         "peak_bf16": matmul_peak(dtype=jnp.bfloat16),
         "command": "python benchmarks/step_time.py " + " ".join(sys.argv[1:]),
