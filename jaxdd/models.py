@@ -198,7 +198,8 @@ def _winograd_matrices(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     """F(4x4, 3x3) for an h x w map (h, w <= 4) that fills one tile, as matrices over pixels:
     input (36, h*w) (B^T d B of the SAME-padded map, zero padding folded in), kernel (36, 9)
     (G g G^T) and output (h*w, 36) (A^T M A, cropped to the map)."""
-    inputs = [(i + 1) * 6 + (j + 1) for i in range(h) for j in range(w)]
+    padded = _WINOGRAD_TILE + 2  # The input tile: the output tile and the 3x3 halo.
+    inputs = [(i + 1) * padded + (j + 1) for i in range(h) for j in range(w)]
     outputs = [i * _WINOGRAD_TILE + j for i in range(h) for j in range(w)]
     return (
         np.kron(_WINOGRAD_BT, _WINOGRAD_BT)[:, inputs],
