@@ -173,10 +173,10 @@ def _herd(x: np.ndarray, ipc: int) -> np.ndarray:
 def _farthest_first(x: np.ndarray, ipc: int) -> np.ndarray:
     """Positions in `x` `(n, D)` of the `ipc` farthest-first centers, in pick order."""
     picks = np.empty(ipc, dtype=np.int64)
-    picks[0] = np.argmin(_sq_distances(x, x.mean(axis=0)))
+    picks[0] = np.argmin(_squared_norms(x - x.mean(axis=0)))
     nearest = np.full(len(x), np.inf)  # Squared distance of each example to its nearest center.
     for k in range(1, ipc):
-        np.minimum(nearest, _sq_distances(x, x[picks[k - 1]]), out=nearest)
+        np.minimum(nearest, _squared_norms(x - x[picks[k - 1]]), out=nearest)
         # Chosen centers (and their exact duplicates) sit at 0; -1 keeps a chosen one from being
         # picked again when every remaining example duplicates a center.
         scores = nearest.copy()
@@ -185,9 +185,9 @@ def _farthest_first(x: np.ndarray, ipc: int) -> np.ndarray:
     return picks
 
 
-def _sq_distances(x: np.ndarray, point: np.ndarray) -> np.ndarray:
-    """`(n,)` squared Euclidean distances from the rows of `x` to `point`, exact for equal rows."""
-    diff = x - point
+def _squared_norms(diff: np.ndarray) -> np.ndarray:
+    """`(n,)` squared norms of the rows of `diff` (differences to one point: exactly 0 for an
+    equal row, which the pairwise expansion in `jaxdd.clustering` is not)."""
     return np.einsum("nd,nd->n", diff, diff)
 
 

@@ -1,6 +1,6 @@
 """Checkpoints of a distillation run (orbax): save, find the latest good one, refuse a mismatch.
 
-A checkpoint holds the full `distill.State` (synthetic set, its optimiser state, the carried
+A checkpoint holds the full `step.State` (synthetic set, its optimiser state, the carried
 network and its optimiser state, step), the run's root PRNG key, the validation-selection
 record (best step, accuracy and images), and a JSON fingerprint of everything that fixes the
 shapes and meaning of that state (dataset, ipc, model, image shape, ...). Orbax writes each

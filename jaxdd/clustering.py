@@ -1,18 +1,13 @@
-"""Subgroups of the real data: per-class K-means and fixed-shape group batches.
+"""K-means: the clustering that defines the subgroups (`jaxdd.groups` builds them from it).
 
 Step 1 of the method partitions each class c of the real training set into K subgroups
-G_{c,1..K} by K-means in a feature space (default: `features_pixels`); step 2 draws a fixed
-number m of real samples from every (class, cluster) group per distillation step, so that all
-C*K per-group losses have the same shape and rare groups weigh as much as common ones.
+G_{c,1..K} by K-means in a feature space (default: `features_pixels`).
 
 - `kmeans`: greedy k-means++ seeding plus Lloyd iterations, masked (padding rows are ignored),
   jittable with `num_clusters` / `num_iters` / `num_inits` static, deterministic given `key`.
 - `cluster_per_class`: `kmeans` vmapped over classes (padded to a common size) -> the cluster of
   every sample within its class.
-- `Groups` / `make_groups`: host-side index table (C, K, Gmax) of the groups, a pytree that can be
-  passed into jitted steps.
-- `sample_groups`: (C, K, m) dataset indices, without replacement where a group has >= m
-  members, uniformly with replacement where it is smaller.
+- `features_pixels`: the default feature space (flattened pixels, L2-normalised).
 """
 
 from __future__ import annotations
@@ -21,7 +16,6 @@ import functools
 import math
 from typing import NamedTuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,15 +23,7 @@ from jax.typing import ArrayLike
 
 from jaxdd import xla
 
-__all__ = [
-    "Groups",
-    "KMeansResult",
-    "cluster_per_class",
-    "features_pixels",
-    "kmeans",
-    "make_groups",
-    "sample_groups",
-]
+__all__ = ["KMeansResult", "cluster_per_class", "features_pixels", "kmeans"]
 
 # Full-precision matmuls: the default on GPU/TPU (TF32 / bf16 passes) moves squared distances
 # enough to flip nearest-centroid assignments.
@@ -382,97 +368,6 @@ def cluster_per_class(
         num_inits=num_inits,
     )
     return within[labels, pos].astype(jnp.int32)
-
-
-@flax.struct.dataclass
-class Groups:
-    """Index table of the (class, cluster) groups; a pytree, so it can enter jitted functions.
-
-    Attributes:
-      members: (C, K, Gmax) int32 dataset indices of each group's members; entries past the
-        group's size repeat its first member.
-      sizes: (C, K) int32 true group sizes, all >= 1.
-    """
-
-    members: jax.Array
-    sizes: jax.Array
-
-
-def make_groups(
-    labels: ArrayLike, assignments: ArrayLike, *, num_classes: int, num_clusters: int
-) -> Groups:
-    """Builds the group table host-side from labels and within-class cluster assignments.
-
-    Args:
-      labels: (N,) int class labels in [0, C).
-      assignments: (N,) int within-class clusters in [0, K), e.g. from `cluster_per_class`.
-      num_classes: C.
-      num_clusters: K.
-
-    Returns:
-      `Groups` with members (C, K, Gmax) and sizes (C, K); members are in increasing index order.
-
-    Raises:
-      ValueError: if a label or assignment is out of range or any group is empty.
-    """
-    labels = np.asarray(labels)
-    assignments = np.asarray(assignments)
-    if labels.shape != assignments.shape or labels.ndim != 1:
-        raise ValueError(
-            f"make_groups expects labels and assignments of the same shape (N,), got "
-            f"{labels.shape} and {assignments.shape}."
-        )
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}).")
-    if assignments.size and (assignments.min() < 0 or assignments.max() >= num_clusters):
-        raise ValueError(f"assignments must lie in [0, {num_clusters}).")
-    group = labels.astype(np.int64) * num_clusters + assignments
-    sizes = np.bincount(group, minlength=num_classes * num_clusters)
-    if np.any(sizes == 0):
-        c, k = np.argwhere(sizes.reshape(num_classes, num_clusters) == 0)[0]
-        raise ValueError(
-            f"group (class {c}, cluster {k}) is empty; every (class, cluster) group needs at "
-            "least one example: recluster or lower cluster.num_clusters"
-        )
-    order = np.argsort(group, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    slot = np.arange(labels.size) - starts[group[order]]
-    members = np.repeat(order[starts][:, None], sizes.max(), axis=1)
-    members[group[order], slot] = order
-    return Groups(
-        members=jnp.asarray(members.reshape(num_classes, num_clusters, -1), jnp.int32),
-        sizes=jnp.asarray(sizes.reshape(num_classes, num_clusters), jnp.int32),
-    )
-
-
-def sample_groups(groups: Groups, num_samples: int, *, key: jax.Array) -> jax.Array:
-    """Draws `num_samples` dataset indices from every group.
-
-    Groups with at least m members are sampled without replacement (top-m of uniform scores,
-    padding slots scored -inf); smaller groups uniformly with replacement. Jittable with
-    `num_samples` static; deterministic given `key`.
-
-    Args:
-      groups: `Groups` with members (C, K, Gmax) and sizes (C, K).
-      num_samples: m >= 1.
-      key: PRNG key.
-
-    Returns:
-      (C, K, m) int32 dataset indices; entry [c, k, :] are members of group (c, k).
-    """
-    if num_samples < 1:
-        raise ValueError(f"sample_groups needs num_samples >= 1, got {num_samples}.")
-    members, sizes = groups.members, groups.sizes
-    g_max = members.shape[-1]
-    width = max(g_max, num_samples)
-    key_perm, key_rep = jax.random.split(key)
-    scores = jax.random.uniform(key_perm, (*sizes.shape, width))
-    scores = jnp.where(jnp.arange(width) < sizes[..., None], scores, -jnp.inf)
-    _, without = jax.lax.top_k(scores, num_samples)
-    u = jax.random.uniform(key_rep, (*sizes.shape, num_samples))
-    with_rep = jnp.minimum(jnp.floor(u * sizes[..., None]).astype(jnp.int32), sizes[..., None] - 1)
-    slots = jnp.where(sizes[..., None] >= num_samples, without, with_rep)
-    return jnp.take_along_axis(members, jnp.minimum(slots, g_max - 1), axis=-1).astype(jnp.int32)
 
 
 def features_pixels(images: ArrayLike) -> jax.Array:

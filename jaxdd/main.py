@@ -1,28 +1,18 @@
 """Command-line launcher: `python -m jaxdd.main --config=configs/digits.py [--config.x=y]`.
 
-The logic lives in `jaxdd.train` so that it can be imported from notebooks and tests.
+The logic lives in `jaxdd.run` so that it can be imported from notebooks and tests; config
+files load through `jaxdd.config` (no `sys.path` edits, from any working directory).
 """
 
 import pathlib
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-# Config files import `configs.default`; make the repository's `configs` package importable
-# wherever the command is run from.
-_REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
+from jaxdd import config as config_lib
+from jaxdd import run
 
-from jaxdd import train  # noqa: E402
-
-config_flags.DEFINE_config_file(
-    "config",
-    str(_REPO / "configs" / "digits.py"),
-    "Config file (ml_collections).",
-    lock_config=True,
-)
+_CONFIG = config_lib.config_flag()
 flags.DEFINE_string(
     "workdir", "", "Output directory; default runs/<dataset>-ipc<ipc>-<family>-<risk>."
 )
@@ -38,11 +28,13 @@ def default_workdir(config) -> pathlib.Path:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = flags.FLAGS.config
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("pass --config=path/to/configs/<name>.py (e.g. configs/digits.py).")
     workdir = flags.FLAGS.workdir or default_workdir(config)
     try:
-        result = train.distill_run(config, workdir)
-    except train.Interrupted as e:
+        result = run.distill(config, workdir)
+    except run.Interrupted as e:
         print(e, file=sys.stderr)
         sys.exit(128 + e.signum)
     report = result.report

@@ -1,15 +1,14 @@
 """Subgroup and distribution-shift metrics of trained networks on the test split.
 
-SPEC's robustness protocol, on top of `jaxdd.evaluate`:
+SPEC's robustness protocol, on top of `jaxdd.retrain`:
 
 - Subgroups: fixed K-means partitions of the *test* set (`test_partitions`): 'global', K = 10
   clusters of the whole test set on pixels (as in the paper), and 'per_class', K clusters inside
   every class (group = label * K + cluster). They are computed once per test set and cached
   (`cached_partitions`), keyed by a hash of the test set so that a changed test set never reuses
   a stale partition.
-- Shifts: pure functions on [0, 1] pixel-space NHWC images (before normalisation): Gaussian
-  noise, Gaussian blur and colour inversion (the paper's three) plus contrast reduction, each
-  clipped back to [0, 1]; `SHIFTS` is the registry used with config-given strengths.
+- Shifts: the registered pixel-space transforms of `jaxdd.shifts` (`SHIFTS`), applied to the
+  denormalised test images with config-given strengths.
 - `robustness_report`: accuracy, per-group / mean-group / worst-group / worst-class accuracy and
   accuracy under each shift, as a JSON-ready dict.
 """
@@ -34,19 +33,11 @@ import numpy as np
 import numpy.typing as npt
 from jax.typing import ArrayLike
 
-from jaxdd import clustering, evaluate, xla
+from jaxdd import clustering, retrain, xla
+from jaxdd import shifts as shifts_lib
 
-__all__ = [
-    "SHIFTS",
-    "apply_shift",
-    "cached_partitions",
-    "contrast",
-    "gaussian_blur",
-    "gaussian_noise",
-    "invert",
-    "robustness_report",
-    "test_partitions",
-]
+__all__ = ["cached_partitions", "robustness_report", "test_partitions"]
+
 
 # Bump when the partition algorithm changes, so that old cache files are not reused.
 _PARTITION_VERSION = 1
@@ -232,130 +223,6 @@ def cached_partitions(
 
 
 # ---------------------------------------------------------------------------------------------
-# Distribution shifts (pixel space, [0, 1]).
-
-
-def _clip(images: jax.Array) -> jax.Array:
-    return jnp.clip(images, 0.0, 1.0)
-
-
-def gaussian_noise(images: ArrayLike, key: jax.Array, *, sigma: float) -> jax.Array:
-    """Adds i.i.d. N(0, sigma^2) noise to every pixel (sigma on the [0, 1] scale), then clips."""
-    images = jnp.asarray(images, jnp.float32)
-    return _clip(images + sigma * jax.random.normal(key, images.shape, images.dtype))
-
-
-def _gaussian_kernel(sigma: float, radius: int) -> np.ndarray:
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    kernel = np.exp(-0.5 * (x / sigma) ** 2)
-    return (kernel / kernel.sum()).astype(np.float32)
-
-
-def _blur_axis(images: jax.Array, *, sigma: float, axis: int) -> jax.Array:
-    size = images.shape[axis]
-    # Truncated at 3 sigma, and below the image size so that reflect padding is one reflection.
-    radius = min(max(1, math.ceil(3.0 * sigma)), size - 1)
-    if radius == 0:
-        return images
-    kernel = _gaussian_kernel(sigma, radius)
-    pad = [(0, 0)] * images.ndim
-    pad[axis] = (radius, radius)
-    padded = jnp.pad(images, pad, mode="reflect")
-    return sum(
-        float(weight) * jax.lax.slice_in_dim(padded, i, i + size, axis=axis)
-        for i, weight in enumerate(kernel)
-    )
-
-
-def gaussian_blur(images: ArrayLike, *, sigma: float) -> jax.Array:
-    """Separable Gaussian blur of standard deviation `sigma` pixels, reflect padding, clipped.
-
-    The kernel is truncated at `ceil(3 sigma)` pixels (and below the image size) and
-    renormalised, so a constant image is unchanged. `sigma` must be a Python float > 0.
-    """
-    if not sigma > 0:
-        raise ValueError(f"gaussian_blur needs sigma > 0, got {sigma}.")
-    images = jnp.asarray(images, jnp.float32)
-    if images.ndim != 4:
-        raise ValueError(f"images must be NHWC (4-D), got shape {images.shape}.")
-    blurred = _blur_axis(_blur_axis(images, sigma=sigma, axis=1), sigma=sigma, axis=2)
-    return _clip(blurred)
-
-
-def invert(images: ArrayLike) -> jax.Array:
-    """Colour inversion `1 - x`."""
-    return _clip(1.0 - jnp.asarray(images, jnp.float32))
-
-
-def contrast(images: ArrayLike, *, factor: float) -> jax.Array:
-    """Scales every image around its own mean pixel value (over H, W, C), then clips.
-
-    `factor` < 1 lowers the contrast (0 gives a flat grey image), 1 is the identity.
-    """
-    images = jnp.asarray(images, jnp.float32)
-    mean = jnp.mean(images, axis=(1, 2, 3), keepdims=True)
-    return _clip(mean + factor * (images - mean))
-
-
-def _noise_shift(images: jax.Array, *, key: jax.Array, strength: float) -> jax.Array:
-    return gaussian_noise(images, key, sigma=strength)
-
-
-def _blur_shift(images: jax.Array, *, key: jax.Array, strength: float) -> jax.Array:
-    del key  # Deterministic.
-    return gaussian_blur(images, sigma=strength)
-
-
-def _invert_shift(images: jax.Array, *, key: jax.Array, strength: float | None) -> jax.Array:
-    del key, strength  # Inversion has no degree.
-    return invert(images)
-
-
-def _contrast_shift(images: jax.Array, *, key: jax.Array, strength: float) -> jax.Array:
-    del key  # Deterministic.
-    return contrast(images, factor=strength)
-
-
-# name -> fn(images, *, key, strength): strength is noise sigma, blur sigma (pixels) or contrast
-# factor; ignored by 'invert'.
-SHIFTS: dict[str, Callable[..., jax.Array]] = {
-    "gaussian_noise": _noise_shift,
-    "gaussian_blur": _blur_shift,
-    "invert": _invert_shift,
-    "contrast": _contrast_shift,
-}
-# Shifts whose strength must be given.
-_NEEDS_STRENGTH = ("gaussian_noise", "gaussian_blur", "contrast")
-
-
-@functools.partial(xla.jit, static_argnames=("name", "strength"))
-def _apply_shift(name: str, images: jax.Array, key: jax.Array, strength: float | None):
-    return SHIFTS[name](images, key=key, strength=strength)
-
-
-def apply_shift(
-    name: str, images: ArrayLike, *, key: jax.Array, strength: float | None = None
-) -> jax.Array:
-    """Applies the registered shift `name` (see `SHIFTS`) to [0, 1] NHWC images, jitted.
-
-    Args:
-      name: a key of `SHIFTS`.
-      images: `(N, H, W, C)` pixel-space images in [0, 1].
-      key: PRNG key (used by 'gaussian_noise' only).
-      strength: noise sigma, blur sigma or contrast factor; None for 'invert'.
-
-    Returns:
-      `(N, H, W, C)` shifted images in [0, 1].
-    """
-    if name not in SHIFTS:
-        raise ValueError(f"Unknown shift {name!r}; known shifts: {sorted(SHIFTS)}.")
-    if name in _NEEDS_STRENGTH and strength is None:
-        raise ValueError(f"Shift {name!r} needs a strength (e.g. gaussian_noise=0.1).")
-    strength = None if strength is None else float(strength)
-    return _apply_shift(name, jnp.asarray(images, jnp.float32), key, strength)
-
-
-# ---------------------------------------------------------------------------------------------
 # The report.
 
 
@@ -375,6 +242,47 @@ def _group_metrics(per_group: np.ndarray) -> dict[str, Any]:
         "mean_group_accuracy": 100.0 * float(np.mean(np.nanmean(per_group, axis=1))),
         "worst_group_accuracy": 100.0 * float(np.mean(np.nanmin(per_group, axis=1))),
     }
+
+
+def _partition_metrics(
+    name: str, groups: ArrayLike, predictions: jax.Array, labels: jax.Array
+) -> tuple[dict[str, Any], list[int]]:
+    """`_group_metrics` of partition `name` (`(N,)` group ids) and its group sizes."""
+    groups = np.asarray(groups)
+    if groups.shape != labels.shape or not np.issubdtype(groups.dtype, np.integer):
+        raise ValueError(
+            f"partition {name!r} must be (N,) = {labels.shape} int group ids, got "
+            f"{groups.dtype} {groups.shape}."
+        )
+    if groups.min() < 0:
+        raise ValueError(f"partition {name!r} has negative group ids.")
+    num_groups = int(groups.max()) + 1
+    per_group = np.asarray(retrain.group_accuracy(predictions, labels, groups, num_groups))
+    return _group_metrics(per_group), np.bincount(groups, minlength=num_groups).tolist()
+
+
+def _shift_accuracy(
+    predict: Callable[[jax.Array], jax.Array],
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    mean: ArrayLike,
+    std: ArrayLike,
+    shifts: Mapping[str, float | None],
+    key: jax.Array,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """`({shift: mean accuracy %}, {shift: std %})` over the models, shifting in pixel space."""
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+    pixels = images * std + mean
+    shift_mean, shift_std = {}, {}
+    for name, strength in shifts.items():
+        shift_key = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+        shifted = shifts_lib.apply_shift(name, pixels, key=shift_key, strength=strength)
+        shifted_accuracy = np.asarray(retrain.accuracy(predict((shifted - mean) / std), labels))
+        shift_mean[name] = 100.0 * float(shifted_accuracy.mean())
+        shift_std[name] = 100.0 * float(shifted_accuracy.std())
+    return shift_mean, shift_std
 
 
 def robustness_report(
@@ -400,13 +308,13 @@ def robustness_report(
 
     Args:
       model: the network of `params_stacked`.
-      params_stacked: `params` of M networks on a leading axis (`evaluate.train_models`).
+      params_stacked: `params` of M networks on a leading axis (`retrain.train_models`).
       images: `(N, H, W, C)` images normalised with `mean` / `std` (e.g. `Dataset.test.images`).
       labels: `(N,)` int labels.
       mean, std: `(C,)` per-channel statistics of the normalisation (`Dataset.mean`, `.std`).
       partitions: name -> `(N,)` int group ids (e.g. `test_partitions`); a partition has
         `max(id) + 1` groups.
-      shifts: shift name (a key of `SHIFTS`) -> strength (None for 'invert').
+      shifts: shift name (a key of `jaxdd.shifts.SHIFTS`) -> strength (None for 'invert').
       key: PRNG key of the random shifts; shift `name` uses `fold_in(key, crc32(name))`, so
         adding a shift does not change the others.
       num_classes: C.
@@ -425,11 +333,11 @@ def robustness_report(
     labels = jnp.asarray(labels, jnp.int32)
     if labels.shape != images.shape[:1]:
         raise ValueError(f"labels must have shape ({images.shape[0]},), got {labels.shape}.")
-    predict = functools.partial(evaluate.predict, model, params_stacked, batch_size=batch_size)
+    predict = functools.partial(retrain.predict, model, params_stacked, batch_size=batch_size)
 
     predictions = predict(images)
-    accuracy = np.asarray(evaluate.accuracy(predictions, labels))
-    per_class = np.asarray(evaluate.group_accuracy(predictions, labels, labels, num_classes))
+    accuracy = np.asarray(retrain.accuracy(predictions, labels))
+    per_class = np.asarray(retrain.group_accuracy(predictions, labels, labels, num_classes))
     report: dict[str, Any] = {
         "num_models": int(accuracy.shape[0]),
         "accuracy_mean": 100.0 * float(accuracy.mean()),
@@ -440,32 +348,15 @@ def robustness_report(
     }
 
     for name, groups in partitions.items():
-        groups = np.asarray(groups)
-        if groups.shape != labels.shape or not np.issubdtype(groups.dtype, np.integer):
-            raise ValueError(
-                f"partition {name!r} must be (N,) = {labels.shape} int group ids, got "
-                f"{groups.dtype} {groups.shape}."
-            )
-        if groups.min() < 0:
-            raise ValueError(f"partition {name!r} has negative group ids.")
-        num_groups = int(groups.max()) + 1
-        per_group = np.asarray(evaluate.group_accuracy(predictions, labels, groups, num_groups))
-        metrics = _group_metrics(per_group)
+        metrics, sizes = _partition_metrics(name, groups, predictions, labels)
         report.update({f"{metric}_{name}": value for metric, value in metrics.items()})
-        report[f"group_size_{name}"] = np.bincount(groups, minlength=num_groups).tolist()
+        report[f"group_size_{name}"] = sizes
         if name == "global":
             report.update(metrics)
 
-    mean = jnp.asarray(mean, jnp.float32)
-    std = jnp.asarray(std, jnp.float32)
-    pixels = images * std + mean
-    shift_mean, shift_std = {}, {}
-    for name, strength in shifts.items():
-        shift_key = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
-        shifted = apply_shift(name, pixels, key=shift_key, strength=strength)
-        shifted_accuracy = np.asarray(evaluate.accuracy(predict((shifted - mean) / std), labels))
-        shift_mean[name] = 100.0 * float(shifted_accuracy.mean())
-        shift_std[name] = 100.0 * float(shifted_accuracy.std())
+    shift_mean, shift_std = _shift_accuracy(
+        predict, images, labels, mean=mean, std=std, shifts=shifts, key=key
+    )
     report["shift_accuracy"] = shift_mean
     report["shift_accuracy_std"] = shift_std
     return report

@@ -13,8 +13,9 @@ import time
 import numpy as np
 import pytest
 
+import jaxdd
 from configs import smoke
-from jaxdd import checkpoint, train
+from jaxdd import checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Enough steps, each slow enough, that a kill lands mid-run; tiny evaluation.
@@ -67,7 +68,7 @@ def _wait_for_checkpoint(proc, workdir, timeout=300):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    train.distill_run(_config(), workdir)
+    jaxdd.distill(_config(), workdir)
     return workdir
 
 
@@ -88,7 +89,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "synthetic_last.npz").exists(), "the kill must land mid-run"
-    train.distill_run(_config(), tmp_path)  # the same command again: resumes
+    jaxdd.distill(_config(), tmp_path)  # the same command again: resumes
     _assert_same_run(tmp_path, uninterrupted)
 
 
@@ -101,17 +102,17 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path, uninterrupted):
     assert "SIGTERM received: saved a checkpoint at step" in stderr
     step = int(stderr.split("saved a checkpoint at step ")[1].split()[0])
     assert (tmp_path / "checkpoints" / str(step)).is_dir()
-    train.distill_run(_config(), tmp_path)
+    jaxdd.distill(_config(), tmp_path)
     _assert_same_run(tmp_path, uninterrupted)
 
 
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, uninterrupted, caplog):
-    train.distill_run(_config(num_steps=12), tmp_path)
+    jaxdd.distill(_config(num_steps=12), tmp_path)
     latest = tmp_path / "checkpoints" / "12"
     for path in latest.rglob("*"):
         if path.is_file() and path.stat().st_size > 0:
             path.write_bytes(b"\0" * 7)  # truncated garbage
-    result = train.distill_run(_config(), tmp_path)  # 24 steps: resumes from step 8
+    result = jaxdd.distill(_config(), tmp_path)  # 24 steps: resumes from step 8
     assert any("checkpoint 12 is unreadable" in r.getMessage() for r in caplog.records)
     assert (tmp_path / "checkpoints" / "12.unreadable").is_dir()  # set aside, not deleted
     assert result.metrics["step"] == 24
@@ -119,18 +120,18 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, uninte
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path):
-    train.distill_run(_config(num_steps=4), tmp_path)
+    jaxdd.distill(_config(num_steps=4), tmp_path)
     with pytest.raises(
         checkpoint.IncompatibleCheckpointError, match="ipc: checkpoint 2 vs config 3"
     ):
-        train.distill_run(_config(num_steps=4, ipc=3), tmp_path)
+        jaxdd.distill(_config(num_steps=4, ipc=3), tmp_path)
     # num_steps and evaluation may change: continuing a finished run for more steps works.
-    assert train.distill_run(_config(num_steps=8), tmp_path).metrics["step"] == 8
+    assert jaxdd.distill(_config(num_steps=8), tmp_path).metrics["step"] == 8
 
 
 def test_non_finite_synthetic_set_stops_with_the_step_and_keeps_checkpoints(tmp_path):
     with pytest.raises(FloatingPointError, match="non-finite loss or synthetic images at step"):
-        train.distill_run(_config(**{"syn.lr": 1e38, "checkpoint.every_steps": 1}), tmp_path)
+        jaxdd.distill(_config(**{"syn.lr": 1e38, "checkpoint.every_steps": 1}), tmp_path)
     steps = sorted(
         int(p.name) for p in (tmp_path / "checkpoints").glob("[0-9]*") if p.name.isdigit()
     )

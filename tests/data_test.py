@@ -1,4 +1,4 @@
-"""Tests for jaxdd.data: every source, the split invariants, and the error messages."""
+"""Tests for jaxdd.data: `load` and its registry, every source, the split invariants, the errors."""
 
 import dataclasses
 import gzip
@@ -12,25 +12,16 @@ import hypothesis
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
+import references
 import tensorflow_datasets as tfds
 from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
 from jaxdd import data
+from jaxdd.data import idx, splits
+from jaxdd.data import tfds as tfds_source
 
 # --- digits ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def digits() -> data.Dataset:
-    return data.load("digits")
-
-
-def _raw_rows(dataset: data.Dataset, split: data.Split) -> np.ndarray:
-    """The original 0..16 digit pixels of `split`, recovered through `denormalize`."""
-    rows = dataset.denormalize(split.images).reshape(len(split), -1) * 16
-    np.testing.assert_allclose(rows, np.round(rows), atol=1e-4)  # Recovery is exact.
-    return np.round(rows).astype(np.int64)
 
 
 def test_digits_shapes_dtypes_and_names(digits):
@@ -54,7 +45,7 @@ def test_digits_split_sizes(digits):
 def test_digits_splits_partition_the_raw_rows(digits):
     raw = load_digits()
     rows = {
-        name: {row.tobytes() for row in _raw_rows(digits, digits.split(name))}
+        name: {row.tobytes() for row in references.raw_digit_rows(digits, digits.split(name))}
         for name in data.SPLIT_NAMES
     }
     assert not rows["train"] & rows["test"]
@@ -87,7 +78,7 @@ def test_digits_normalised_with_train_statistics(digits):
     np.testing.assert_allclose(images.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
     np.testing.assert_allclose(images.std(axis=(0, 1, 2)), 1.0, atol=1e-5)
     # Independent reference: the statistics of the raw train rows in [0, 1].
-    train_pixels = _raw_rows(digits, digits.train) / 16.0
+    train_pixels = references.raw_digit_rows(digits, digits.train) / 16.0
     np.testing.assert_allclose(digits.mean, [train_pixels.mean()], rtol=1e-6)
     np.testing.assert_allclose(digits.std, [train_pixels.std()], rtol=1e-6)
 
@@ -120,6 +111,23 @@ def test_unknown_dataset_lists_known_names():
         data.load("imagenet")
 
 
+def test_known_names_and_forms_are_known():
+    for name in (*data.KNOWN_NAMES, *data.NAME_FORMS, "tfds:mnist", "npz:/a:b/c.npz", "cifar100"):
+        assert data.is_known_name(name), name
+    for name in ("imagenet", "folder:/x", "npz", "tfds", "digits:", "Digits", ""):
+        assert not data.is_known_name(name), name
+    assert data.NAME_FORMS == ("digits", "fashion_mnist", "mnist", "tfds:<name>", "npz:<path>")
+
+
+def test_public_names_are_reexported():
+    assert data.Dataset is splits.Dataset and data.Split is splits.Split
+    assert data.SPLIT_NAMES == ("train", "validation", "test")
+    assert data.FASHION_MNIST_DIR == idx.FASHION_MNIST_DIR
+    assert data.TFDS_ALIASES == tfds_source.TFDS_ALIASES == ("svhn_cropped", "cifar10", "cifar100")
+    assert len(data.FASHION_MNIST_CLASS_NAMES) == 10
+    assert set(data.__all__) <= set(dir(data))
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
 def test_fractions_must_lie_strictly_inside_unit_interval(fraction):
     with pytest.raises(ValueError, match="validation_fraction must be strictly between 0 and 1"):
@@ -137,7 +145,7 @@ def test_stratified_split_partitions_and_keeps_class_shares(counts, fraction, se
     np.random.default_rng(seed).shuffle(labels)
     indices = np.arange(len(labels))
     try:
-        (kept, _), (held, _) = data._stratified_split(
+        (kept, _), (held, _) = splits.stratified_split(
             (indices, labels), fraction=fraction, seed=seed, held="test"
         )
     except ValueError as err:  # Only the documented "too small for this many classes" case.
@@ -167,7 +175,7 @@ def test_idx_parser_round_trips_any_shape(images):
     with tempfile.TemporaryDirectory() as directory:
         path = pathlib.Path(directory) / "any.gz"
         _write_idx(path, images)
-        np.testing.assert_array_equal(data._read_idx(path), images)
+        np.testing.assert_array_equal(idx.read_idx(path), images)
 
 
 def _write_idx_dataset(directory: pathlib.Path, *, gz: bool = True) -> dict[str, np.ndarray]:
@@ -316,7 +324,7 @@ def test_tfds_reads_in_order_in_chunks(monkeypatch):
     _fake_builder(monkeypatch, num_train=100, num_test=30)
     sources = {"train": _BatchedSource(_examples(100)), "test": _BatchedSource(_examples(30))}
     monkeypatch.setattr(tfds, "data_source", lambda name, split, **kwargs: sources[split])
-    monkeypatch.setattr(data, "_TFDS_READ_CHUNK", 16)
+    monkeypatch.setattr(tfds_source, "READ_CHUNK", 16)
     dataset = data.load("tfds:fake")
     assert (sources["train"].batches, sources["test"].batches) == (7, 2)
     assert dataset.class_names == tuple("abcdefghij")
@@ -401,6 +409,13 @@ def test_npz_with_test_arrays_and_class_names(tmp_path):
     np.testing.assert_array_equal(dataset.test.labels, arrays["test_labels"])
 
 
+def test_npz_path_may_contain_colons(tmp_path):
+    directory = tmp_path / "a:b"
+    directory.mkdir()
+    dataset = data.load(_npz(directory, **_valid_arrays()))
+    assert dataset.num_classes == 3
+
+
 def _replace(**changes: np.ndarray | None) -> dict[str, np.ndarray]:
     arrays = {**_valid_arrays(), **changes}
     return {key: value for key, value in arrays.items() if value is not None}
@@ -445,222 +460,3 @@ _MALFORMED = {
 def test_npz_malformed_inputs_raise_helpful_errors(tmp_path, arrays, message):
     with pytest.raises(ValueError, match=message):
         data.load(_npz(tmp_path, **arrays))
-
-
-# --- rare subpopulations -----------------------------------------------------------------------
-
-
-def _invert_reference(pixels: np.ndarray) -> np.ndarray:
-    return 1.0 - pixels
-
-
-def _rotate90_reference(pixels: np.ndarray) -> np.ndarray:
-    """Counter-clockwise quarter turn by explicit indexing: out[i, j] = in[j, W - 1 - i]."""
-    size = pixels.shape[1]
-    i, j = np.arange(size)[:, None], np.arange(size)[None, :]
-    return pixels[:, j, size - 1 - i]
-
-
-def _blur_reference(pixels: np.ndarray) -> np.ndarray:
-    """3x3 binomial blur, one output pixel at a time, edges replicated by clamping the index."""
-    _, height, width, _ = pixels.shape
-    weights = {-1: 0.25, 0: 0.5, 1: 0.25}
-    out = np.zeros_like(pixels, dtype=np.float64)
-    for i in range(height):
-        for j in range(width):
-            for di, wi in weights.items():
-                for dj, wj in weights.items():
-                    row = min(max(i + di, 0), height - 1)
-                    col = min(max(j + dj, 0), width - 1)
-                    out[:, i, j] += wi * wj * pixels[:, row, col]
-    return out
-
-
-_RARE_REFERENCES = {
-    "invert": _invert_reference,
-    "rotate90": _rotate90_reference,
-    "blur": _blur_reference,
-}
-
-
-@pytest.fixture(scope="module")
-def rare_digits(digits) -> data.RareDataset:
-    return data.make_rare(digits)
-
-
-def _tiny_dataset(
-    shape: tuple[int, int, int], counts: tuple[int, int, int], *, num_classes: int = 3
-) -> data.Dataset:
-    """A random normalised dataset with `counts` examples per class in train/validation/test."""
-    rng = np.random.default_rng(0)
-    pixels = [rng.uniform(size=(n * num_classes, *shape)).astype(np.float32) for n in counts]
-    mean, std = pixels[0].mean(axis=(0, 1, 2)), pixels[0].std(axis=(0, 1, 2))
-    splits = [
-        data.Split(images=(p - mean) / std, labels=np.repeat(np.arange(num_classes), n))
-        for p, n in zip(pixels, counts, strict=True)
-    ]
-    names = tuple(str(c) for c in range(num_classes))
-    return data.Dataset(
-        "tiny", *splits, mean=mean, std=std, class_names=names, num_classes=num_classes
-    )
-
-
-def test_transform_registry_matches_the_references():
-    assert set(data.RARE_TRANSFORMS) == set(_RARE_REFERENCES)
-    pixels = np.random.default_rng(0).uniform(size=(3, 5, 5, 2)).astype(np.float32)
-    for name, reference in _RARE_REFERENCES.items():
-        out = data.RARE_TRANSFORMS[name](pixels)
-        assert out.shape == pixels.shape
-        np.testing.assert_allclose(out, reference(pixels), atol=1e-6, err_msg=name)
-        assert out.min() >= 0.0 and out.max() <= 1.0
-
-
-@pytest.mark.parametrize("fraction", [0.05, 0.2])
-def test_rare_minority_is_about_fraction_of_each_class(digits, fraction):
-    rare = data.make_rare(digits, fraction=fraction)
-    for name in ("train", "validation"):
-        labels, minority = digits.split(name).labels, rare.minority(name)
-        counts = np.bincount(labels[minority], minlength=10)
-        target = fraction * np.bincount(labels, minlength=10)
-        np.testing.assert_array_less(np.abs(counts - target), 1.0 + 1e-9, err_msg=name)
-        assert counts.min() >= 1, name  # Every class keeps a minority (digits classes are big).
-
-
-def test_rare_test_split_is_balanced_per_class(rare_digits, digits):
-    labels, minority = digits.test.labels, rare_digits.test_minority
-    minority_counts = np.bincount(labels[minority], minlength=10)
-    majority_counts = np.bincount(labels[~minority], minlength=10)
-    assert np.all(np.abs(minority_counts - majority_counts) <= 1)
-    assert minority_counts.min() >= 1
-
-
-@pytest.mark.parametrize("transform", sorted(_RARE_REFERENCES))
-def test_rare_rows_are_the_transformed_originals(digits, transform):
-    rare = data.make_rare(digits, transform=transform, seed=3)
-    reference = _RARE_REFERENCES[transform]
-    for name in data.SPLIT_NAMES:
-        before = digits.denormalize(digits.split(name).images)
-        after = rare.dataset.denormalize(rare.dataset.split(name).images)
-        minority = rare.minority(name)
-        np.testing.assert_array_equal(rare.dataset.split(name).labels, digits.split(name).labels)
-        np.testing.assert_allclose(after[minority], reference(before[minority]), atol=1e-5)
-        np.testing.assert_allclose(after[~minority], before[~minority], atol=1e-5)
-        # The transform really changed every minority image (none of these is a fixed point).
-        assert np.abs(after[minority] - before[minority]).max(axis=(1, 2, 3)).min() > 1e-3
-
-
-def test_rare_renormalises_with_the_new_train_statistics(rare_digits, digits):
-    dataset = rare_digits.dataset
-    np.testing.assert_allclose(dataset.train.images.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
-    np.testing.assert_allclose(dataset.train.images.std(axis=(0, 1, 2)), 1.0, atol=1e-5)
-    # Independent reference: the raw 0..16 train digits with the minority inverted (16 - v).
-    raw = _raw_rows(digits, digits.train).astype(np.float64)
-    raw[rare_digits.train_minority] = 16 - raw[rare_digits.train_minority]
-    np.testing.assert_allclose(dataset.mean, [raw.mean() / 16], rtol=1e-6)
-    np.testing.assert_allclose(dataset.std, [raw.std() / 16], rtol=1e-6)
-    assert abs(dataset.mean[0] - digits.mean[0]) > 1e-3  # The statistics were recomputed.
-
-
-def test_rare_per_channel_statistics_on_rgb():
-    tiny = _tiny_dataset((4, 4, 3), (20, 4, 6))
-    rare = data.make_rare(tiny, transform="invert", fraction=0.25)
-    pixels = rare.dataset.denormalize(rare.dataset.train.images)
-    np.testing.assert_allclose(rare.dataset.mean, pixels.mean(axis=(0, 1, 2)), atol=1e-6)
-    np.testing.assert_allclose(rare.dataset.std, pixels.std(axis=(0, 1, 2)), rtol=1e-5)
-    # 0.25 * 20 = 5 of each train class, 1 of each 4-example validation class, 3 of each test 6.
-    np.testing.assert_array_equal(np.bincount(tiny.train.labels[rare.train_minority]), [5] * 3)
-    np.testing.assert_array_equal(
-        np.bincount(tiny.validation.labels[rare.validation_minority]), [1] * 3
-    )
-    np.testing.assert_array_equal(np.bincount(tiny.test.labels[rare.test_minority]), [3] * 3)
-
-
-def test_rare_is_deterministic_per_seed(rare_digits, digits):
-    again = data.make_rare(digits)
-    other = data.make_rare(digits, seed=1)
-    for name in data.SPLIT_NAMES:
-        np.testing.assert_array_equal(again.minority(name), rare_digits.minority(name))
-        np.testing.assert_array_equal(
-            again.dataset.split(name).images, rare_digits.dataset.split(name).images
-        )
-    assert not np.array_equal(other.train_minority, rare_digits.train_minority)
-    assert not np.array_equal(other.test_minority, rare_digits.test_minority)
-
-
-def test_rare_groups_are_class_and_minority(rare_digits, digits):
-    assert rare_digits.num_groups == 20
-    for name in data.SPLIT_NAMES:
-        groups = rare_digits.group_of(name)
-        assert groups.dtype == np.int32
-        expected = 2 * digits.split(name).labels + rare_digits.minority(name).astype(np.int32)
-        np.testing.assert_array_equal(groups, expected)
-    assert set(rare_digits.group_of("test").tolist()) == set(range(20))
-    with pytest.raises(ValueError, match="'val'"):
-        rare_digits.group_of("val")
-
-
-def test_rare_metadata_and_immutability(rare_digits, digits):
-    assert rare_digits.dataset.name == "digits+rare-invert"
-    assert (rare_digits.transform, rare_digits.fraction) == ("invert", 0.05)
-    assert rare_digits.dataset.class_names == digits.class_names
-    for name in data.SPLIT_NAMES:
-        for array in (rare_digits.minority(name), rare_digits.group_of(name)):
-            assert not array.flags.writeable
-        assert rare_digits.minority(name).dtype == np.bool_
-        assert not rare_digits.dataset.split(name).images.flags.writeable
-    with pytest.raises(ValueError, match="read-only"):
-        rare_digits.train_minority[0] = True
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        rare_digits.dataset = digits  # type: ignore[misc]
-    # The source dataset is untouched.
-    np.testing.assert_array_equal(digits.train.images, data.load("digits").train.images)
-
-
-def test_rare_unknown_transform_lists_known_ones(digits):
-    with pytest.raises(ValueError, match=r"'sepia'.*'invert', 'rotate90', 'blur'"):
-        data.make_rare(digits, transform="sepia")
-
-
-@pytest.mark.parametrize("fraction", [0.0, 0.5, -0.1, 0.7])
-def test_rare_fraction_must_lie_in_open_zero_half(digits, fraction):
-    with pytest.raises(ValueError, match=r"fraction must be strictly between 0 and 0.5"):
-        data.make_rare(digits, fraction=fraction)
-
-
-def test_rare_rotate90_needs_square_images():
-    tiny = _tiny_dataset((4, 6, 1), (4, 2, 2))
-    with pytest.raises(ValueError, match="square images.*4 x 6"):
-        data.make_rare(tiny, transform="rotate90")
-    data.make_rare(tiny, transform="blur")  # The other transforms take any shape.
-
-
-def test_rare_needs_two_train_examples_per_class():
-    tiny = _tiny_dataset((2, 2, 1), (1, 1, 2))
-    with pytest.raises(ValueError, match=r"class\(es\) \[0, 1, 2\] have fewer than 2 train"):
-        data.make_rare(tiny)
-
-
-@hypothesis.settings(max_examples=200, deadline=None)
-@hypothesis.given(num=st.integers(2, 10_000), fraction=st.floats(1e-4, 0.4999))
-def test_rare_count_is_near_target_and_leaves_a_majority(num, fraction):
-    count = data._rare_count(num, fraction)
-    assert 1 <= count <= num // 2
-    assert abs(count - fraction * num) < 1.0
-
-
-def test_rare_dataset_checks_its_masks(rare_digits):
-    masks = {f"{name}_minority": rare_digits.minority(name) for name in data.SPLIT_NAMES}
-    with pytest.raises(ValueError, match=r"train_minority must be a bool array of shape \(1293,\)"):
-        data.RareDataset(
-            rare_digits.dataset,
-            "invert",
-            0.05,
-            **(masks | {"train_minority": masks["test_minority"]}),
-        )
-    with pytest.raises(ValueError, match="test_minority must be a bool array"):
-        data.RareDataset(
-            rare_digits.dataset,
-            "invert",
-            0.05,
-            **(masks | {"test_minority": masks["test_minority"].astype(int)}),
-        )

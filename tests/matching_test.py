@@ -14,7 +14,7 @@ C, K, M, IPC, HW = 3, 2, 4, 2, 8
 
 @pytest.fixture(scope="module")
 def setup():
-    model = models.create_model("convnet", num_classes=C, width=8, depth=2)
+    model = models.instantiate("convnet", num_classes=C, width=8, depth=2)
     params = models.init_params(model, jax.random.key(0), (HW, HW, 1))
     apply_fn = lambda p, x: model.apply({"params": p}, x)
     k1, k2 = jax.random.split(jax.random.key(1))

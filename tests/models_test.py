@@ -7,9 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 
-from jaxdd import models
+from jaxdd import conv, models
 
 NUM_CLASSES = 5
 # Tiny widths keep compilation cheap; the architectures are otherwise the full ones.
@@ -45,7 +44,7 @@ def _random_variables(model, image_shape, seed=0):
 @functools.cache
 def _compiled(name: str, shape: tuple[int, ...]):
     """(variables, f) where f(params, x) -> (logits, embedding, d_params, d_images), jitted."""
-    model = models.create_model(name, num_classes=NUM_CLASSES, **SMALL[name])
+    model = models.instantiate(name, num_classes=NUM_CLASSES, **SMALL[name])
     variables = _random_variables(model, shape[1:])
 
     def loss(params, x):
@@ -205,8 +204,13 @@ def test_pluggable_conv_keeps_param_tree_and_function(conv):
     np.testing.assert_allclose(ref_out[0], new_out[0], rtol=1e-4, atol=1e-4)
 
 
+def test_convnet_and_vgg_convolve_with_the_per_platform_same_conv():
+    assert models.ConvNet(NUM_CLASSES).conv is conv.SameConv
+    assert models.VGG11(NUM_CLASSES).conv is conv.SameConv
+
+
 def test_init_params_returns_params_collection():
-    model = models.create_model("mlp", num_classes=3, width=4, depth=2)
+    model = models.instantiate("mlp", num_classes=3, width=4, depth=2)
     params = models.init_params(model, jax.random.key(0), (8, 8, 1))
     assert set(params) == {"dense0", "fc"}
     assert params["dense0"]["kernel"].shape == (64, 4)
@@ -214,9 +218,9 @@ def test_init_params_returns_params_collection():
         models.init_params(model, jax.random.key(0), (8, 8))
 
 
-def test_create_model_unknown_name_lists_known_ones():
+def test_instantiate_unknown_name_lists_known_ones():
     with pytest.raises(ValueError, match="convnet.*mlp.*resnet18.*vgg11"):
-        models.create_model("alexnet", num_classes=10)
+        models.instantiate("alexnet", num_classes=10)
 
 
 def test_invalid_norm_and_pooling_raise():
@@ -225,6 +229,11 @@ def test_invalid_norm_and_pooling_raise():
         jax.eval_shape(models.ConvNet(3, norm="batch").init, jax.random.key(0), x)
     with pytest.raises(ValueError, match="pooling"):
         jax.eval_shape(models.ConvNet(3, pooling="sum").init, jax.random.key(0), x)
+    # The message names the bad value and the allowed ones.
+    with pytest.raises(ValueError, match=r"'sum'.*\['avg', 'max', 'none'\]"):
+        jax.eval_shape(models.ConvNet(3, pooling="sum").init, jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"'batch'.*\['group', 'instance', 'none'\]"):
+        jax.eval_shape(models.VGG11(3, norm="batch").init, jax.random.key(0), x)
     with pytest.raises(ValueError, match="norm"):
         jax.eval_shape(models.ResNet18(3, norm="none").init, jax.random.key(0), x)
 
@@ -280,94 +289,3 @@ def test_cross_entropy_rejects_mismatched_labels():
         models.cross_entropy(logits, jnp.zeros((3, 5)))
     with pytest.raises(ValueError, match="integers"):
         models.cross_entropy(logits, jnp.zeros((3,), jnp.float32))
-
-
-@pytest.mark.parametrize(
-    "x_shape, kernel_shape",
-    [
-        # Every forward formulation of `same_conv` (and its dx, which runs one on C_out):
-        ((2, 6, 5, 3), (3, 3, 3, 4)),  # shifted GEMMs (C_in <= 4)
-        ((2, 6, 5, 3), (5, 3, 3, 2)),
-        ((2, 6, 5, 3), (1, 1, 3, 2)),
-        ((2, 5, 4, 6), (3, 3, 6, 5)),  # XLA's convolution
-        ((2, 2, 2, 6), (3, 3, 6, 5)),  # dense matrix (<= 4 pixels)
-        ((2, 1, 3, 5), (5, 3, 5, 6)),  # dense, kernel larger than the map
-        ((1, 16, 16, 16), (3, 3, 16, 4)),  # kernel gradient from shifted views (no im2col)
-        ((2, 4, 4, 6), (3, 3, 6, 5)),  # Winograd F(4x4, 3x3), one tile
-        ((2, 3, 4, 6), (3, 3, 6, 5)),  # Winograd, part of a tile
-        ((2, 4, 2, 3), (3, 3, 3, 2)),
-    ],
-)
-def test_same_conv_matches_xla_conv_to_second_order(x_shape, kernel_shape):
-    """`same_conv`'s hand-written VJP equals autodiff of lax's convolution, twice over."""
-    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, x_shape)
-    kernel = jax.random.normal(kk, kernel_shape)
-
-    def reference(x, k):
-        dims = ("NHWC", "HWIO", "NHWC")
-        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=dims)
-
-    np.testing.assert_allclose(
-        models.same_conv(x, kernel), reference(x, kernel), rtol=1e-5, atol=1e-4
-    )
-    probe = jax.random.normal(kg, reference(x, kernel).shape)
-
-    def first(f):
-        return jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k)) * probe), argnums=(0, 1))
-
-    for got, want in zip(
-        first(models.same_conv)(x, kernel), first(reference)(x, kernel), strict=True
-    ):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
-
-    # Second order (gradient matching differentiates a parameter gradient w.r.t. images).
-    def second(f):
-        return jax.grad(lambda x: jnp.sum(first(f)(x, kernel)[1] ** 2))
-
-    want = second(reference)(x)
-    np.testing.assert_allclose(
-        second(models.same_conv)(x), want, rtol=1e-3, atol=1e-3 * float(jnp.abs(want).max())
-    )
-    if not models._winograd_fits(x_shape, kernel_shape):
-        # Numerically, too, for the hand-written VJP. (Winograd's path is jax's own autodiff,
-        # checked against the reference above; its f32 rounding, about 1e-5 of the output
-        # through transform coefficients up to 8 and 1/24, is past finite differences' reach.)
-        check_grads(models.same_conv, (x, kernel), order=2, modes=("rev",), atol=5e-2, rtol=5e-2)
-
-
-@pytest.mark.parametrize(
-    "x_shape, winograd",
-    [((3, 4, 4, 8), True), ((3, 3, 4, 8), True), ((3, 2, 2, 8), False), ((3, 5, 4, 8), False)],
-)
-def test_same_conv_uses_winograd_on_small_maps_only(x_shape, winograd):
-    """Maps within one 4x4 tile (and over 4 pixels) run F(4x4, 3x3): GEMMs only, no custom
-    VJP and no convolution, to second order; other maps keep the direct formulations."""
-    x = jax.random.normal(jax.random.key(0), x_shape)
-    kernel = jax.random.normal(jax.random.key(1), (3, 3, 8, 8))
-
-    def second(x):
-        first = jax.grad(lambda x, k: jnp.sum(jnp.sin(models.same_conv(x, k))), argnums=1)
-        return jnp.sum(first(x, kernel) ** 2)
-
-    jaxpr = str(jax.make_jaxpr(jax.grad(second))(x))
-    assert ("custom_vjp" not in jaxpr and "conv_general" not in jaxpr) == winograd
-    if winograd:  # 36 transformed products, batched: (36, N, C_in) x (36, C_in, C_out).
-        y = jax.make_jaxpr(models.same_conv)(x, kernel)
-        dots = [e for e in y.eqns if e.primitive.name == "dot_general"]
-        assert any(v.aval.shape[0] == 36 for e in dots for v in e.outvars)
-
-
-def test_same_conv_module_is_a_drop_in_for_nn_conv():
-    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
-    fast = models.SameConv(4)
-    params = fast.init(jax.random.key(2), x)
-    reference = nn.Conv(4, (3, 3), padding="SAME")
-    assert jax.tree.map(jnp.shape, reference.init(jax.random.key(2), x)) == jax.tree.map(
-        jnp.shape, params
-    )
-    np.testing.assert_allclose(
-        fast.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5
-    )
-    with pytest.raises(ValueError, match="odd kernels"):
-        models.SameConv(4, kernel_size=(2, 2)).init(jax.random.key(0), x)

@@ -1,4 +1,4 @@
-"""Tests for jaxdd.robustness: test-set partitions and their cache, shifts, the report."""
+"""Tests for jaxdd.robustness: test-set partitions and their cache, the report."""
 
 import json
 
@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from jaxdd import models, robustness
 
@@ -123,88 +122,13 @@ def test_cache_hits_and_misses(tmp_path, monkeypatch, test_set, partitions):
     assert len(list(tmp_path.iterdir())) == 4
 
 
-# --- shifts --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pixels():
-    rng = np.random.default_rng(1)
-    images = rng.uniform(size=(6, 8, 8, 3)).astype(np.float32)
-    images[0] = 0.0  # Extremes must stay in range too.
-    images[1] = 1.0
-    return images
-
-
-def test_invert_twice_is_identity(pixels):
-    once = robustness.invert(pixels)
-    np.testing.assert_allclose(once, 1.0 - pixels, atol=1e-7)
-    np.testing.assert_allclose(robustness.invert(once), pixels, atol=1e-6)
-
-
-def _high_frequency_energy(images):
-    spectrum = np.abs(np.fft.fft2(np.asarray(images), axes=(1, 2))) ** 2
-    freq = np.abs(np.fft.fftfreq(images.shape[1]))
-    high = (freq[:, None] >= 0.25) | (freq[None, :] >= 0.25)
-    return spectrum[:, high].sum()
-
-
-def test_gaussian_blur(pixels):
-    np.testing.assert_allclose(robustness.gaussian_blur(pixels, sigma=0.05), pixels, atol=1e-6)
-    blurred = np.asarray(robustness.gaussian_blur(pixels, sigma=1.0))
-    assert _high_frequency_energy(blurred) < 0.2 * _high_frequency_energy(pixels)
-    # scipy's 'mirror' mode is NumPy's 'reflect'; truncate=3 gives the same 3-pixel radius.
-    expected = ndimage.gaussian_filter(pixels, sigma=(0, 1, 1, 0), mode="mirror", truncate=3.0)
-    np.testing.assert_allclose(blurred, expected, atol=1e-5)
-    constant = np.full((1, 8, 8, 1), 0.3, np.float32)
-    np.testing.assert_allclose(robustness.gaussian_blur(constant, sigma=2.0), constant, atol=1e-6)
-
-
-def test_gaussian_noise(pixels):
-    grey = np.full(pixels.shape, 0.5, np.float32)
-    key = jax.random.key(0)
-    noisy = robustness.gaussian_noise(grey, key, sigma=0.1)
-    np.testing.assert_array_equal(noisy, robustness.gaussian_noise(grey, key, sigma=0.1))
-    other = robustness.gaussian_noise(grey, jax.random.key(1), sigma=0.1)
-    assert not np.allclose(noisy, other)
-    np.testing.assert_allclose(np.std(np.asarray(noisy) - grey), 0.1, rtol=0.1)
-    assert not np.allclose(robustness.gaussian_noise(pixels, key, sigma=0.1), pixels)
-
-
-def test_contrast(pixels):
-    np.testing.assert_allclose(robustness.contrast(pixels, factor=1.0), pixels, atol=1e-6)
-    mid = 0.25 + 0.5 * pixels[2:]  # In [0.25, 0.75]: halving the contrast never clips.
-    lowered = np.asarray(robustness.contrast(mid, factor=0.5))
-    np.testing.assert_allclose(lowered.mean(axis=(1, 2, 3)), mid.mean(axis=(1, 2, 3)), atol=1e-6)
-    np.testing.assert_allclose(lowered.std(axis=(1, 2, 3)), 0.5 * mid.std(axis=(1, 2, 3)), 1e-5)
-
-
-@pytest.mark.parametrize(
-    "name, strength",
-    [("gaussian_noise", 0.3), ("gaussian_blur", 1.0), ("invert", None), ("contrast", 2.0)],
-)
-def test_registered_shifts_stay_in_unit_range(pixels, name, strength):
-    shifted = np.asarray(
-        robustness.apply_shift(name, pixels, key=jax.random.key(2), strength=strength)
-    )
-    assert shifted.shape == pixels.shape
-    assert shifted.min() >= 0.0 and shifted.max() <= 1.0
-    assert not np.allclose(shifted, pixels)
-
-
-def test_apply_shift_rejects_bad_requests(pixels):
-    with pytest.raises(ValueError, match="Unknown shift"):
-        robustness.apply_shift("fog", pixels, key=jax.random.key(0), strength=1.0)
-    with pytest.raises(ValueError, match="needs a strength"):
-        robustness.apply_shift("gaussian_blur", pixels, key=jax.random.key(0))
-
-
 # --- report --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def networks():
     """Two randomly initialised tiny MLPs: the report is about bookkeeping, not learning."""
-    model = models.create_model("mlp", num_classes=NUM_CLASSES, width=8, depth=2)
+    model = models.instantiate("mlp", num_classes=NUM_CLASSES, width=8, depth=2)
     keys = jax.random.split(jax.random.key(0), 2)
     return model, jax.vmap(lambda k: models.init_params(model, k, (8, 8, 1)))(keys)
 

@@ -53,7 +53,8 @@ def test_step_on_4_devices_matches_one_device(tmp_path, family):
 
 def test_run_uses_all_devices_and_matches_one_device(tmp_path):
     result = _run_worker(tmp_path, "run")
-    assert result["mesh_sizes"] == [1, 4]
+    assert result["mesh_sizes"] == [1, 4]  # distributed.num_devices 1, and 0 = every device.
+    assert "config.distributed.num_devices=5 exceeds the 4 devices" in result["too_many"]
     np.testing.assert_allclose(result["all"], result["one"], rtol=1e-3, atol=1e-4)
 
 
@@ -64,7 +65,8 @@ def _step_check(family: str) -> dict:
     import jax
 
     from configs import smoke
-    from jaxdd import clustering, distill, train
+    from jaxdd import build, sharding, step
+    from jaxdd import groups as groups_lib
 
     runs = {}
     for num_clusters in (2, 4):
@@ -77,18 +79,18 @@ def _step_check(family: str) -> dict:
         images = jax.random.normal(jax.random.key(0), (num_classes * per_class, 8, 8, 1))
         labels = np.repeat(np.arange(num_classes), per_class)
         assignments = np.tile(np.arange(per_class) % num_clusters, num_classes)
-        groups = clustering.make_groups(
+        groups = groups_lib.make_groups(
             labels, assignments, num_classes=num_classes, num_clusters=num_clusters
         )
-        model = train.create_model(config, num_classes)
-        real = distill.RealData(images=images + labels[:, None, None, None], groups=groups)
-        state = train.create_state(config, model, real, key=jax.random.key(1))
+        model = build.create_model(config, num_classes)
+        real = step.RealData(images=images + labels[:, None, None, None], groups=groups)
+        state = build.create_state(config, model, real, key=jax.random.key(1))
         key = jax.random.key(2)
 
-        single_state, single = train.create_step(config, model, (8, 8, 1))(state, key, real)
-        mesh = train.create_mesh(config)
-        step = train.create_step(config, model, (8, 8, 1), mesh)
-        mesh_state, sharded = step(*distill.replicate((state, key), mesh), real)
+        single_state, single = build.create_step(config, model, (8, 8, 1))(state, key, real)
+        mesh = sharding.create_mesh(config)
+        step_fn = build.create_step(config, model, (8, 8, 1), mesh)
+        mesh_state, sharded = step_fn(*sharding.replicate((state, key), mesh), real)
         runs[str(num_clusters)] = {
             "output_devices": len(mesh_state.images.sharding.device_set),
             "losses_single": np.asarray(single["group_losses"]).tolist(),
@@ -103,8 +105,9 @@ def _step_check(family: str) -> dict:
 
 
 def _run_check(tmp_path: pathlib.Path) -> dict:
+    import jaxdd
     from configs import smoke
-    from jaxdd import train
+    from jaxdd import sharding
 
     results, sizes = {}, []
     for name, num_devices in (("one", 1), ("all", 0)):
@@ -112,10 +115,16 @@ def _run_check(tmp_path: pathlib.Path) -> dict:
         config.num_steps = 3
         config.eval.num_models, config.eval.epochs, config.eval.select_every = 1, 1, 0
         config.distributed.num_devices = num_devices
-        sizes.append(train.create_mesh(config).size)
-        train.distill_run(config, tmp_path / name)
+        sizes.append(sharding.create_mesh(config).size)
+        jaxdd.distill(config, tmp_path / name)
         results[name] = np.load(tmp_path / name / "synthetic_last.npz")["images"].tolist()
-    return {**results, "mesh_sizes": sizes}
+    config.distributed.num_devices = 5
+    try:
+        sharding.create_mesh(config)
+        too_many = ""
+    except ValueError as e:
+        too_many = str(e)
+    return {**results, "mesh_sizes": sizes, "too_many": too_many}
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import torch_reference  # noqa: E402
-from jaxdd import distill, matching, models, risk  # noqa: E402
+from jaxdd import matching, models, risk, step  # noqa: E402
 
 IMAGE_SHAPE = (8, 8, 1)
 C, K, M, IPC = 3, 2, 4, 2
@@ -77,7 +77,7 @@ def test_robust_step_matches_jaxdd_losses_and_image_gradient(problem, alpha):
     (_, expected_losses), expected_grad = jax.jit(
         jax.value_and_grad(
             functools.partial(
-                distill.robust_objective, losses_fn=losses_fn, risk_name="cvar", alpha=alpha
+                step.robust_objective, losses_fn=losses_fn, risk_name="cvar", alpha=alpha
             ),
             has_aux=True,
         )

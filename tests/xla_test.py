@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdd import models, xla
+from jaxdd import conv, xla
 
 
 def test_options_are_keyed_by_platform():
@@ -29,7 +29,7 @@ def _net(kernel, w, x, *, depth):
     for _ in range(depth):
         x = jnp.tanh(
             jax.lax.conv_general_dilated(
-                x, kernel, (1, 1), "SAME", dimension_numbers=models._CONV_DIMS
+                x, kernel, (1, 1), "SAME", dimension_numbers=conv._CONV_DIMS
             )
         )
     return jnp.tanh(x.reshape(x.shape[0], -1) @ w).sum()

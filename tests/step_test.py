@@ -1,4 +1,4 @@
-"""Tests for jaxdd.distill: the robust gradient, the pure step, compile-once, init."""
+"""Tests for jaxdd.step: the robust gradient, the pure step, compile-once, the schedule."""
 
 import functools
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from jaxdd import clustering, distill, matching, models, risk, train, xla
+from jaxdd import build, matching, models, risk, sharding, step, xla
+from jaxdd import groups as groups_lib
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +23,10 @@ def run():
     images = jax.random.normal(jax.random.key(0), (num_classes * per_class, 8, 8, 1))
     labels = np.repeat(np.arange(num_classes), per_class)
     assignments = np.tile(np.arange(per_class) % 2, num_classes)
-    groups = clustering.make_groups(labels, assignments, num_classes=num_classes, num_clusters=2)
-    model = train.create_model(config, num_classes)
-    real = distill.RealData(images=images + labels[:, None, None, None], groups=groups)
-    state = train.create_state(config, model, real, key=jax.random.key(1))
+    groups = groups_lib.make_groups(labels, assignments, num_classes=num_classes, num_clusters=2)
+    model = build.create_model(config, num_classes)
+    real = step.RealData(images=images + labels[:, None, None, None], groups=groups)
+    state = build.create_state(config, model, real, key=jax.random.key(1))
     return config, (8, 8, 1), model, real, state, labels
 
 
@@ -36,7 +37,7 @@ def _losses_fn(config, model, real, state, family):
     index = jax.random.randint(jax.random.key(2), (*real.groups.sizes.shape, 4), 0, 1)
     index = real.groups.members[..., :1][..., index[0, 0]]  # (C, K, 4) members of each group
     real_images = real.images[index]
-    losses_fn = train.create_losses_fn(config, apply_fn)
+    losses_fn = build.create_losses_fn(config, apply_fn)
     return functools.partial(
         losses_fn, state.net_params, labels=state.labels, real=real_images, key=jax.random.key(3)
     )
@@ -49,7 +50,7 @@ def test_cvar_gradient_is_cvar_weighted_sum_of_group_gradients(run, family):
     group_losses = losses_fn(state.images)
     jac = jax.jacrev(losses_fn)(state.images)  # (C, K, C, ipc, H, W, Ch)
     objective = lambda name, alpha: jax.grad(
-        lambda s: distill.robust_objective(s, losses_fn=losses_fn, risk_name=name, alpha=alpha)[0]
+        lambda s: step.robust_objective(s, losses_fn=losses_fn, risk_name=name, alpha=alpha)[0]
     )(state.images)
 
     alpha = 0.3
@@ -85,22 +86,22 @@ def test_step_compiles_with_the_fast_compile_options(run, monkeypatch, with_mesh
     # An option XLA does not know fails the compile: proof that the step gets them.
     config, image_shape, model, real, state, _ = run
     monkeypatch.setitem(xla._FAST_COMPILE, jax.default_backend(), {"xla_no_such_option": "1"})
-    mesh = train.create_mesh(config) if with_mesh else None
+    mesh = sharding.create_mesh(config) if with_mesh else None
     args = (state, jax.random.key(7), real)
-    args = distill.replicate(args, mesh) if with_mesh else args
+    args = sharding.replicate(args, mesh) if with_mesh else args
     with pytest.raises(Exception, match="xla_no_such_option"):
-        train.create_step(config, model, image_shape, mesh).lower(*args).compile()
+        build.create_step(config, model, image_shape, mesh).lower(*args).compile()
 
 
 def test_step_is_pure_deterministic_and_compiles_once(run):
     config, image_shape, model, real, state, _ = run
-    step = train.create_step(config, model, image_shape)
-    traced = chex.assert_max_traces(distill.train_step, n=1)
-    step = jax.jit(functools.partial(traced, **step.__wrapped__.keywords))
-    s1, m1 = step(state, jax.random.key(7), real)
-    s2, m2 = step(s1, jax.random.key(8), real)
-    s3, _ = step(s2, jax.random.key(9), real)  # no retrace on any later step
-    again, _ = step(state, jax.random.key(7), real)
+    step_fn = build.create_step(config, model, image_shape)
+    traced = chex.assert_max_traces(step.train_step, n=1)
+    step_fn = jax.jit(functools.partial(traced, **step_fn.__wrapped__.keywords))
+    s1, m1 = step_fn(state, jax.random.key(7), real)
+    s2, m2 = step_fn(s1, jax.random.key(8), real)
+    s3, _ = step_fn(s2, jax.random.key(9), real)  # no retrace on any later step
+    again, _ = step_fn(state, jax.random.key(7), real)
     np.testing.assert_array_equal(s1.images, again.images)
     assert int(s3.step) == 3
     assert m1["group_losses"].shape == real.groups.sizes.shape
@@ -116,11 +117,11 @@ def test_step_is_pure_deterministic_and_compiles_once(run):
 
 def test_network_is_reset_on_schedule_and_trained_between(run):
     config, image_shape, model, real, state, _ = run
-    step = train.create_step(config, model, image_shape)  # reset every 2, train 2 steps
-    s1, _ = step(state, jax.random.key(0), real)
-    s2, _ = step(s1, jax.random.key(1), real)
-    s3, _ = step(s2, jax.random.key(2), real)
-    leaf = lambda s: jax.tree.leaves(s.net_params if isinstance(s, distill.State) else s)[0]
+    step_fn = build.create_step(config, model, image_shape)  # reset every 2, train 2 steps
+    s1, _ = step_fn(state, jax.random.key(0), real)
+    s2, _ = step_fn(s1, jax.random.key(1), real)
+    s3, _ = step_fn(s2, jax.random.key(2), real)
+    leaf = lambda s: jax.tree.leaves(s.net_params if isinstance(s, step.State) else s)[0]
     assert not np.array_equal(leaf(s1), leaf(state))  # trained after the update
     assert not np.array_equal(leaf(s2), leaf(s1))
     # Step 2 (a multiple of net_reset_every) starts from the fresh init of its key, not s2.
@@ -129,25 +130,8 @@ def test_network_is_reset_on_schedule_and_trained_between(run):
     assert not np.array_equal(leaf(s3), leaf(s2))
     zero_train = config.copy_and_resolve_references()
     zero_train.match.net_train_steps = 0
-    s3_no_train, _ = train.create_step(zero_train, model, image_shape)(s2, jax.random.key(2), real)
+    s3_no_train, _ = build.create_step(zero_train, model, image_shape)(s2, jax.random.key(2), real)
     np.testing.assert_array_equal(leaf(s3_no_train), leaf(fresh))
-
-
-def test_init_synthetic_from_real_class_members_and_noise(run):
-    _, image_shape, _, real, _, labels_all = run
-    images, labels = distill.init_synthetic(real, ipc=3, key=jax.random.key(0))
-    assert images.shape == (3, 3, *image_shape)
-    train_images = np.asarray(real.images)
-    for c in range(3):
-        assert np.all(labels[c] == c)
-        for img in np.asarray(images[c]):
-            match = np.flatnonzero(np.all(train_images == img, axis=(1, 2, 3)))
-            assert match.size and np.all(labels_all[match] == c)
-        assert len({np.asarray(i).tobytes() for i in images[c]}) == 3  # without replacement
-    noise, _ = distill.init_synthetic(real, ipc=2, key=jax.random.key(0), method="noise")
-    assert abs(float(noise.std()) - 1.0) < 0.3
-    with pytest.raises(ValueError, match="unknown synthetic init"):
-        distill.init_synthetic(real, ipc=2, key=jax.random.key(0), method="zeros")
 
 
 def test_matching_family_registry_covers_the_spec():

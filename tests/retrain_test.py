@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxdd import evaluate, models
+from jaxdd import models, retrain
 
 jax.config.update("jax_enable_x64", False)
 
@@ -30,7 +30,7 @@ def bright_vs_dark(n: int, seed: int, shape=(8, 8, 1)) -> tuple[np.ndarray, np.n
 
 
 def _mlp(**kwargs):
-    return models.create_model("mlp", num_classes=2, **{"width": 16, "depth": 2, **kwargs})
+    return models.instantiate("mlp", num_classes=2, **{"width": 16, "depth": 2, **kwargs})
 
 
 def _max_abs_diff(a, b) -> float:
@@ -50,16 +50,16 @@ def keys():
 @pytest.fixture(scope="module")
 def trained(problem, keys):
     (images, labels), _ = problem
-    return evaluate.train_models(
+    return retrain.train_models(
         _mlp(), images, labels, keys=keys, epochs=EPOCHS, batch_size=BATCH, augment=AUGMENT
     )
 
 
 def test_learns_separable_problem(problem, trained):
     _, (test_images, test_labels) = problem
-    predictions = evaluate.predict(_mlp(), trained, test_images)
+    predictions = retrain.predict(_mlp(), trained, test_images)
     assert predictions.shape == (2, 200)
-    np.testing.assert_array_less(0.9, np.asarray(evaluate.accuracy(predictions, test_labels)))
+    np.testing.assert_array_less(0.9, np.asarray(retrain.accuracy(predictions, test_labels)))
 
 
 def test_models_differ_and_rerun_is_identical(problem, keys, trained):
@@ -67,7 +67,7 @@ def test_models_differ_and_rerun_is_identical(problem, keys, trained):
     leaves = jax.tree.leaves(trained)
     assert all(leaf.shape[0] == 2 for leaf in leaves)
     assert any(not np.allclose(leaf[0], leaf[1]) for leaf in leaves)
-    again = evaluate.train_models(
+    again = retrain.train_models(
         _mlp(), images, labels, keys=keys, epochs=EPOCHS, batch_size=BATCH, augment=AUGMENT
     )
     chex.assert_trees_all_equal(trained, again)
@@ -76,7 +76,7 @@ def test_models_differ_and_rerun_is_identical(problem, keys, trained):
 def test_vmap_does_not_mix_seeds(problem, keys, trained):
     (images, labels), _ = problem
     for i in range(2):
-        alone = evaluate.train_models(
+        alone = retrain.train_models(
             _mlp(),
             images,
             labels,
@@ -91,15 +91,15 @@ def test_vmap_does_not_mix_seeds(problem, keys, trained):
 
 def test_compiled_once_for_new_data_and_hyperparameters(monkeypatch):
     # 10x10 images: a shape no other test uses, so the first call below must trace.
-    monkeypatch.setattr(evaluate, "_train_one", chex.assert_max_traces(evaluate._train_one, n=1))
+    monkeypatch.setattr(retrain, "_train_one", chex.assert_max_traces(retrain._train_one, n=1))
     model = _mlp(width=8, depth=1)
     keys = jax.random.split(jax.random.key(1), 2)
-    cache_before = evaluate._train_stacked._cache_size()
-    first = evaluate.train_models(model, *bright_vs_dark(8, 2, (10, 10, 1)), keys=keys, epochs=2)
-    second = evaluate.train_models(
+    cache_before = retrain._train_stacked._cache_size()
+    first = retrain.train_models(model, *bright_vs_dark(8, 2, (10, 10, 1)), keys=keys, epochs=2)
+    second = retrain.train_models(
         model, *bright_vs_dark(8, 3, (10, 10, 1)), keys=keys, epochs=2, learning_rate=0.05
     )
-    assert evaluate._train_stacked._cache_size() == cache_before + 1
+    assert retrain._train_stacked._cache_size() == cache_before + 1
     assert _max_abs_diff(first, second) > 0
 
 
@@ -128,7 +128,7 @@ def test_matches_numpy_sgd_reference(soft):
     model = _mlp(depth=1)
     key = jax.random.key(3)
     hp = dict(learning_rate=0.5, momentum=0.9, weight_decay=0.1)
-    trained = evaluate.train_models(
+    trained = retrain.train_models(
         model, images, onehot if soft else labels, keys=key[None], epochs=6, **hp
     )
     # train_models initialises network i from split(keys[i], 3)[0].
@@ -149,7 +149,7 @@ def test_matches_numpy_sgd_reference(soft):
 
 @pytest.mark.parametrize("total_steps", [1, 7, 10])
 def test_learning_rate_schedule(total_steps):
-    schedule = evaluate.learning_rate_schedule(0.01, total_steps=total_steps)
+    schedule = retrain.learning_rate_schedule(0.01, total_steps=total_steps)
     half = -(-total_steps // 2)
     for step in range(total_steps):
         expected = 0.01 if step < half else 0.001
@@ -160,7 +160,7 @@ def test_learning_rate_schedule(total_steps):
 
 
 def test_optimizer_is_pytorch_sgd_with_decay():
-    tx = evaluate.create_optimizer(learning_rate=0.1, total_steps=4, momentum=0.9, weight_decay=0.5)
+    tx = retrain.create_optimizer(learning_rate=0.1, total_steps=4, momentum=0.9, weight_decay=0.5)
     params = jnp.array([2.0, -1.0])
     state = tx.init(params)
     p, buf = np.array([2.0, -1.0]), np.zeros(2)
@@ -176,8 +176,8 @@ def test_optimizer_is_pytorch_sgd_with_decay():
 def test_predict_is_batched_consistently(problem, trained):
     _, (test_images, _) = problem
     model = _mlp()
-    full = evaluate.predict(model, trained, test_images)
-    chunked = evaluate.predict(model, trained, test_images, batch_size=7)
+    full = retrain.predict(model, trained, test_images)
+    chunked = retrain.predict(model, trained, test_images, batch_size=7)
     logits = jax.vmap(lambda p: model.apply({"params": p}, test_images)[0])(trained)
     np.testing.assert_array_equal(full, chunked)
     np.testing.assert_array_equal(full, np.argmax(logits, axis=-1))
@@ -198,9 +198,9 @@ def test_accuracy_and_group_accuracy_against_numpy():
     predictions = rng.integers(0, 3, (4, 50))
     labels = rng.integers(0, 3, 50)
     groups = rng.choice([0, 1, 3, 4], size=50)  # Group 2 is empty.
-    accuracy = jax.jit(evaluate.accuracy)(predictions, labels)
+    accuracy = jax.jit(retrain.accuracy)(predictions, labels)
     np.testing.assert_allclose(accuracy, (predictions == labels).mean(axis=1), rtol=1e-6)
-    per_group = jax.jit(evaluate.group_accuracy, static_argnums=3)(predictions, labels, groups, 5)
+    per_group = jax.jit(retrain.group_accuracy, static_argnums=3)(predictions, labels, groups, 5)
     expected = group_accuracy_reference(predictions, labels, groups, 5)
     np.testing.assert_allclose(per_group, expected, rtol=1e-6)
     assert np.isnan(per_group[:, 2]).all()
@@ -214,24 +214,24 @@ def test_accuracy_and_group_accuracy_against_numpy():
     hnp.arrays(np.int32, 30, elements=st.integers(0, 3)),
 )
 def test_group_accuracies_weighted_by_size_give_accuracy(predictions, labels, groups):
-    per_group = np.asarray(evaluate.group_accuracy(predictions, labels, groups, 4))
+    per_group = np.asarray(retrain.group_accuracy(predictions, labels, groups, 4))
     sizes = np.bincount(groups, minlength=4)
     pooled = np.nansum(per_group * sizes, axis=1) / sizes.sum()
-    np.testing.assert_allclose(pooled, evaluate.accuracy(predictions, labels), atol=1e-6)
+    np.testing.assert_allclose(pooled, retrain.accuracy(predictions, labels), atol=1e-6)
 
 
 def test_rejects_bad_inputs(problem, keys):
     (images, labels), _ = problem
     model = _mlp()
     with pytest.raises(ValueError, match="labels must be"):
-        evaluate.train_models(model, images, labels[:-1], keys=keys, epochs=1)
+        retrain.train_models(model, images, labels[:-1], keys=keys, epochs=1)
     with pytest.raises(ValueError, match="images must be"):
-        evaluate.train_models(model, images[0], labels, keys=keys, epochs=1)
+        retrain.train_models(model, images[0], labels, keys=keys, epochs=1)
     with pytest.raises(ValueError, match="Unknown augmentation"):
-        evaluate.train_models(model, images, labels, keys=keys, epochs=1, augment="warp")
+        retrain.train_models(model, images, labels, keys=keys, epochs=1, augment="warp")
     with pytest.raises(ValueError, match="keys must stack"):
-        evaluate.train_models(model, images, labels, keys=keys[0], epochs=1)
+        retrain.train_models(model, images, labels, keys=keys[0], epochs=1)
     with pytest.raises(ValueError, match="epochs"):
-        evaluate.train_models(model, images, labels, keys=keys, epochs=0)
+        retrain.train_models(model, images, labels, keys=keys, epochs=0)
     with pytest.raises(ValueError, match="predictions must be"):
-        evaluate.accuracy(np.zeros(5, np.int32), np.zeros(5, np.int32))
+        retrain.accuracy(np.zeros(5, np.int32), np.zeros(5, np.int32))

@@ -1,4 +1,4 @@
-"""Evaluation: trains networks from scratch on an image set and measures them.
+"""Retraining: trains networks from scratch on an image set and measures their predictions.
 
 This is SPEC's evaluation protocol. A set of images (a synthetic set, a coreset or real data)
 is judged by training `M` freshly initialised networks on it and testing them:
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
-import types
 from typing import Any
 
 import flax.linen as nn
@@ -335,17 +333,3 @@ def group_accuracy(
     counts = jax.ops.segment_sum(jnp.ones_like(groups, jnp.int32), groups, num_groups)  # (G,)
     ratio = correct.astype(jnp.float32) / jnp.maximum(counts, 1).astype(jnp.float32)
     return jnp.where(counts > 0, ratio, jnp.nan)
-
-
-class _CallableModule(types.ModuleType):
-    """Lets `jaxdd.evaluate(config, images, labels)` run SPEC's protocol on a synthetic set while
-    `jaxdd.evaluate` stays this module (`jaxdd.evaluate.train_models`, ...)."""
-
-    def __call__(self, config, images=None, labels=None, *, path=None):
-        """Test-split report of a synthetic set; see `jaxdd.train.evaluate_synthetic`."""
-        from jaxdd import train  # The run loop imports this module: import it lazily.
-
-        return train.evaluate_synthetic(config, images, labels, path=path)
-
-
-sys.modules[__name__].__class__ = _CallableModule

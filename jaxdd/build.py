@@ -1,0 +1,149 @@
+"""Config -> objects: the `create_*` factories a run (and a benchmark) is composed of.
+
+Only these factories and the run loop read the config; everything they return takes arrays and
+keyword hyperparameters (bound here with `functools.partial`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from jaxdd import data, matching, models, step, synthetic, xla
+from jaxdd import groups as groups_lib
+
+
+def load_data(config: ml_collections.ConfigDict) -> tuple[data.Dataset, data.RareDataset | None]:
+    """The configured dataset, with its rare-subpopulation version when `data.rare` is set."""
+    dataset = data.load(
+        config.data.name,
+        data_dir=config.data.dir or None,
+        validation_fraction=config.data.validation_fraction,
+        test_fraction=config.data.test_fraction,
+        seed=config.seed,
+    )
+    if not config.data.rare:
+        return dataset, None
+    rare = data.make_rare(
+        dataset, transform=config.data.rare, fraction=config.data.rare_fraction, seed=config.seed
+    )
+    return rare.dataset, rare
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int, name: str | None = None):
+    """The configured network (or the architecture `name` with the configured norm)."""
+    name = name or config.model.name
+    kwargs: dict[str, Any] = {}
+    if name in ("convnet", "mlp"):
+        kwargs.update(width=config.model.width, depth=config.model.depth)
+    if name != "mlp":
+        kwargs["norm"] = config.model.norm
+    return models.instantiate(name, num_classes=num_classes, **kwargs)
+
+
+def create_groups(
+    config: ml_collections.ConfigDict, dataset: data.Dataset, *, key: jax.Array
+) -> groups_lib.Groups:
+    """Per-class K-means of the train split in the configured feature space."""
+    return groups_lib.cluster_groups(
+        dataset.train.images,
+        dataset.train.labels,
+        features=config.cluster.features,
+        model=create_model(config, dataset.num_classes),
+        num_classes=dataset.num_classes,
+        num_clusters=config.cluster.num_clusters,
+        num_iters=config.cluster.num_iters,
+        key=key,
+    )
+
+
+def create_syn_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    return optax.sgd(config.syn.lr, momentum=config.syn.momentum)
+
+
+def create_net_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    return optax.sgd(config.match.net_lr)
+
+
+def create_losses_fn(config: ml_collections.ConfigDict, apply_fn: matching.ApplyFn):
+    """The configured matching family with its hyperparameters bound."""
+    kwargs: dict[str, Any] = {
+        "apply_fn": apply_fn,
+        "augment_fn": matching.siamese_augment(config.match.augment),
+        "group_batch": config.match.group_batch,
+    }
+    if config.match.family == "risk":
+        kwargs.update(
+            num_steps=config.match.unroll_steps,
+            learning_rate=config.match.unroll_lr,
+            remat=config.match.unroll_remat,
+        )
+    return functools.partial(matching.FAMILIES[config.match.family], **kwargs)
+
+
+def create_step(
+    config: ml_collections.ConfigDict, model, image_shape, mesh: jax.sharding.Mesh | None = None
+):
+    """The jitted `(state, key, real) -> (state, metrics)` step with hyperparameters bound.
+
+    With `mesh`, the groups are split over its devices (`sharding.compute_group_losses`) and
+    every output is replicated on it; pass the state and real data replicated on it too
+    (`sharding.replicate`).
+    """
+    apply_fn = lambda params, x: model.apply({"params": params}, x)
+    train_step = functools.partial(
+        step.train_step,
+        losses_fn=create_losses_fn(config, apply_fn),
+        init_net=lambda key: models.init_params(model, key, image_shape),
+        apply_fn=apply_fn,
+        syn_optimizer=create_syn_optimizer(config),
+        net_optimizer=create_net_optimizer(config),
+        augment_fn=matching.siamese_augment(config.match.augment),
+        risk_name=config.robust.risk,
+        alpha=float(config.robust.alpha),
+        num_real=config.match.num_real,
+        net_reset_every=config.match.net_reset_every,
+        net_train_steps=config.match.net_train_steps,
+        mesh=mesh,
+    )
+    # `fast_compile`: the step's time goes to library GEMMs and convolutions (see jaxdd.xla).
+    if mesh is None:
+        return xla.jit(train_step, fast_compile=True)
+    return jax.jit(
+        train_step,
+        out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+        compiler_options=xla.compiler_options(mesh.devices.flat[0].platform, fast_compile=True),
+    )
+
+
+def create_state(
+    config: ml_collections.ConfigDict,
+    model,
+    real: step.RealData,
+    *,
+    key: jax.Array,
+    train_labels: np.ndarray | None = None,
+) -> step.State:
+    """The initial state; `syn.init` is one of `synthetic.INITS` (a coreset needs
+    `train_labels`)."""
+    syn_key, net_key = jax.random.split(key)
+    images, labels = synthetic.initial_set(
+        config.syn.init,
+        real,
+        ipc=config.ipc,
+        key=syn_key,
+        seed=config.seed,
+        train_labels=train_labels,
+    )
+    return step.init_state(
+        images=images,
+        labels=labels,
+        net_params=models.init_params(model, net_key, real.images.shape[1:]),
+        syn_optimizer=create_syn_optimizer(config),
+        net_optimizer=create_net_optimizer(config),
+    )

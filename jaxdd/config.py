@@ -1,0 +1,265 @@
+"""Run configs: loading config files, validating every field, and the checkpoint fingerprint.
+
+Configs are `ml_collections` files under `configs/` that import `configs.default` and override
+what differs. `load(path)` (and the CLI's `--config` flag, `config_flag`) executes such a file
+with the package `configs` resolved to the file's own directory, so a config loads from any
+working directory and with jaxdd installed non-editable, without editing `sys.path`.
+
+`validate` checks every value that can be checked without data and raises a `ValueError` that
+names the field and what is expected; `validate_against_data` the fields that depend on the
+data. `fingerprint` is what a checkpoint must agree on to be resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pathlib
+import sys
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from jaxdd import augment, data, matching, models, risk, shifts, synthetic
+from jaxdd import groups as groups_lib
+
+# The repository's configs, when jaxdd runs from a checkout (editable install).
+REPO_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+_PACKAGE = "configs"
+
+
+@contextlib.contextmanager
+def configs_package(config_file: str | pathlib.Path) -> Iterator[None]:
+    """Makes `import configs.x` resolve to `config_file`'s directory while it is executed.
+
+    Only when that directory is named `configs` (as the shipped ones are); modules of another
+    `configs` package imported before are set aside and restored afterwards.
+    """
+    directory = pathlib.Path(config_file).resolve().parent
+    if directory.name != _PACKAGE:
+        yield
+        return
+    previous = {k: v for k, v in sys.modules.items() if k == _PACKAGE or k.startswith("configs.")}
+    current = previous.get(_PACKAGE)
+    if current is not None and str(directory) in [
+        str(pathlib.Path(p).resolve()) for p in getattr(current, "__path__", [])
+    ]:
+        yield  # Already this directory's package (e.g. run from the repository root).
+        return
+    for name in previous:
+        del sys.modules[name]
+    package = types.ModuleType(_PACKAGE)
+    package.__path__ = [str(directory)]
+    sys.modules[_PACKAGE] = package
+    try:
+        yield
+    finally:
+        for name in [k for k in sys.modules if k == _PACKAGE or k.startswith("configs.")]:
+            del sys.modules[name]
+        sys.modules.update(previous)
+
+
+def _resolve(path: str | pathlib.Path) -> pathlib.Path:
+    resolved = pathlib.Path(path).expanduser()
+    if not resolved.is_file():
+        raise FileNotFoundError(
+            f"config file {str(path)!r} does not exist; pass a path such as "
+            f"configs/digits.py (the shipped configs are in {REPO_CONFIGS})."
+        )
+    return resolved
+
+
+class _ConfigsResolvingParser(flags.ArgumentParser):
+    """Wraps ml_collections' config-file parser: the file runs with `configs_package`."""
+
+    def __init__(self, inner: flags.ArgumentParser):
+        self._inner = inner
+
+    def parse(self, argument):
+        file, _, _ = str(argument).partition(":")
+        with configs_package(_resolve(file)):
+            return self._inner.parse(argument)
+
+    def flag_type(self) -> str:
+        return self._inner.flag_type()
+
+
+def load(path: str | pathlib.Path, *overrides: str) -> ml_collections.ConfigDict:
+    """Loads a config file (`get_config()`), applying `field=value` overrides as the CLI does.
+
+    Args:
+      path: a config file, e.g. 'configs/digits.py' (optionally 'file.py:argument' for a
+        `get_config(argument)`).
+      *overrides: 'match.family=distribution'-style strings; values are parsed as Python
+        literals where they are ones (as `--config.field=value`), else kept as strings.
+
+    Returns:
+      The config, unlocked (fields can be set; new fields cannot be added).
+    """
+    argv = ["jaxdd", f"--config={path}", *(f"--config.{item}" for item in overrides)]
+    values = flags.FlagValues()
+    config_flag(values, sys_argv=argv)
+    values(argv)
+    config = values.config
+    config.unlock()
+    return config
+
+
+def config_flag(
+    flag_values: flags.FlagValues = flags.FLAGS,
+    *,
+    default: str | None = None,
+    sys_argv: list[str] | None = None,
+) -> flags.FlagHolder:
+    """Defines `--config` (a config file) with `--config.field=value` overrides on `flag_values`.
+
+    The default is the repository's `configs/digits.py` when jaxdd runs from a checkout;
+    installed elsewhere, `--config` is required. `sys_argv`: the command line the overrides are
+    read from (None: `sys.argv`, at parse time).
+    """
+    if default is None and (REPO_CONFIGS / "digits.py").is_file():
+        default = str(REPO_CONFIGS / "digits.py")
+    holder = config_flags.DEFINE_config_file(
+        "config", None, "Config file (ml_collections), e.g. configs/digits.py.",
+        flag_values=flag_values, lock_config=True, sys_argv=sys_argv,
+    )  # fmt: skip
+    # Same flag, same overrides; only the file loading resolves `configs` (configs_package).
+    flag = flag_values["config"]
+    flag.parser = _ConfigsResolvingParser(flag.parser)
+    if default is not None:
+        flag_values.set_default("config", default)
+    return holder
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+def _fail(field: str, value: Any, expected: str) -> None:
+    raise ValueError(f"config.{field}={value!r} is invalid: expected {expected}.")
+
+
+def _get(config: ml_collections.ConfigDict, field: str) -> Any:
+    for part in field.split("."):
+        config = config[part]
+    return config
+
+
+def _check_ints(config: ml_collections.ConfigDict, fields: tuple[str, ...], minimum: int) -> None:
+    for field in fields:
+        value = _get(config, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            _fail(field, value, f"an integer >= {minimum}")
+
+
+def _check_choice(config: ml_collections.ConfigDict, field: str, choices) -> None:
+    if _get(config, field) not in choices:
+        _fail(field, _get(config, field), f"one of {sorted(choices)}")
+
+
+_POSITIVE = (
+    "ipc", "num_steps", "log.every_steps", "model.width", "model.depth",
+    "cluster.num_clusters", "cluster.num_iters", "match.num_real", "match.net_reset_every",
+    "match.unroll_steps", "eval.num_models", "eval.epochs", "eval.batch_size",
+    "eval.select_num_models", "eval.global_k", "eval.per_class_k", "checkpoint.every_steps",
+)  # fmt: skip
+_NON_NEGATIVE = (
+    "seed", "match.net_train_steps", "match.group_batch", "eval.select_every",
+    "distributed.num_devices", "distributed.process_id",
+)  # fmt: skip
+
+
+def _check_numbers(config: ml_collections.ConfigDict) -> None:
+    _check_ints(config, _NON_NEGATIVE, 0)
+    _check_ints(config, _POSITIVE, 1)
+    _check_ints(config, ("distributed.num_processes",), 1)
+    if config.distributed.process_id >= config.distributed.num_processes:
+        _fail(
+            "distributed.process_id",
+            config.distributed.process_id,
+            f"an index below distributed.num_processes={config.distributed.num_processes}",
+        )
+    for field in ("data.validation_fraction", "data.test_fraction"):
+        if not 0.0 < _get(config, field) < 1.0:
+            _fail(field, _get(config, field), "a fraction in (0, 1)")
+    alpha = config.robust.alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, float | int) or not 0.0 < alpha <= 1.0:
+        _fail("robust.alpha", alpha, "a tail mass in (0, 1]")
+    for field in ("syn.lr", "match.net_lr", "match.unroll_lr", "eval.lr"):
+        if not _get(config, field) > 0:
+            _fail(field, _get(config, field), "a positive learning rate")
+
+
+def _check_names(config: ml_collections.ConfigDict) -> None:
+    name = config.data.name
+    if not isinstance(name, str) or not data.is_known_name(name):
+        _fail("data.name", name, f"one of {data.NAME_FORMS}")
+    if config.data.rare:
+        _check_choice(config, "data.rare", data.RARE_TRANSFORMS)
+    _check_choice(config, "model.name", models.MODELS)
+    for name in filter(None, config.eval.architectures.split(",")):
+        if name.strip() not in models.MODELS:
+            _fail(
+                "eval.architectures", config.eval.architectures, f"names in {sorted(models.MODELS)}"
+            )
+    for name in config.eval.shifts:
+        if name not in shifts.SHIFTS:
+            _fail(
+                f"eval.shifts.{name}",
+                config.eval.shifts[name],
+                f"a shift in {sorted(shifts.SHIFTS)}",
+            )
+    _check_choice(config, "model.norm", models.NORMS)
+    _check_choice(config, "cluster.features", groups_lib.FEATURES)
+    _check_choice(config, "match.family", matching.FAMILIES)
+    _check_choice(config, "robust.risk", risk.RISKS)
+    _check_choice(config, "syn.init", synthetic.INITS)
+    _check_choice(config, "match.unroll_remat", matching.REMATS)
+    for field in ("match.augment", "eval.augment"):
+        try:
+            augment.parse_strategy(_get(config, field))
+        except ValueError as e:
+            _fail(field, _get(config, field), str(e))
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks every value that can be checked without data; raises ValueError naming the field."""
+    _check_numbers(config)
+    _check_names(config)
+
+
+def validate_against_data(config: ml_collections.ConfigDict, dataset: data.Dataset) -> None:
+    """Checks the fields that depend on the data, before any clustering or distillation."""
+    counts = np.bincount(dataset.train.labels, minlength=dataset.num_classes)
+    smallest = int(np.argmin(counts))
+    if config.cluster.num_clusters > counts[smallest]:
+        raise ValueError(
+            f"config.cluster.num_clusters={config.cluster.num_clusters} exceeds the smallest "
+            f"class of the train split (class {smallest} has {counts[smallest]} examples); "
+            "lower it."
+        )
+    if config.syn.init != "noise" and config.ipc > counts[smallest]:
+        raise ValueError(
+            f"config.ipc={config.ipc} exceeds the smallest class of the train split "
+            f"({counts[smallest]} examples) with syn.init={config.syn.init!r}; lower ipc or use "
+            "syn.init=noise."
+        )
+
+
+# Config sections that fix the meaning of a checkpointed state; a resumed run must match them.
+_FINGERPRINT_FIELDS = ("seed", "ipc", "data", "model", "cluster", "match", "robust", "syn")
+
+
+def fingerprint(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, Any]:
+    """What a checkpoint must agree on to be resumed (num_steps, eval and logging may change)."""
+    resolved = json.loads(config.to_json_best_effort())
+    return {
+        **{field: resolved[field] for field in _FINGERPRINT_FIELDS},
+        "dataset": dataset.name,
+        "image_shape": list(dataset.image_shape),
+        "num_classes": dataset.num_classes,
+    }

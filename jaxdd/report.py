@@ -1,0 +1,192 @@
+"""Judging a set: validation accuracy for selection, and the test report of eval.json.
+
+SPEC's protocol under a config: networks trained from scratch on a set (`train_networks`,
+`jaxdd.retrain`), validation accuracy to select the reported set (never the test split), and
+on the test split accuracy, subgroup, shift and cross-architecture metrics (`test_report`).
+`evaluate_set` is the one "evaluate a set under a config" used by a run's end, `evaluate` and
+the benchmarks; `evaluate` is the public entry point (`jaxdd.evaluate`).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.typing import ArrayLike
+
+from jaxdd import artifacts, build, data, retrain, robustness
+from jaxdd import config as config_lib
+
+_CROSS_ARCHITECTURE_KEYS = (
+    "accuracy_mean",
+    "accuracy_std",
+    "worst_group_accuracy",
+    "worst_class_accuracy",
+)
+_SELECT_SEED_OFFSET = 500  # Selection networks' seeds differ from the test report's.
+
+
+def eval_seeds(config: ml_collections.ConfigDict, num_models: int, *, offset: int = 0) -> list[int]:
+    """Integer seeds of evaluation networks, derived from the run seed (reported in eval.json)."""
+    return [config.seed * 1000 + offset + i for i in range(num_models)]
+
+
+def select_seeds(config: ml_collections.ConfigDict) -> list[int]:
+    """Seeds of the networks that score a set on validation for selection."""
+    return eval_seeds(config, config.eval.select_num_models, offset=_SELECT_SEED_OFFSET)
+
+
+def train_networks(
+    config: ml_collections.ConfigDict,
+    images: ArrayLike,
+    labels: ArrayLike,
+    *,
+    num_classes: int,
+    seeds: list[int],
+    architecture: str | None = None,
+):
+    """Networks trained from scratch on (images, labels) with the eval protocol; (model, params)."""
+    model = build.create_model(config, num_classes, architecture)
+    params = retrain.train_models(
+        model,
+        images,
+        labels,
+        keys=jax.vmap(jax.random.key)(jnp.asarray(seeds)),
+        epochs=config.eval.epochs,
+        batch_size=config.eval.batch_size,
+        learning_rate=config.eval.lr,
+        momentum=config.eval.momentum,
+        weight_decay=config.eval.weight_decay,
+        augment=config.eval.augment,
+    )
+    return model, params
+
+
+def validation_accuracy(
+    config: ml_collections.ConfigDict, dataset: data.Dataset, images, labels, *, seeds: list[int]
+) -> float:
+    """Mean validation accuracy (%) of networks trained on the set: the selection criterion."""
+    model, params = train_networks(
+        config, images, labels, num_classes=dataset.num_classes, seeds=seeds
+    )
+    predictions = retrain.predict(model, params, dataset.validation.images)
+    return float(np.mean(retrain.accuracy(predictions, dataset.validation.labels)) * 100)
+
+
+def test_groups(
+    config: ml_collections.ConfigDict, dataset: data.Dataset, rare: data.RareDataset | None
+) -> dict[str, np.ndarray]:
+    """The test-set partitions the report measures: fixed, cached K-means groups (independent of
+    the run seed), plus the (class, minority) groups of the rare benchmark."""
+    cache_dir = config.eval.cache_dir or pathlib.Path.home() / ".cache" / "jaxdd" / "partitions"
+    partitions = robustness.cached_partitions(
+        cache_dir,
+        dataset.name,
+        dataset.test.images,
+        dataset.test.labels,
+        num_classes=dataset.num_classes,
+        key=jax.random.key(0),
+        global_k=config.eval.global_k,
+        per_class_k=config.eval.per_class_k,
+    )
+    if rare is not None:
+        partitions["rare"] = rare.group_of("test")
+    return dict(partitions)
+
+
+def test_report(
+    config: ml_collections.ConfigDict,
+    dataset: data.Dataset,
+    images,
+    labels,
+    *,
+    partitions: dict[str, np.ndarray],
+    seeds: list[int],
+) -> dict[str, Any]:
+    """SPEC's protocol on the test split: accuracy, subgroup, shift and cross-architecture."""
+    shifts = {
+        name: (None if name == "invert" else float(strength))
+        for name, strength in config.eval.shifts.items()
+    }
+
+    def report_for(architecture: str | None) -> dict[str, Any]:
+        model, params = train_networks(
+            config,
+            images,
+            labels,
+            num_classes=dataset.num_classes,
+            seeds=seeds,
+            architecture=architecture,
+        )
+        return robustness.robustness_report(
+            model,
+            params,
+            dataset.test.images,
+            dataset.test.labels,
+            mean=dataset.mean,
+            std=dataset.std,
+            partitions=partitions,
+            shifts=shifts,
+            key=jax.random.key(config.seed),
+            num_classes=dataset.num_classes,
+        )
+
+    report = report_for(None)
+    report.update(seeds=seeds, architecture=config.model.name)
+    cross = {}
+    for name in filter(None, (n.strip() for n in config.eval.architectures.split(","))):
+        other = report_for(name)
+        cross[name] = {k: other[k] for k in _CROSS_ARCHITECTURE_KEYS if k in other}
+    if cross:
+        report["cross_architecture"] = cross
+    return report
+
+
+def evaluate_set(
+    config: ml_collections.ConfigDict,
+    dataset: data.Dataset,
+    rare: data.RareDataset | None,
+    images: ArrayLike,
+    labels: ArrayLike,
+) -> dict[str, Any]:
+    """`test_report` of a set with the config's test groups and evaluation seeds."""
+    return test_report(
+        config,
+        dataset,
+        images,
+        np.asarray(labels),
+        partitions=test_groups(config, dataset, rare),
+        seeds=eval_seeds(config, config.eval.num_models),
+    )
+
+
+def evaluate(
+    config: ml_collections.ConfigDict,
+    images: ArrayLike | None = None,
+    labels: ArrayLike | None = None,
+    *,
+    path: str | pathlib.Path | None = None,
+) -> dict[str, Any]:
+    """SPEC's test protocol (eval.json's report) for a synthetic set under `config`'s data/eval.
+
+    Pass `images`/`labels` (normalised, as in synthetic.npz) or `path` to a saved set (a
+    synthetic.npz or a run's workdir).
+    """
+    config_lib.validate(config)
+    if path is not None:
+        synthetic = artifacts.load_synthetic(path)
+        images, labels = synthetic.images, synthetic.labels
+    if images is None or labels is None:
+        raise ValueError("pass images and labels, or path= to a synthetic.npz.")
+    dataset, rare = build.load_data(config)
+    images = np.asarray(images, np.float32)
+    if images.shape[1:] != dataset.image_shape:
+        raise ValueError(
+            f"images of shape {images.shape[1:]} do not match {dataset.name}'s "
+            f"{dataset.image_shape}; evaluate with the config the set was distilled with."
+        )
+    return evaluate_set(config, dataset, rare, images, labels)

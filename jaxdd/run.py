@@ -1,0 +1,294 @@
+"""The run loop: config -> data -> subgroups -> jitted distillation steps -> files in a workdir.
+
+`distill(config, workdir)` is a short composition: set up (data, groups, model, state, step),
+restore the latest checkpoint, loop over steps calling one named action each for the NaN
+check, logging, validation selection, checkpoints and signals, then finish (write the sets,
+the grid and eval.json). It writes to its workdir:
+
+  config.json         the resolved config;
+  metrics.jsonl       one JSON object per logged step (and TensorBoard events in tensorboard/);
+  synthetic.npz       the set selected on the validation split (which eval.json reports on);
+  synthetic_last.npz  the set after the last step;
+  synthetic.png       the selected set as an image grid (one row per class);
+  eval.json           test accuracy, subgroup, shift and cross-architecture metrics;
+  checkpoints/        orbax checkpoints of the full state (resume is bit-identical).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import pathlib
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+
+from jaxdd import artifacts, build, data, report, sharding, step
+from jaxdd import checkpoint as checkpoint_lib
+from jaxdd import config as config_lib
+from jaxdd import groups as groups_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What a finished run returns (its files are in `workdir`)."""
+
+    workdir: pathlib.Path
+    images: np.ndarray  # (C*ipc, H, W, Ch) normalised synthetic images.
+    labels: np.ndarray  # (C*ipc,)
+    metrics: dict[str, float]  # Last logged step metrics.
+    report: dict[str, Any]  # eval.json: test metrics of the selected synthetic set.
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM stopped the run after checkpointing `step`; re-run to resume."""
+
+    def __init__(self, signum: int, step: int, workdir: pathlib.Path):
+        self.signum, self.step = signum, step
+        super().__init__(
+            f"{signal.Signals(signum).name} received: saved a checkpoint at step {step} in "
+            f"{workdir}; run the same command again to resume."
+        )
+
+
+def summarize(dataset: data.Dataset, groups: groups_lib.Groups) -> str:
+    """Sizes per split and per-class cluster sizes, for the log and the terminal."""
+    sizes = np.asarray(groups.sizes)
+    lines = [
+        f"dataset {dataset.name}: {dataset.num_classes} classes, images {dataset.image_shape}",
+        f"  train {len(dataset.train)}, validation {len(dataset.validation)}, "
+        f"test {len(dataset.test)}",
+        f"  subgroups: {sizes.shape[0]} classes x {sizes.shape[1]} clusters; sizes per class:",
+    ]
+    for c, row in enumerate(sizes):
+        lines.append(f"    {dataset.class_names[c]:>12}: {' '.join(f'{s:5d}' for s in row)}")
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the loop needs, built once from the config (`_set_up`)."""
+
+    config: ml_collections.ConfigDict
+    dataset: data.Dataset
+    rare: data.RareDataset | None
+    real: step.RealData  # Replicated on the mesh.
+    step_fn: Any
+    payload: dict[str, Any]  # The checkpointed pytree: state, root key, selection record.
+    fingerprint: dict[str, Any]
+
+
+def _set_up(config, dataset, rare, mesh) -> _Run:
+    """Groups, model, initial state and the jitted step; the initial checkpoint payload."""
+    cluster_key, init_key, step_root = jax.random.split(jax.random.key(config.seed), 3)
+    groups = build.create_groups(config, dataset, key=cluster_key)
+    logging.info("%s", summarize(dataset, groups))
+    logging.info(
+        "the groups are split over %d %s device(s)", mesh.size, mesh.devices.flat[0].platform
+    )
+    model = build.create_model(config, dataset.num_classes)
+    real = step.RealData(images=jnp.asarray(dataset.train.images), groups=groups)
+    state = build.create_state(config, model, real, key=init_key, train_labels=dataset.train.labels)
+    payload = {
+        "state": state,
+        "root_key": jax.random.key_data(step_root),
+        "best": {
+            "step": jnp.asarray(-1, jnp.int32),
+            "accuracy": jnp.asarray(-np.inf, jnp.float32),
+            "images": state.images,
+        },
+    }
+    return _Run(
+        config=config,
+        dataset=dataset,
+        rare=rare,
+        real=sharding.replicate(real, mesh),  # The state is replicated with the payload.
+        step_fn=build.create_step(config, model, dataset.image_shape, mesh),
+        payload=sharding.replicate(payload, mesh),
+        fingerprint=config_lib.fingerprint(config, dataset),
+    )
+
+
+class _Checkpoints:
+    """Saves the run's payload to `workdir/checkpoints` (once per step) and restores it."""
+
+    def __init__(self, workdir: pathlib.Path, fingerprint: dict[str, Any]):
+        self.manager = checkpoint_lib.create_manager(workdir / "checkpoints")
+        self.fingerprint = fingerprint
+
+    def restore(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """(step, payload) of the latest compatible checkpoint, or (0, `payload`)."""
+        restored = checkpoint_lib.restore_latest(
+            self.manager, checkpoint_lib.abstract(payload), self.fingerprint
+        )
+        if restored is None:
+            return 0, payload
+        logging.info("resuming from the checkpoint at step %d", restored[0])
+        return restored
+
+    def save(self, payload: dict[str, Any]) -> None:
+        step_number = int(payload["state"].step)
+        if step_number in self.manager.all_steps():
+            return  # Already saved (a signal right after a periodic checkpoint).
+        checkpoint_lib.save(self.manager, step_number, payload, {"fingerprint": self.fingerprint})
+
+
+@contextlib.contextmanager
+def _signals_to_flag():
+    """SIGINT/SIGTERM set a flag (checked between steps) instead of killing mid-write."""
+    received: list[int] = []
+    handler = lambda signum, frame: received.append(signum)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _check_finite(metrics: dict[str, jax.Array], done: int, workdir: pathlib.Path) -> None:
+    """Stops the run on a non-finite loss or synthetic set, keeping the last good checkpoint."""
+    if not bool(metrics["finite"]):
+        raise FloatingPointError(
+            f"non-finite loss or synthetic images at step {done} (loss "
+            f"{float(metrics['loss'])}); the last good checkpoint is kept in "
+            f"{workdir / 'checkpoints'}. Lower syn.lr and run again."
+        )
+
+
+def _log_step(log: artifacts.MetricsLog, metrics, done: int, elapsed: float) -> dict[str, Any]:
+    """metrics.jsonl / TensorBoard record of step `done`; returns it."""
+    record = {"step": done, **artifacts.scalars(metrics), "elapsed_s": elapsed}
+    log.log(record)
+    log.writer.add_histogram("distill/group_losses", np.asarray(metrics["group_losses"]), done)
+    return record
+
+
+def _select(run: _Run, state: step.State, best: dict, done: int, log) -> dict[str, Any]:
+    """Scores the current set on validation; the new selection record (best so far)."""
+    images, labels = step.synthetic_arrays(state)
+    accuracy = report.validation_accuracy(
+        run.config, run.dataset, images, labels, seeds=report.select_seeds(run.config)
+    )
+    log.log({"step": done, "validation_accuracy": accuracy})
+    if not accuracy > float(best["accuracy"]):  # Also keeps the record on a NaN accuracy.
+        return best
+    return {
+        "step": jnp.asarray(done, jnp.int32),
+        "accuracy": jnp.asarray(accuracy, jnp.float32),
+        "images": state.images,
+    }
+
+
+def _log_grid(run: _Run, log: artifacts.MetricsLog, state: step.State, done: int) -> None:
+    pixels = run.dataset.denormalize(step.synthetic_arrays(state)[0])
+    grid = artifacts.image_grid(pixels, run.dataset.num_classes)
+    log.writer.add_image("synthetic", grid, done, dataformats="HWC")
+
+
+def _loop(run: _Run, checkpoints: _Checkpoints, log, workdir, start_step: int) -> dict:
+    """Steps `start_step..num_steps` with their periodic actions; the last logged metrics."""
+    config, payload, last = run.config, run.payload, {}
+    step_root = jax.random.wrap_key_data(payload["root_key"])  # Replicated: so are step keys.
+    start = time.time()
+    progress = tqdm.tqdm(
+        total=config.num_steps, initial=start_step, desc="distill", unit="step", disable=None
+    )
+    with _signals_to_flag() as signals, progress:
+        for i in range(start_step, config.num_steps):
+            new_state, metrics = run.step_fn(
+                payload["state"], jax.random.fold_in(step_root, i), run.real
+            )
+            done = i + 1
+            _check_finite(metrics, done, workdir)
+            payload["state"] = new_state
+            progress.update(1)
+            final = done == config.num_steps
+            if done % config.log.every_steps == 0 or final:
+                last = _log_step(log, metrics, done, time.time() - start)
+                progress.set_postfix(loss=f"{last['loss']:.4g}")
+            if (config.eval.select_every and done % config.eval.select_every == 0) or final:
+                payload["best"] = _select(run, new_state, payload["best"], done, log)
+            if done % config.checkpoint.every_steps == 0 or final:
+                checkpoints.save(payload)
+                _log_grid(run, log, new_state, done)
+            if signals:
+                checkpoints.save(payload)
+                raise Interrupted(signals[0], done, workdir)
+    return last
+
+
+def _finish(run: _Run, out: pathlib.Path, log: artifacts.MetricsLog):
+    """Writes the last and the selected set, the grid and eval.json; (images, labels, report)."""
+    config, dataset, best = run.config, run.dataset, run.payload["best"]
+    images, labels = step.synthetic_arrays(run.payload["state"])
+    best_images = np.asarray(best["images"]).reshape(images.shape)
+    artifacts.save_synthetic(out / "synthetic_last.npz", images, labels, dataset)
+    artifacts.save_synthetic(out / "synthetic.npz", best_images, labels, dataset)
+    artifacts.save_image_grid(
+        out / "synthetic.png", dataset.denormalize(best_images), dataset.num_classes
+    )
+    result = report.evaluate_set(config, dataset, run.rare, best_images, labels)
+    result.update(
+        selected_step=int(best["step"]),
+        validation_accuracy=float(best["accuracy"]),
+        dataset=dataset.name,
+        ipc=config.ipc,
+    )
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    for name in ("accuracy_mean", "worst_group_accuracy", "worst_class_accuracy"):
+        if name in result:
+            log.writer.add_scalar(f"eval/{name}", result[name], config.num_steps)
+    return best_images, labels, result
+
+
+def distill(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Result:
+    """Distils as configured, selects the reported set on validation, evaluates it on test.
+
+    Resumes from the latest checkpoint in `workdir/checkpoints` when there is one (bit-identical
+    to an uninterrupted run). Writes config.json, metrics.jsonl, tensorboard/, synthetic.npz
+    (the selected set), synthetic_last.npz, synthetic.png and eval.json to `workdir`.
+
+    Raises:
+      ValueError: an invalid config value (before any work).
+      checkpoint.IncompatibleCheckpointError: `workdir` holds another configuration's run.
+      FloatingPointError: the loss or the synthetic set became non-finite (the last good
+        checkpoint is kept).
+      Interrupted: SIGINT/SIGTERM (after saving a checkpoint).
+    """
+    config_lib.validate(config)
+    sharding.initialize_distributed(config)
+    mesh = sharding.create_mesh(config)
+    workdir = pathlib.Path(workdir)
+    # Checkpoints go to the shared workdir from every process; other files from process 0.
+    out = workdir if jax.process_index() == 0 else workdir / f"process_{jax.process_index()}"
+    out.mkdir(parents=True, exist_ok=True)
+    dataset, rare = build.load_data(config)
+    config_lib.validate_against_data(config, dataset)
+
+    run = _set_up(config, dataset, rare, mesh)
+    checkpoints = _Checkpoints(workdir, run.fingerprint)
+    start_step, run.payload = checkpoints.restore(run.payload)
+    with artifacts.MetricsLog(out, start_step=start_step) as log:
+        (out / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        last = _loop(run, checkpoints, log, workdir, start_step)
+        images, labels, result = _finish(run, out, log)
+    logging.info(
+        "test accuracy %.2f +- %.2f, worst group %.2f (selected step %d)",
+        result["accuracy_mean"],
+        result["accuracy_std"],
+        result.get("worst_group_accuracy", float("nan")),
+        result["selected_step"],
+    )
+    return Result(workdir=workdir, images=images, labels=labels, metrics=last, report=result)

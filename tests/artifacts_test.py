@@ -1,0 +1,51 @@
+"""Tests for jaxdd.artifacts: the synthetic.npz format, the image grid, the resumable log."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxdd import artifacts, data
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return data.load("digits", validation_fraction=0.1, test_fraction=0.2, seed=0)
+
+
+def test_synthetic_round_trips_with_its_normalisation(tmp_path, dataset):
+    images = dataset.train.images[:20]
+    labels = np.repeat(np.arange(10), 2)
+    artifacts.save_synthetic(tmp_path / "synthetic.npz", images, labels, dataset)
+    loaded = artifacts.load_synthetic(tmp_path)  # A workdir finds its synthetic.npz.
+    np.testing.assert_array_equal(loaded.images, images)
+    np.testing.assert_array_equal(loaded.labels, labels)
+    np.testing.assert_allclose(loaded.pixels, dataset.denormalize(images), atol=1e-6)
+    assert loaded.class_names == dataset.class_names
+
+
+def test_load_synthetic_says_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pass a run's workdir or its synthetic.npz"):
+        artifacts.load_synthetic(tmp_path)
+    np.savez(tmp_path / "other.npz", images=np.zeros((1, 8, 8, 1)))
+    with pytest.raises(ValueError, match=r"not a jaxdd synthetic set: missing \['class_names'"):
+        artifacts.load_synthetic(tmp_path / "other.npz")
+
+
+def test_image_grid_has_one_row_per_class():
+    pixels = np.random.default_rng(0).uniform(size=(6, 8, 8, 1)).astype(np.float32)
+    grid = artifacts.image_grid(pixels, num_classes=3)
+    scale = 256 // 10 // 4  # Bordered 10x10 cells, upscaled for legibility.
+    assert grid.shape == (3 * 10 * scale, 2 * 10 * scale, 1) and grid.dtype == np.uint8
+    cell = grid[scale : 9 * scale : scale, 11 * scale : 19 * scale : scale, 0]  # Row 0, image 1.
+    np.testing.assert_array_equal(cell, (pixels[1, ..., 0] * 255).round().astype(np.uint8))
+
+
+def test_metrics_log_drops_lines_past_the_resumed_step(tmp_path):
+    with artifacts.MetricsLog(tmp_path, start_step=0) as log:
+        for step in (2, 4, 6):
+            log.log({"step": step, "loss": float(step)})
+    with artifacts.MetricsLog(tmp_path, start_step=4) as log:
+        log.log({"step": 6, "loss": 60.0})
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(line["step"], line["loss"]) for line in lines] == [(2, 2.0), (4, 4.0), (6, 60.0)]

@@ -1,0 +1,125 @@
+"""Tests for jaxdd.groups: the (class, cluster) group table, sampling from it, its features."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxdd import clustering, models
+from jaxdd import groups as groups_lib
+
+_sample = jax.jit(groups_lib.sample_groups, static_argnames=("num_samples",))
+
+
+def _groups_from_sizes(sizes: np.ndarray, seed: int = 0):
+    """Random labels/assignments with the given (C, K) group sizes, shuffled over the dataset."""
+    c, k = np.indices(sizes.shape)
+    labels = np.repeat(c.ravel(), sizes.ravel())
+    assign = np.repeat(k.ravel(), sizes.ravel())
+    perm = np.random.default_rng(seed).permutation(labels.size)
+    return labels[perm], assign[perm]
+
+
+def test_make_groups_lists_every_member():
+    sizes = np.array([[3, 1], [2, 5]])
+    labels, assign = _groups_from_sizes(sizes)
+    groups = groups_lib.make_groups(labels, assign, num_classes=2, num_clusters=2)
+    assert groups.members.shape == (2, 2, 5) and groups.members.dtype == jnp.int32
+    np.testing.assert_array_equal(groups.sizes, sizes)
+    for c in range(2):
+        for k in range(2):
+            row = np.asarray(groups.members[c, k])
+            expected = np.flatnonzero((labels == c) & (assign == k))
+            np.testing.assert_array_equal(np.sort(row[: sizes[c, k]]), expected)
+            assert set(row[sizes[c, k] :]) <= set(expected)  # padding repeats a member
+
+
+def test_make_groups_rejects_empty_group():
+    with pytest.raises(ValueError, match=re.escape("group (class 1, cluster 0) is empty")):
+        groups_lib.make_groups([0, 0, 1], [0, 1, 1], num_classes=2, num_clusters=2)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 9), min_size=5, max_size=5),
+    num_samples=st.sampled_from([2, 7]),
+    seed=st.integers(0, 2**16),
+)
+def test_sample_groups_draws_members(sizes, num_samples, seed):
+    # The last group has the largest size, 9, so that only num_samples changes compiled shapes.
+    sizes = np.array([*sizes, 9]).reshape(2, 3)
+    labels, assign = _groups_from_sizes(sizes, seed)
+    groups = groups_lib.make_groups(labels, assign, num_classes=2, num_clusters=3)
+    idx = np.asarray(_sample(groups, num_samples, key=jax.random.key(seed)))
+    assert idx.shape == (2, 3, num_samples) and idx.dtype == np.int32
+    for c in range(2):
+        for k in range(3):
+            row = idx[c, k]
+            assert np.all((labels[row] == c) & (assign[row] == k))
+            if sizes[c, k] >= num_samples:
+                assert len(set(row)) == num_samples
+
+
+def test_sample_groups_with_replacement_for_small_groups():
+    sizes = np.array([[1, 3, 40]])
+    labels, assign = _groups_from_sizes(sizes)
+    groups = groups_lib.make_groups(labels, assign, num_classes=1, num_clusters=3)
+    idx = np.asarray(_sample(groups, 30, key=jax.random.key(0)))
+    np.testing.assert_array_equal(idx[0, 0], np.flatnonzero(assign == 0)[0])  # m copies
+    assert set(idx[0, 1]) == set(np.flatnonzero(assign == 1))  # 30 draws hit all 3 members
+    assert len(set(idx[0, 2])) == 30  # large group: no duplicates
+
+
+def test_sample_groups_is_uniform_and_keyed():
+    sizes = np.array([[4, 3]])
+    labels, assign = _groups_from_sizes(sizes)
+    groups = groups_lib.make_groups(labels, assign, num_classes=1, num_clusters=2)
+    keys = jax.random.split(jax.random.key(0), 4000)
+    draws = np.asarray(jax.jit(jax.vmap(lambda k: _sample(groups, 3, key=k)))(keys))
+    # Without replacement from 4: each member appears in 3/4 of the draws.
+    for member in np.flatnonzero(assign == 0):
+        assert np.mean(np.any(draws[:, 0, 0] == member, axis=-1)) == pytest.approx(0.75, abs=0.03)
+    # Exactly m = size: a permutation of the group.
+    assert np.all(np.sort(draws[:, 0, 1], -1) == np.sort(np.flatnonzero(assign == 1)))
+    # Same key -> same draw, different key -> different draw.
+    a = _sample(groups, 3, key=jax.random.key(1))
+    np.testing.assert_array_equal(a, _sample(groups, 3, key=jax.random.key(1)))
+    assert not np.array_equal(draws[0], draws[1])
+
+
+def test_sample_groups_uniform_with_replacement():
+    groups = groups_lib.make_groups([0, 0, 0], [0, 0, 0], num_classes=1, num_clusters=1)
+    draws = np.asarray(_sample(groups, 6000, key=jax.random.key(2)))
+    np.testing.assert_allclose(np.bincount(draws.ravel(), minlength=3) / 6000, 1 / 3, atol=0.03)
+
+
+def test_cluster_groups_is_per_class_kmeans_of_the_chosen_features():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(60, 4, 4, 1)).astype(np.float32)
+    labels = np.repeat(np.arange(3), 20)
+    model = models.instantiate("mlp", num_classes=3, width=8, depth=2)
+    key = jax.random.key(4)
+    groups = groups_lib.cluster_groups(
+        images, labels, features="pixels", model=model, num_classes=3, num_clusters=2,
+        num_iters=10, key=key,
+    )  # fmt: skip
+    assignments = clustering.cluster_per_class(
+        clustering.features_pixels(images), labels, num_classes=3, num_clusters=2,
+        key=jax.random.split(key)[1], num_iters=10,
+    )  # fmt: skip
+    expected = groups_lib.make_groups(
+        labels, np.asarray(assignments), num_classes=3, num_clusters=2
+    )
+    np.testing.assert_array_equal(groups.members, expected.members)
+    assert int(groups.sizes.sum()) == 60
+    embedded = groups_lib.random_net_features(images, key=key, model=model)
+    np.testing.assert_allclose(np.linalg.norm(embedded, axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown cluster features"):
+        groups_lib.cluster_groups(
+            images, labels, features="sift", model=model, num_classes=3, num_clusters=2,
+            num_iters=10, key=key,
+        )  # fmt: skip

@@ -1,0 +1,43 @@
+"""Tests for jaxdd.report: seeds, the test groups, and `evaluate`'s checks before any training."""
+
+import pathlib
+
+import numpy as np
+import pytest
+
+import jaxdd
+from jaxdd import build, report
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def config():
+    return jaxdd.load_config(CONFIGS / "smoke.py")
+
+
+def test_selection_and_test_seeds_are_disjoint_and_follow_the_run_seed(config):
+    config.seed = 3
+    test = report.eval_seeds(config, config.eval.num_models)
+    select = report.select_seeds(config)
+    assert test == [3000, 3001] and select == [3500, 3501]
+    config.seed = 0
+
+
+def test_test_groups_add_the_rare_groups(config, tmp_path):
+    config.eval.cache_dir = str(tmp_path)
+    config.data.rare = "invert"
+    dataset, rare = build.load_data(config)
+    groups = report.test_groups(config, dataset, rare)
+    np.testing.assert_array_equal(groups["rare"], rare.group_of("test"))
+    assert {"global", "per_class"} <= set(groups)
+    for name, assignment in groups.items():
+        assert assignment.shape == dataset.test.labels.shape, name
+    config.data.rare = ""
+
+
+def test_evaluate_rejects_a_set_of_another_shape(config):
+    with pytest.raises(ValueError, match=r"do not match digits's \(8, 8, 1\)"):
+        jaxdd.evaluate(config, np.zeros((10, 28, 28, 1)), np.arange(10))
+    with pytest.raises(ValueError, match="pass images and labels, or path="):
+        jaxdd.evaluate(config)
