@@ -1,31 +1,25 @@
 """Why does robust distillation (not) beat ERM? Distillation variants under one protocol.
 
-Each variant is `name:field=value;field=value` of config overrides applied to the benchmark's
-config (`robustness.make_config`: same steps, selection on validation, evaluation protocol):
+Each variant is `name:field=value;field=value` of config overrides applied on top of the
+robustness protocol's config (`harness.protocol_config`: the same steps, selection on the
+validation split and evaluation as `benchmarks.robust_gain`). Run from the repository root:
 
-  python benchmarks/ablation.py --dataset=digits+rare --ipc=10 --seed=0 \\
+  python -m benchmarks.ablation --dataset=digits+rare --ipc=10 --seed=0 \\
       --variant='erm:robust.risk=mean' --variant='cvar0.1:robust.alpha=0.1'
 
-appends every finished variant to benchmarks/results/ablation.json (so the same command
-resumes) and rewrites ablation.md with one table of all runs recorded there.
+merges every finished variant into benchmarks/results/ablation.json (so the same command
+resumes) and rewrites ablation.md with one table of all runs recorded there (`--render`: only
+that, running nothing).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import sys
 import tempfile
-import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import robustness  # noqa: E402
-
-from jaxdd import train  # noqa: E402
+import jaxdd
+from benchmarks import harness
 
 COLUMNS = {
     "accuracy_mean": "accuracy",
@@ -36,27 +30,51 @@ COLUMNS = {
 }
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, object]]:
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """'name:field=value;field=value' -> (name, ['field=value', ...])."""
     name, _, body = text.partition(":")
-    return name, robustness.parse_overrides([item for item in body.split(";") if item])
+    return name, [item for item in body.split(";") if item]
+
+
+def record_key(record: dict) -> tuple:
+    return tuple(record[k] for k in ("dataset", "ipc", "seed", "steps", "variant"))
 
 
 def table(records: list[dict]) -> str:
     lines = [
-        "| dataset | IPC | seed | steps | variant | overrides | "
+        "| dataset | IPC | seed | steps | eval networks x epochs | variant | overrides | "
         + " | ".join(COLUMNS.values())
         + " | selected step | minutes |",
-        "|---" * (len(COLUMNS) + 8) + "|",
+        "|---" * (len(COLUMNS) + 9) + "|",
     ]
     for r in records:
         cells = [f"{r['report'][c]:.1f}" if c in r["report"] else "" for c in COLUMNS]
         overrides = "; ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(config)"
         lines.append(
-            f"| {r['dataset']} | {r['ipc']} | {r['seed']} | {r['steps']} | {r['variant']} | "
-            f"{overrides} | " + " | ".join(cells) + f" | {r['report'].get('selected_step', '')} "
-            f"| {r['seconds'] / 60:.1f} |"
+            f"| {r['dataset']} | {r['ipc']} | {r['seed']} | {r['steps']} | {r['eval']} | "
+            f"{r['variant']} | {overrides} | " + " | ".join(cells) + " | "
+            f"{r['report'].get('selected_step', '')} | {r['seconds'] / 60:.1f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def summarise(records: list[dict], out: pathlib.Path) -> str:
+    commands = sorted({r["command"] for r in records})
+    return "\n".join(
+        [
+            "# Ablation: distillation variants under the robustness benchmark's protocol",
+            "",
+            "Commands (each row records the one that produced it):",
+            *[f"- `{command}`" for command in commands],
+            "",
+            f"{harness.machines_line(records)}.  ",
+            "The set is selected on the validation split. Accuracies in % on the test split.",
+            "",
+            # The ablations answer the robustness benchmark's question: one findings file.
+            *harness.findings_link(out.with_name("robustness")),
+            table(records),
+        ]
+    )
 
 
 def main() -> None:
@@ -67,52 +85,53 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--eval-models", type=int, default=3)
     parser.add_argument("--eval-epochs", type=int, default=150)
-    parser.add_argument("--variant", action="append", required=True)
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ablation"))
-    args = parser.parse_args()
-    out = pathlib.Path(args.out)
-    records = (
-        json.loads(out.with_suffix(".json").read_text())
-        if out.with_suffix(".json").exists()
-        else []
+    parser.add_argument("--variant", action="append", default=[])
+    parser.add_argument("--out", default=str(harness.RESULTS / "ablation"))
+    parser.add_argument(
+        "--render", action="store_true", help="run nothing: rewrite the .md from the .json"
     )
-    for text in args.variant:
+    args = parser.parse_args()
+    if not args.variant and not args.render:
+        parser.error("pass at least one --variant (or --render)")
+    out = pathlib.Path(args.out)
+    records = harness.load_results(out.with_suffix(".json"), [])
+    command, machine = harness.command("ablation"), harness.machine()
+    for text in [] if args.render else args.variant:
         name, overrides = parse_variant(text)
         key = (args.dataset, args.ipc, args.seed, args.steps, name)
-        if any(
-            (r["dataset"], r["ipc"], r["seed"], r["steps"], r["variant"]) == key for r in records
-        ):
+        if any(record_key(r) == key for r in records):
             continue
-        config = robustness.make_config(args.dataset, args.ipc, args.seed, args)
-        robustness.apply_overrides(config, overrides)
-        start = time.time()
-        with tempfile.TemporaryDirectory() as workdir:
-            report = train.distill_run(config, workdir).report
-        records.append(
-            {
-                "dataset": args.dataset,
-                "ipc": args.ipc,
-                "seed": args.seed,
-                "steps": args.steps,
-                "variant": name,
-                "overrides": overrides,
-                "report": report,
-                "seconds": time.time() - start,
-            }
+        config = harness.protocol_config(
+            args.dataset,
+            ipc=args.ipc,
+            seed=args.seed,
+            steps=args.steps,
+            eval_models=args.eval_models,
+            eval_epochs=args.eval_epochs,
+            overrides=overrides,
         )
-        out.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
+        timer = harness.Timer()
+        with tempfile.TemporaryDirectory() as workdir:
+            report = jaxdd.distill(config, workdir).report
+        record = {
+            "dataset": args.dataset,
+            "ipc": args.ipc,
+            "seed": args.seed,
+            "steps": args.steps,
+            "eval": f"{config.eval.num_models}x{config.eval.epochs}",
+            "variant": name,
+            "overrides": harness.parse_overrides(overrides),
+            "report": report,
+            "seconds": timer(),
+            "command": command,
+            "machine": machine,
+        }
+        records = harness.merge_results(out.with_suffix(".json"), [record], key=record_key)
         print(
             f"{name}: " + ", ".join(f"{c} {report.get(c, float('nan')):.1f}" for c in COLUMNS),
             flush=True,
         )
-    header = (
-        "# Ablation: distillation variants under the robustness benchmark's protocol\n\n"
-        f"Command (last invocation): `python benchmarks/ablation.py {' '.join(sys.argv[1:])}`  \n"
-        f"Machine: {robustness.cpu_name()} CPU, {robustness._cores()} cores, no accelerator. "
-        f"{args.eval_models} evaluation networks x {args.eval_epochs} epochs per run; the set "
-        "is selected on the validation split. Accuracies in % on the test split.\n\n"
-    )
-    out.with_suffix(".md").write_text(header + table(records))
+    out.with_suffix(".md").write_text(summarise(records, out))
 
 
 if __name__ == "__main__":

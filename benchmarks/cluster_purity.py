@@ -1,32 +1,31 @@
 """Does per-class K-means isolate the rare subpopulation? Purity and recall of its cluster.
 
-  python benchmarks/cluster_purity.py --dataset=digits --rare=invert --ks=4,8,16
+Run from the repository root:
+
+  python -m benchmarks.cluster_purity --dataset=digits --rare=invert --ks=4,8,16
 
 For every class, the cluster holding most of the class's minority (transformed) train images:
 purity = minority share of that cluster, recall = share of the class's minority inside it.
-Prints the mean and the minimum over classes for each K and feature space (`cluster.features`).
+Prints the mean and the minimum over classes for each K and feature space (`cluster.features`),
+clustering exactly as a run does (`jaxdd.build.create_groups`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import pathlib
-import sys
 
+import jax
+import ml_collections
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import jax  # noqa: E402
-
-from jaxdd import train  # noqa: E402
+from benchmarks import harness
+from jaxdd import build
 
 
-def purity_recall(config) -> tuple[np.ndarray, np.ndarray]:
-    dataset, rare = train.load_data(config)
-    groups = train.create_groups(config, dataset, key=jax.random.key(config.seed))
+def purity_recall(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+    """(C,) purity and recall of each class's minority cluster under `config`'s clustering."""
+    dataset, rare = build.load_data(config)
+    groups = build.create_groups(config, dataset, key=jax.random.key(config.seed))
     members, sizes = np.asarray(groups.members), np.asarray(groups.sizes)
     minority = rare.train_minority
     purity, recall = [], []
@@ -50,9 +49,12 @@ def main() -> None:
     args = parser.parse_args()
     for k in map(int, args.ks.split(",")):
         for features in args.features.split(","):
-            config = importlib.import_module(f"configs.{args.dataset}").get_config()
-            config.data.rare = args.rare
-            config.cluster.num_clusters, config.cluster.features = k, features
+            config = harness.load_config(
+                args.dataset,
+                f"data.rare={args.rare}",
+                f"cluster.num_clusters={k}",
+                f"cluster.features={features}",
+            )
             purity, recall = purity_recall(config)
             print(
                 f"K={k:2d} {features:10s} minority cluster: purity {purity.mean():.2f} "

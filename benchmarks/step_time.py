@@ -1,7 +1,10 @@
 """Speed and memory of the distillation step, measured against this machine's matmul peak.
 
-  python benchmarks/step_time.py                      # everything below
-  python benchmarks/step_time.py --sections=steps --shapes=digits --ipcs=1,10
+Run from the repository root:
+
+  python -m benchmarks.step_time                      # everything below
+  python -m benchmarks.step_time --sections=steps --shapes=digits --ipcs=1,10
+  python -m benchmarks.step_time --render             # rewrite the .md from the .json only
 
 Sections (`--sections`, comma-separated):
   steps    for each matching family x {digits 8x8x1, fashion_mnist 28x28x1, svhn 32x32x3}
@@ -12,7 +15,7 @@ Sections (`--sections`, comma-separated):
   scaling  the gradient family's matching objective on digits as K grows (m fixed), and the
            grouped (C, K, m) losses against one ungrouped loss over the same C*K*m images.
   torch    the same robust gradient-matching objective in PyTorch eager with per-class and
-           per-cluster Python loops (`benchmarks/torch_reference.py`, the `bench` extra),
+           per-cluster Python loops (`benchmarks.torch_reference`, the `bench` extra),
            same shapes, same CPU, same run.
   memory   compiled peak memory of the risk family's unrolled objective for T = 10..80
            under each `match.unroll_remat`.
@@ -22,7 +25,15 @@ FLOPs: XLA's cost analysis counts a loop body once, whatever its trip count, so 
 is counted as the matching objective compiled with its loops unrolled and without
 rematerialisation (the useful work), plus `net_train_steps` x one inner SGD step; XLA's own
 figure for the compiled step is listed beside it. Results go to
-benchmarks/results/step_time.{md,json}; no persistent compilation cache is used.
+benchmarks/results/step_time.{md,json} (`--out`), merged by section into what is there, so a
+run of some sections keeps the others; the .md links the hand-written
+step_time_findings.md (`<out>_findings.md`) and holds no prose of its own. No persistent
+compilation cache is used.
+
+The step is built as a run builds it (`jaxdd.build.create_step` over
+`jaxdd.sharding.create_mesh`); the objective-only sections compile the robust objective
+(`jaxdd.step.robust_objective` over `jaxdd.build.create_losses_fn`) as `create_step` compiles
+it (`jaxdd.xla.jit`, fast_compile).
 """
 
 from __future__ import annotations
@@ -30,40 +41,20 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import pathlib
-import resource
-import sys
-import time
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks import harness
+from jaxdd import build, matching, sharding, step, xla
+from jaxdd import groups as groups_lib
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from configs import digits, fashion_mnist, svhn  # noqa: E402
-from jaxdd import clustering, distill, matching, train, xla  # noqa: E402
-
-SHAPES = {
-    "digits": (digits, (8, 8, 1)),
-    "fashion_mnist": (fashion_mnist, (28, 28, 1)),
-    "svhn": (svhn, (32, 32, 3)),
-}
+# Shipped config (configs/<name>.py) -> the image shape of its dataset.
+SHAPES = {"digits": (8, 8, 1), "fashion_mnist": (28, 28, 1), "svhn": (32, 32, 3)}
 FAMILIES = ("gradient", "distribution", "risk")
-
-
-def timed(fn, *args, repeats: int) -> tuple[float, list[float]]:
-    """Median wall time of `fn(*args)` after one warm-up call."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), times
 
 
 def matmul_peak(size: int = 4096, repeats: int = 5, dtype=jnp.float32) -> float:
@@ -76,100 +67,53 @@ def matmul_peak(size: int = 4096, repeats: int = 5, dtype=jnp.float32) -> float:
     for options in ({}, xla.compiler_options(jax.default_backend())):
         f = jax.jit(matmul, compiler_options=options).lower(a, a).compile()
         jax.block_until_ready(f(a, a))
-        best = min([best] + [_wall(f, a, a) for _ in range(repeats)])
+        best = min([best] + [harness.wall(f, a, a) for _ in range(repeats)])
     return 2 * size**3 / best
 
 
-def host_cost(fn, *args, repeats: int = 2) -> tuple[float, float]:
-    """Kernel (system) CPU seconds and minor page faults per call of `fn(*args)`, this process,
-    after one warm-up call: the host's cost of handing XLA fresh memory for each call."""
-    jax.block_until_ready(fn(*args))
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    for _ in range(repeats):
-        jax.block_until_ready(fn(*args))
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    return (
-        (after.ru_stime - before.ru_stime) / repeats,
-        (after.ru_minflt - before.ru_minflt) / repeats,
-    )
-
-
-def host_allocator() -> str:
-    """The process's malloc as set from the environment (LD_PRELOAD, MALLOC_CONF)."""
-    preload = os.environ.get("LD_PRELOAD", "")
-    name = ", ".join(pathlib.Path(p).name for p in preload.split(":") if p) or "glibc malloc"
-    conf = os.environ.get("MALLOC_CONF")
-    return f"{name} (MALLOC_CONF={conf})" if conf else name
-
-
-def _wall(fn, *args) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - start
-
-
-def family_config(shape_name: str, family: str, ipc: int):
-    module, _ = SHAPES[shape_name]
-    config = module.get_config()
-    config.ipc = ipc
-    config.match.family = family
+def family_config(shape_name: str, family: str, ipc: int) -> ml_collections.ConfigDict:
+    """The shipped config `configs/<shape_name>.py` with matching `family` at `ipc`."""
+    config = harness.load_config(shape_name, f"ipc={ipc}", f"match.family={family}")
     if family != "gradient":  # DM and risk matching draw a fresh network every step.
         config.match.net_reset_every, config.match.net_train_steps = 1, 0
     return config
 
 
-def mock_real(config, image_shape, num_classes: int = 10) -> distill.RealData:
+def mock_real(config, image_shape, num_classes: int = 10) -> step.RealData:
     """Random images, each group holding exactly m members (C * K * m images)."""
     num_clusters, m = config.cluster.num_clusters, config.match.num_real
     per_class = num_clusters * max(m, config.ipc)
     images = jax.random.normal(jax.random.key(0), (num_classes * per_class, *image_shape))
     labels = np.repeat(np.arange(num_classes), per_class)
     assignments = np.tile(np.arange(per_class) % num_clusters, num_classes)
-    groups = clustering.make_groups(
+    groups = groups_lib.make_groups(
         labels, assignments, num_classes=num_classes, num_clusters=num_clusters
     )
-    return distill.RealData(images=images, groups=groups)
+    return step.RealData(images=images, groups=groups)
 
 
 def problem(config, image_shape):
     """(model, real, state) of `config` on mock data of `image_shape`, 10 classes."""
-    model = train.create_model(config, 10)
+    model = build.create_model(config, 10)
     real = mock_real(config, image_shape)
-    return model, real, train.create_state(config, model, real, key=jax.random.key(0))
-
-
-def memory_bytes(compiled) -> int:
-    stats = compiled.memory_analysis()
-    return int(
-        stats.argument_size_in_bytes
-        + stats.output_size_in_bytes
-        + stats.temp_size_in_bytes
-        - stats.alias_size_in_bytes
-    )
+    return model, real, build.create_state(config, model, real, key=jax.random.key(0))
 
 
 def _objective(config, model, state, real, *, remat=None, unroll=1):
-    """The jitted robust objective's value_and_grad w.r.t. the synthetic images."""
+    """The jitted robust objective's value_and_grad w.r.t. the synthetic images, and its
+    arguments. `remat` replaces `match.unroll_remat`, `unroll` is the risk family's scan
+    unroll (True: every step unrolled)."""
+    if remat is not None:
+        config = config.copy_and_resolve_references()
+        config.match.unroll_remat = remat
     apply_fn = lambda params, x: model.apply({"params": params}, x)
-    kwargs = {}
+    losses = build.create_losses_fn(config, apply_fn)
     if config.match.family == "risk":
-        kwargs = dict(
-            num_steps=config.match.unroll_steps,
-            learning_rate=config.match.unroll_lr,
-            remat=remat or config.match.unroll_remat,
-            unroll=unroll,
-        )
-    losses = functools.partial(
-        matching.FAMILIES[config.match.family],
-        apply_fn=apply_fn,
-        augment_fn=matching.siamese_augment(config.match.augment),
-        group_batch=config.match.group_batch,
-        **kwargs,
-    )
+        losses = functools.partial(losses, unroll=unroll)
 
     def objective(net_params, images, real_images, key):
         return jax.value_and_grad(
-            lambda s: distill.robust_objective(
+            lambda s: step.robust_objective(
                 s,
                 losses_fn=functools.partial(
                     losses, net_params, labels=state.labels, real=real_images, key=key
@@ -180,9 +124,9 @@ def _objective(config, model, state, real, *, remat=None, unroll=1):
             has_aux=True,
         )(images)
 
-    index = clustering.sample_groups(real.groups, config.match.num_real, key=jax.random.key(1))
+    index = groups_lib.sample_groups(real.groups, config.match.num_real, key=jax.random.key(1))
     args = (state.net_params, state.images, real.images[index], jax.random.key(2))
-    return xla.jit(objective, fast_compile=True), args  # As `train.create_step` compiles.
+    return xla.jit(objective, fast_compile=True), args  # As `build.create_step` compiles.
 
 
 def useful_flops(config, model, state, real) -> float:
@@ -204,21 +148,21 @@ def useful_flops(config, model, state, real) -> float:
 def bench_steps(args, peak: float) -> list[dict]:
     rows = []
     for shape_name in args.shapes.split(","):
-        image_shape = SHAPES[shape_name][1]
+        image_shape = SHAPES[shape_name]
         for family in args.families.split(","):
             ipcs = args.ipcs if shape_name == "digits" else args.large_ipcs
             for ipc in (int(i) for i in ipcs.split(",")):
                 config = family_config(shape_name, family, ipc)
                 model, real, state = problem(config, image_shape)
                 # As the run loop does: the groups split over a mesh of every local device.
-                mesh = train.create_mesh(config)
-                step = train.create_step(config, model, image_shape, mesh)
-                state, key, real = distill.replicate((state, jax.random.key(3), real), mesh)
-                start = time.perf_counter()
-                compiled = step.lower(state, key, real).compile()
-                compile_s = time.perf_counter() - start
+                mesh = sharding.create_mesh(config)
+                step_fn = build.create_step(config, model, image_shape, mesh)
+                state, key, real = sharding.replicate((state, jax.random.key(3), real), mesh)
+                timer = harness.Timer()
+                compiled = step_fn.lower(state, key, real).compile()
+                compile_s = timer()
                 repeats = args.repeats if shape_name == "digits" else args.repeats_large
-                median, times = timed(compiled, state, key, real, repeats=repeats)
+                median, times = harness.timed(compiled, state, key, real, repeats=repeats)
                 flops = useful_flops(config, model, state, real)
                 row = {
                     "shape": shape_name,
@@ -236,7 +180,7 @@ def bench_steps(args, peak: float) -> list[dict]:
                     "flops_per_s": flops / median,
                     "peak_fraction": flops / median / peak,
                     "peak": peak,
-                    "memory_bytes": memory_bytes(compiled),
+                    "memory_bytes": harness.compiled_memory_bytes(compiled),
                     "devices": mesh.size,
                 }
                 rows.append(row)
@@ -248,8 +192,7 @@ def recount(results: dict) -> None:
     """Recomputes the useful FLOPs of recorded step rows (compile only, no timing)."""
     for row in results.get("steps", []):
         config = family_config(row["shape"], row["family"], row["ipc"])
-        image_shape = SHAPES[row["shape"]][1]
-        model, real, state = problem(config, image_shape)
+        model, real, state = problem(config, SHAPES[row["shape"]])
         row["flops"] = useful_flops(config, model, state, real)
         row["flops_per_s"] = row["flops"] / row["step_s"]
         row["peak_fraction"] = row["flops_per_s"] / row["peak"]
@@ -263,7 +206,7 @@ def bench_scaling(args) -> dict:
         config.cluster.num_clusters = k
         model, real, state = problem(config, (8, 8, 1))
         objective, obj_args = _objective(config, model, state, real)
-        median, _ = timed(objective, *obj_args, repeats=args.repeats)
+        median, _ = harness.timed(objective, *obj_args, repeats=args.repeats)
         out["clusters"].append({"K": k, "real_images": 10 * k * config.match.num_real, "s": median})
         print(json.dumps(out["clusters"][-1]), flush=True)
     # Same C*K*m real images: (C, K=4, m) groups against one group of 4m per class.
@@ -272,7 +215,7 @@ def bench_scaling(args) -> dict:
         config.cluster.num_clusters, config.match.num_real = k, m
         model, real, state = problem(config, (8, 8, 1))
         objective, obj_args = _objective(config, model, state, real)
-        timings[name] = timed(objective, *obj_args, repeats=args.repeats)[0]
+        timings[name] = harness.timed(objective, *obj_args, repeats=args.repeats)[0]
     out["grouped"] = {**timings, "ratio": timings["grouped"] / timings["ungrouped"]}
     print(json.dumps(out["grouped"]), flush=True)
     return out
@@ -280,7 +223,7 @@ def bench_scaling(args) -> dict:
 
 def bench_torch(args, peak: float) -> list[dict]:
     try:
-        import torch_reference
+        from benchmarks import torch_reference
     except ImportError as e:  # The `bench` extra is not installed.
         print(f"skipping the torch comparison: {e}", flush=True)
         return []
@@ -293,11 +236,11 @@ def bench_torch(args, peak: float) -> list[dict]:
         config.match.group_batch = 0  # All 40 groups in one vmap: the fastest here.
         model, real, state = problem(config, (size, size, 1))
         objective, obj_args = _objective(config, model, state, real)
-        start = time.perf_counter()
+        timer = harness.Timer()
         compiled = objective.lower(*obj_args).compile()
-        compile_s = time.perf_counter() - start
-        jax_s, _ = timed(compiled, *obj_args, repeats=args.repeats)
-        sys_s, faults = host_cost(compiled, *obj_args)
+        compile_s = timer()
+        jax_s, _ = harness.timed(compiled, *obj_args, repeats=args.repeats)
+        sys_s, faults = harness.host_cost(compiled, *obj_args)
         flops = float(compiled.cost_analysis()["flops"])
         ref = torch_reference.time_step(
             image_shape=(size, size, 1), num_classes=10, num_clusters=4, num_real=64, ipc=10,
@@ -332,13 +275,14 @@ def bench_memory(args) -> list[dict]:
             config.match.unroll_steps = steps
             model, real, state = problem(config, (32, 32, 3))
             objective, obj_args = _objective(config, model, state, real, remat=remat)
-            row[remat] = memory_bytes(objective.lower(*obj_args).compile())
+            row[remat] = harness.compiled_memory_bytes(objective.lower(*obj_args).compile())
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
 
 
-def render(results: dict) -> str:
+def render(results: dict, out: pathlib.Path) -> str:
+    """The .md of `results` (the .json): tables only, linking `<out>_findings.md`."""
     gib = lambda b: f"{b / 2**30:.2f}"
     lines = [
         "# Step time and memory",
@@ -349,8 +293,7 @@ def render(results: dict) -> str:
             for command in dict.fromkeys(results["sections"].values())
         )
         + "  ",
-        f"Machine: {results['machine']}; jax {results['jax']}; "
-        + (f"host allocator: {results['allocator']}; " if "allocator" in results else "")
+        f"Machine: {harness.machine_header(results['machine'])}; "
         + f"dense f32 matmul peak measured in this run: {results['peak'] / 1e9:.0f} GFLOP/s"
         + (
             f" (bf16 inputs with f32 accumulation: {results['peak_bf16'] / 1e9:.0f} GFLOP/s)"
@@ -361,7 +304,7 @@ def render(results: dict) -> str:
     ]
     if "wall_s" in results:
         lines.append(f"Wall time of this invocation: {results['wall_s'] / 60:.1f} min.  ")
-    lines += [f"{note}  " for note in results.get("notes", [])] + [""]
+    lines += ["", *harness.findings_link(out)]
     if results.get("steps"):
         lines += [
             "## Full distillation step (shipped configs, mock data of the datasets' shapes)",
@@ -434,8 +377,6 @@ def render(results: dict) -> str:
                 f"| {r['T']} | " + " | ".join(gib(r[name]) for name in matching.REMATS) + " |"
             )
         lines.append("")
-    if results.get("findings"):
-        lines += ["## Findings", ""] + [f"- {text}" for text in results["findings"]] + [""]
     return "\n".join(lines)
 
 
@@ -448,45 +389,44 @@ def main() -> None:
     parser.add_argument("--large-ipcs", default="1,10,50", help="IPCs at 28x28 and 32x32")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps at 8x8")
     parser.add_argument("--repeats-large", type=int, default=2, help="timed steps, 28/32 px")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "step_time"))
+    parser.add_argument("--out", default=str(harness.RESULTS / "step_time"))
     parser.add_argument(
         "--recount", action="store_true", help="recompute the FLOPs of the recorded steps only"
     )
+    parser.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from robustness import cpu_name
-
+    unknown = set(args.sections.split(",")) - {"steps", "scaling", "torch", "memory"}
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}")
     out = pathlib.Path(args.out)
-    if args.recount:
-        results = json.loads(out.with_suffix(".json").read_text())
-        for row in results.get("steps", []):
-            row.setdefault("peak", results["peak"])
-        results.setdefault("command", "python benchmarks/step_time.py")
-        results.setdefault(
-            "sections",
-            {
-                k: results["command"]
-                for k in ("steps", "scaling", "torch", "memory")
-                if k in results
-            },
-        )
+    path, command = out.with_suffix(".json"), harness.command("step_time")
+    if args.render:
+        results = harness.load_results(path, None)
+        if results is None:
+            parser.error(f"--render needs {path}; run a section first.")
+    elif args.recount:
+        results = harness.load_results(path, {})
         recount(results)
-        results["sections"]["FLOPs of steps"] = "python benchmarks/step_time.py --recount"
-        out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-        out.with_suffix(".md").write_text(render(results))
-        return
-    start = time.time()
+        results = harness.merge_results(
+            path, {"steps": results.get("steps", []), "sections": {"FLOPs of steps": command}}
+        )
+    else:
+        results = harness.merge_results(path, run_sections(args, command))
+    out.with_suffix(".md").write_text(render(results, out))
+    print(render(results, out))
+
+
+def run_sections(args: argparse.Namespace, command: str) -> dict:
+    """The header (machine, matmul peaks, command) and every section of `args.sections`."""
+    timer = harness.Timer()
     sections = args.sections.split(",")
     results = {
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, JAX devices: "
-        f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        "jax": jax.__version__,
-        "allocator": host_allocator(),
+        "machine": harness.machine(),
         "peak": matmul_peak(),
         "peak_bf16": matmul_peak(dtype=jnp.bfloat16),
-        "command": "python benchmarks/step_time.py " + " ".join(sys.argv[1:]),
+        "command": command,
+        "sections": {k: command for k in sections},
     }
-    results["sections"] = {k: results["command"] for k in sections}
     print(
         f"matmul peak {results['peak'] / 1e9:.1f} GFLOP/s f32, "
         f"{results['peak_bf16'] / 1e9:.1f} bf16 (f32 accumulation)",
@@ -500,16 +440,8 @@ def main() -> None:
     ):
         if name in sections:
             results[name] = fn()
-    results["wall_s"] = time.time() - start
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.with_suffix(".json").exists():  # Keep the sections this invocation did not run.
-        previous = json.loads(out.with_suffix(".json").read_text())
-        kept = {k: v for k, v in previous.get("sections", {}).items() if k not in sections}
-        results["sections"] = {**kept, **{k: results["command"] for k in sections}}
-        results = {**{k: previous[k] for k in kept}, **results}
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    out.with_suffix(".md").write_text(render(results))
-    print(render(results))
+    results["wall_s"] = timer()
+    return results
 
 
 if __name__ == "__main__":

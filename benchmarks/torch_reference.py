@@ -11,7 +11,7 @@ to the synthetic images. That is C + C*K separate forward/backward launches per 
 This module reproduces exactly that step with the quantities jaxdd computes, so that timing it
 against jaxdd's compiled step compares implementations of one and the same function:
 
-- `ConvNet` is jaxdd's `models.ConvNet` (instance norm, average pooling): `depth` x [conv 3x3
+- `ConvNet` is `jaxdd.models.ConvNet` (instance norm, average pooling): `depth` x [conv 3x3
   SAME with bias -> GroupNorm(width, width, eps=1e-5) -> ReLU -> 2x2 average pool], flatten,
   `fc`, with jaxdd's rule for skipping a pool that would shrink a map too far.
 - `params_from_flax` copies a jaxdd parameter tree into it (HWIO -> OIHW kernels, NHWC -> NCHW
@@ -20,9 +20,12 @@ against jaxdd's compiled step compares implementations of one and the same funct
   sort-based CVaR of `jaxdd.risk.cvar` for uniform weights (fractional boundary element).
 - `robust_matching_step` is the DC-style loop; no DSA augmentation (the benchmark compares
   without it). tests/torch_reference_test.py checks its group losses and image gradient against
-  `jaxdd.matching.gradient` and `jaxdd.distill.robust_objective`.
+  `jaxdd.matching.gradient` and `jaxdd.step.robust_objective`.
 
-  python benchmarks/torch_reference.py --shape 8,8,1 --repeats 5
+It is a reference implementation, not a benchmark: `benchmarks.step_time` times it (its torch
+section). On its own, from the repository root:
+
+  python -m benchmarks.torch_reference --shape 8,8,1 --repeats 5
 
 prints the median seconds per step for the default configuration (C=10, K=4, m=64, ipc 10,
 ConvNet-128 depth 3, alpha 0.5).
@@ -33,9 +36,7 @@ from __future__ import annotations
 import argparse
 import collections
 import math
-import pathlib
 import statistics
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,10 +45,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-# The repo root on the path, as in the other benchmarks: the script runs from anywhere.
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 __all__ = [
     "ConvNet",
@@ -63,7 +60,7 @@ _COSINE_EPS = 1e-6  # DC's epsilon added to the product of the norms.
 
 
 def _pool_window(size: Sequence[int], *, min_size: int) -> tuple[int, int]:
-    """jaxdd's `models._pool` rule: 2 along an axis only if the result stays >= `min_size`."""
+    """jaxdd ConvNet's pooling rule: 2 along an axis only if the result stays >= `min_size`."""
     return tuple(2 if d // 2 >= min_size else 1 for d in size)
 
 

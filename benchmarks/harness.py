@@ -1,0 +1,264 @@
+"""What every benchmark shares: configs, the machine header, timing, memory and results files.
+
+Benchmarks run from the repository root as `python -m benchmarks.<name>` (so `jaxdd` and
+`benchmarks` import without any `sys.path` edits) and call only jaxdd's public API and its
+`build` / `report` factories. This module holds the pieces they have in common:
+
+- `load_config` / `protocol_config`: a shipped config by name, and the robustness protocol's
+  config (the one `robust_gain` and `ablation` share);
+- `machine` / `machine_header`: the CPU, cores, jax version and backend, and the host allocator
+  (`LD_PRELOAD` / `MALLOC_CONF`), recorded with every result;
+- `Timer`, `timed`, `host_cost`, `compiled_memory_bytes`: wall time, host-side cost and the
+  compiled memory of a jitted program;
+- `command`, `load_results`, `merge_results`, `findings_link`: the recorded command line, the
+  results JSON merged by key (so a partial or resumed run keeps what it did not redo) and the
+  link from a generated table to its hand-written findings (`<out>_findings.md`: prose lives
+  in .md files only, never in the generated JSON).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import pathlib
+import platform
+import resource
+import shlex
+import sys
+import time
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+import jaxdd
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+# --- configs --------------------------------------------------------------------------------
+
+
+def load_config(name: str, *overrides: str) -> ml_collections.ConfigDict:
+    """The shipped config `configs/<name>.py` with 'field=value' overrides (`jaxdd.load_config`)."""
+    return jaxdd.load_config(REPO / "configs" / f"{name}.py", *overrides)
+
+
+def protocol_config(
+    dataset: str,
+    *,
+    ipc: int,
+    seed: int,
+    steps: int,
+    eval_models: int,
+    eval_epochs: int,
+    overrides: Sequence[str] = (),
+) -> ml_collections.ConfigDict:
+    """The robustness protocol's config of `dataset` ('digits', or 'digits+rare' for its
+    rare-subpopulation version): `steps` distillation steps with selection on the validation
+    split twice per run (2 networks), `eval_models` x `eval_epochs` test networks, DC's one inner
+    network step at IPC 1; then `overrides` ('field=value'), which win over all of these."""
+    name, _, rare = dataset.partition("+")
+    protocol = [
+        f"ipc={ipc}",
+        f"seed={seed}",
+        f"num_steps={steps}",
+        f"eval.num_models={eval_models}",
+        f"eval.epochs={eval_epochs}",
+        f"eval.select_every={max(1, steps // 2)}",
+        "eval.select_num_models=2",
+        f"checkpoint.every_steps={steps}",
+    ]
+    if ipc == 1:
+        protocol.append("match.net_train_steps=1")  # DC's inner loop for IPC 1.
+    if rare:
+        protocol.append("data.rare=invert")
+    return load_config(name, *protocol, *overrides)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, object]:
+    """'field=value' strings -> {field: value}, values parsed as `jaxdd.load_config` parses
+    them (Python literals, else strings): how a record stores the overrides it ran with."""
+    overrides = {}
+    for item in items:
+        field, _, value = item.partition("=")
+        try:
+            overrides[field.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            overrides[field.strip()] = value.strip()
+    return overrides
+
+
+# --- machine --------------------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_allocator() -> str:
+    """The process's malloc as set from the environment (LD_PRELOAD, MALLOC_CONF)."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    name = ", ".join(pathlib.Path(p).name for p in preload.split(":") if p) or "glibc malloc"
+    conf = os.environ.get("MALLOC_CONF")
+    return f"{name} (MALLOC_CONF={conf})" if conf else name
+
+
+def machine() -> dict[str, Any]:
+    """This machine as results record it: cpu, cores, jax, backend, devices, allocator."""
+    devices = jax.devices()
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count() or 0,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": f"{len(devices)} x {devices[0].device_kind}",
+        "allocator": host_allocator(),
+    }
+
+
+def machine_header(record: dict[str, Any]) -> str:
+    """One line of a `machine()` record; fields an older record lacks are left out."""
+    parts = [f"{record['cpu']}, {record['cores']} cores"]
+    if "jax" in record:
+        parts.append(f"jax {record['jax']}")
+    if "backend" in record:
+        devices = f" ({record['devices']})" if "devices" in record else ""
+        parts.append(f"JAX backend {record['backend']}{devices}")
+    if "allocator" in record:
+        parts.append(f"host allocator: {record['allocator']}")
+    return "; ".join(parts)
+
+
+def machines_line(records: Sequence[dict[str, Any]]) -> str:
+    """'Machine: ...' of a table's rows (each with a `machine` record), by distinct machine."""
+    headers = [machine_header(r["machine"]) for r in records if "machine" in r]
+    counts = {h: headers.count(h) for h in dict.fromkeys(headers)}
+    if len(counts) == 1:
+        return f"Machine: {headers[0]}"
+    return "Machines: " + "; ".join(f"{h} ({n} rows)" for h, n in counts.items())
+
+
+# --- timing and memory ----------------------------------------------------------------------
+
+
+class Timer:
+    """Wall-clock seconds since it was started: `timer = Timer(); ...; seconds = timer()`."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def wall(fn: Callable, *args: Any) -> float:
+    """Seconds of one call of `fn(*args)`, waiting for its arrays."""
+    timer = Timer()
+    jax.block_until_ready(fn(*args))
+    return timer()
+
+
+def timed(fn: Callable, *args: Any, repeats: int) -> tuple[float, list[float]]:
+    """Median wall time of `fn(*args)` after one warm-up call, and every timed call's."""
+    jax.block_until_ready(fn(*args))
+    times = [wall(fn, *args) for _ in range(repeats)]
+    return float(np.median(times)), times
+
+
+def host_cost(fn: Callable, *args: Any, repeats: int = 2) -> tuple[float, float]:
+    """Kernel (system) CPU seconds and minor page faults per call of `fn(*args)`, this process,
+    after one warm-up call: the host's cost of handing XLA fresh memory for each call."""
+    jax.block_until_ready(fn(*args))
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(repeats):
+        jax.block_until_ready(fn(*args))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return (
+        (after.ru_stime - before.ru_stime) / repeats,
+        (after.ru_minflt - before.ru_minflt) / repeats,
+    )
+
+
+def compiled_memory_bytes(compiled: jax.stages.Compiled) -> int:
+    """Peak memory of a compiled program: arguments + outputs + XLA temporaries - aliased."""
+    stats = compiled.memory_analysis()
+    return int(
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        + stats.temp_size_in_bytes
+        - stats.alias_size_in_bytes
+    )
+
+
+# --- results files --------------------------------------------------------------------------
+
+
+def command(name: str) -> str:
+    """The command line of this invocation of benchmark `name`, as results record it."""
+    return " ".join(["python -m", f"benchmarks.{name}", shlex.join(sys.argv[1:])]).rstrip()
+
+
+def load_results(path: str | pathlib.Path, default: Any) -> Any:
+    """The results JSON at `path`, or `default` where there is none yet."""
+    path = pathlib.Path(path)
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def merge_results(
+    path: str | pathlib.Path,
+    new: list[dict[str, Any]] | dict[str, Any],
+    *,
+    key: Callable[[dict[str, Any]], Hashable] | None = None,
+) -> Any:
+    """Merges `new` into the results JSON at `path` (created if missing); returns the merge.
+
+    A list of records (with `key`): a record replaces the stored one of the same `key(record)`
+    in place, records of new keys are appended. A dict of sections (`key` None): `new`'s
+    entries replace the stored ones (dict entries merged one level deep), so the sections this
+    invocation did not run are kept. Written whole and then renamed: an interrupted write never
+    leaves a truncated file.
+    """
+    path = pathlib.Path(path)
+    if isinstance(new, list):
+        if key is None:
+            raise ValueError("merging a list of records needs key=")
+        merged = list(load_results(path, []))
+        index = {key(r): i for i, r in enumerate(merged)}
+        for record in new:
+            if key(record) in index:
+                merged[index[key(record)]] = record
+            else:
+                index[key(record)] = len(merged)
+                merged.append(record)
+    else:
+        merged = dict(load_results(path, {}))
+        for name, value in new.items():
+            old = merged.get(name)
+            both_dicts = isinstance(old, dict) and isinstance(value, dict)
+            merged[name] = {**old, **value} if both_dicts else value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(merged, indent=1) + "\n")
+    partial.replace(path)
+    return merged
+
+
+def findings_link(out: str | pathlib.Path) -> list[str]:
+    """Markdown lines linking the hand-written `<out>_findings.md` beside the generated
+    `<out>.md`, where there is one (none: no lines)."""
+    out = pathlib.Path(out)
+    findings = out.with_name(out.name + "_findings.md")
+    if not findings.exists():
+        return []
+    return [f"Findings (written by hand, not generated): [{findings.name}]({findings.name})", ""]

@@ -1,0 +1,243 @@
+"""Does robust distillation gain? Baselines x datasets (and rare versions) x IPC x seeds.
+
+Every method is evaluated with the same protocol and the same evaluation seeds
+(`jaxdd.report.evaluate_set`): random real subset, herding and k-center coresets
+(`jaxdd.synthetic.coreset`, flattened normalised pixels), ERM distillation (robust.risk=mean),
+robust distillation (robust.risk=cvar) and the full real training set. `erm+k_center` and
+`robust+k_center` distill from a k-center coreset (`syn.init=k_center`) instead of random real
+images. Synthetic sets are selected on the validation split only. The full-data baseline
+depends on neither IPC nor the distillation seed: it runs once per dataset and is shown in each
+of its IPC tables. Run from the repository root:
+
+  python -m benchmarks.robust_gain --datasets=digits,digits+rare --ipcs=1,10 --seeds=0
+
+writes benchmarks/results/robustness.md (means +- std over seeds, linking the hand-written
+robustness_findings.md), robustness.json (every run, with its command and machine) and
+robustness.png. Each finished run is merged into the JSON at once, so an interrupted benchmark
+resumes with the same command; `--render` rewrites the .md from the .json, running nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import tempfile
+
+import ml_collections
+import numpy as np
+
+import jaxdd
+from benchmarks import harness
+from jaxdd import build, report, synthetic
+
+METHODS = (
+    "random",
+    "herding",
+    "k_center",
+    "erm",
+    "robust",
+    "erm+k_center",
+    "robust+k_center",
+    "full",
+)
+# Reported columns: eval.json key -> table header.
+COLUMNS = {
+    "accuracy_mean": "accuracy",
+    "worst_group_accuracy": "worst group (test K-means)",
+    "worst_class_accuracy": "worst class",
+    "worst_group_accuracy_rare": "minority (rare) worst group",
+}
+
+
+def record_key(record: dict) -> tuple:
+    return record["dataset"], record["ipc"], record["seed"], record["method"]
+
+
+def run_method(method: str, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    """The test report (eval.json's) of `method`'s set under `config`."""
+    risk, _, init = method.partition("+")
+    if risk in ("erm", "robust"):
+        config.robust.risk = "mean" if risk == "erm" else "cvar"
+        if init:
+            config.syn.init = init
+        return jaxdd.distill(config, workdir).report
+    dataset, rare = build.load_data(config)
+    train = dataset.train
+    if method == "full":
+        images, labels = train.images, train.labels
+    else:
+        images, labels = synthetic.coreset(
+            method, train.images, train.labels, ipc=config.ipc, seed=config.seed
+        )
+        images, labels = images.reshape(-1, *images.shape[2:]), labels.reshape(-1)
+    return report.evaluate_set(config, dataset, rare, images, labels)
+
+
+def summarise(records: list[dict], out: pathlib.Path) -> str:
+    commands = sorted({r.get("command", "") for r in records} - {""})
+    lines = [
+        "# Robustness benchmark",
+        "",
+        "Commands (each row records the one that produced it):",
+        *[f"- `{command}`" for command in commands],
+        "",
+        f"{harness.machines_line(records)}; summed run time of the rows "
+        f"{sum(r['seconds'] for r in records) / 60:.1f} min.  ",
+        "Protocol: the dataset's shipped config (ConvNet; depth 2 on 8x8 digits), the "
+        "synthetic set selected on the validation split; networks trained from scratch per "
+        "method with SGD momentum 0.9, lr 0.01 decayed x0.1 at half, DSA. Each table lists its "
+        "distillation steps, evaluation networks x epochs and config overrides. Accuracies in % "
+        "on the test split, mean +- std over distillation seeds (each value itself a mean over "
+        "the networks).",
+        "",
+        *harness.findings_link(out),
+    ]
+    for dataset, ipc in _tables(records):
+        rows = _table_rows(records, dataset, ipc)
+        columns = [c for c in COLUMNS if any(c in r["report"] for r in rows)]
+        lines += [f"## {dataset}, " + (f"IPC {ipc}" if ipc else "full data only"), ""]
+        lines.append("| method | seeds | " + " | ".join(COLUMNS[c] for c in columns) + " |")
+        lines.append("|---" * (len(columns) + 2) + "|")
+        for method in METHODS:
+            runs = [r for r in rows if r["method"] == method]
+            if not runs:
+                continue
+            cells = []
+            for c in columns:
+                values = np.array([r["report"][c] for r in runs if c in r["report"]], float)
+                cells.append(f"{values.mean():.1f} ± {values.std():.1f}" if len(values) else "")
+            lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
+        lines.append("")
+        settings = sorted({json.dumps(r.get("settings", {}), sort_keys=True) for r in rows})
+        for text in settings:
+            used = [
+                r["method"]
+                for r in rows
+                if json.dumps(r.get("settings", {}), sort_keys=True) == text
+            ]
+            lines.append(f"Settings of {', '.join(sorted(set(used)))}: `{text}`  ")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _tables(records: list[dict]) -> list[tuple[str, int | None]]:
+    """(dataset, IPC) of every table; full-data rows (IPC None) belong to all of a dataset's,
+    or make its only table (IPC None) when nothing else ran on it."""
+    keys = {(r["dataset"], r["ipc"]) for r in records if r["ipc"] is not None}
+    with_ipc = {dataset for dataset, _ in keys}
+    keys |= {(r["dataset"], None) for r in records if r["dataset"] not in with_ipc}
+    return sorted(keys, key=lambda k: (k[0], k[1] or 0))
+
+
+def _table_rows(records: list[dict], dataset: str, ipc: int | None) -> list[dict]:
+    """The records of the (dataset, IPC) table: its own and the dataset's full-data rows."""
+    return [r for r in records if r["dataset"] == dataset and r["ipc"] in (ipc, None)]
+
+
+def plot(records: list[dict], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = _tables(records)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
+    for ax, (dataset, ipc) in zip(axes[0], keys, strict=True):
+        rows = _table_rows(records, dataset, ipc)
+        methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+        for offset, (key, label) in enumerate(
+            [("accuracy_mean", "accuracy"), ("worst_group_accuracy", "worst group")]
+        ):
+            values = [
+                np.mean([r["report"][key] for r in rows if r["method"] == m]) for m in methods
+            ]
+            ax.bar(np.arange(len(methods)) + 0.4 * offset, values, width=0.4, label=label)
+        ax.set_xticks(np.arange(len(methods)) + 0.2, methods, rotation=30)
+        ax.set_title(f"{dataset}, " + (f"IPC {ipc}" if ipc else "full data"))
+        ax.set_ylim(0, 100)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def run_missing(args: argparse.Namespace, records: list[dict], path: pathlib.Path) -> list[dict]:
+    """Runs every requested (dataset, IPC, seed, method) not yet in `records`, merging each
+    into the results JSON at `path` as it finishes; the records after the last merge."""
+    command, machine = harness.command("robust_gain"), harness.machine()
+    for dataset in args.datasets.split(","):
+        for ipc in map(int, args.ipcs.split(",")):
+            for seed in map(int, args.seeds.split(",")):
+                for method in args.methods.split(","):
+                    # The full-data baseline depends on neither IPC nor the distillation seed.
+                    key = (dataset, None, 0, method) if method == "full" else (
+                        dataset, ipc, seed, method
+                    )  # fmt: skip
+                    if any(record_key(r) == key for r in records):
+                        continue
+                    timer = harness.Timer()
+                    config = harness.protocol_config(
+                        dataset,
+                        ipc=ipc,
+                        seed=key[2],
+                        steps=args.steps,
+                        eval_models=args.eval_models,
+                        eval_epochs=args.eval_epochs,
+                        overrides=args.set,
+                    )
+                    if method == "full" and args.full_epochs:
+                        config.eval.epochs = args.full_epochs
+                    settings = {
+                        "steps": args.steps,
+                        "eval": f"{config.eval.num_models}x{config.eval.epochs} epochs",
+                        "set": harness.parse_overrides(args.set),
+                    }
+                    with tempfile.TemporaryDirectory() as workdir:
+                        result = run_method(method, config, pathlib.Path(workdir))
+                    record = {
+                        "dataset": dataset, "ipc": key[1], "seed": key[2], "method": method,
+                        "seconds": timer(), "report": result, "settings": settings,
+                        "command": command, "machine": machine,
+                    }  # fmt: skip
+                    records = harness.merge_results(path, [record], key=record_key)
+                    print(
+                        f"{dataset} ipc={ipc} seed={seed} {method}: acc "
+                        f"{result['accuracy_mean']:.1f}, worst group "
+                        f"{result.get('worst_group_accuracy', float('nan')):.1f}, minority "
+                        f"{result.get('worst_group_accuracy_rare', float('nan')):.1f} "
+                        f"({timer():.0f} s)",
+                        flush=True,
+                    )
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="digits,digits+rare")
+    parser.add_argument("--ipcs", default="1,10")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--eval-models", type=int, default=3)
+    parser.add_argument("--eval-epochs", type=int, default=150)
+    parser.add_argument("--full-epochs", type=int, default=0, help="full data; 0 = eval-epochs")
+    parser.add_argument("--set", action="append", default=[], help="config field=value")
+    parser.add_argument("--out", default=str(harness.RESULTS / "robustness"))
+    parser.add_argument(
+        "--render", action="store_true", help="run nothing: rewrite the .md from the .json"
+    )
+    args = parser.parse_args()
+    unknown = set(args.methods.split(",")) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    out = pathlib.Path(args.out)
+    records = harness.load_results(out.with_suffix(".json"), [])
+    if not args.render:
+        records = run_missing(args, records, out.with_suffix(".json"))
+        if records:
+            plot(records, out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(summarise(records, out))
+
+
+if __name__ == "__main__":
+    main()
