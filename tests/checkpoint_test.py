@@ -26,6 +26,7 @@ OVERRIDES = {
     "eval.num_models": 1,
     "eval.epochs": 1,
     "eval.select_every": 0,
+    "eval.select_num_models": 1,  # Selection and test then share one compiled training program.
 }
 
 

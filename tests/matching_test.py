@@ -86,7 +86,7 @@ def test_families_return_finite_group_losses_and_gradients(setup, family):
     losses = jax.jit(losses_fn)(syn)
     assert losses.shape == (C, K)
     assert np.all(np.isfinite(losses))
-    grads = jax.grad(lambda s: losses_fn(s).sum())(syn)
+    grads = jax.jit(jax.grad(lambda s: losses_fn(s).sum()))(syn)  # Eager: a compile per op.
     assert grads.shape == syn.shape
     assert np.all(np.isfinite(grads)) and float(jnp.abs(grads).sum()) > 0
 
@@ -143,15 +143,13 @@ def test_gradient_family_siamese_augmentation_shared_by_syn_and_real(setup):
     """With real == synthetic batch, a shared DSA draw gives identical gradients: loss 0."""
     apply_fn, params, syn, _, labels = setup
     real = jnp.broadcast_to(syn[:, None], (C, K, IPC, HW, HW, 1))
-    losses = matching.gradient(
-        params,
-        syn,
-        labels=labels,
-        real=real,
-        key=jax.random.key(5),
-        apply_fn=apply_fn,
-        augment_fn=matching.siamese_augment("color_crop_cutout_scale_rotate"),
-    )
+    losses = jax.jit(
+        functools.partial(
+            matching.gradient,
+            apply_fn=apply_fn,
+            augment_fn=matching.siamese_augment("color_crop_cutout_scale_rotate"),
+        )
+    )(params, syn, labels=labels, real=real, key=jax.random.key(5))
     # Not exactly 0: DC's 1e-6 in the cosine denominator leaves ~1e-6 / |g|^2 per output unit.
     np.testing.assert_allclose(losses, 0.0, atol=5e-3)
 
@@ -190,22 +188,20 @@ def _unrolled_sum(apply_fn, params, labels, *, remat, num_steps):
 def test_unrolled_training_remat_and_python_loop_agree(setup):
     apply_fn, params, syn, _, labels = setup
     images, flat_labels = syn.reshape(-1, HW, HW, 1), labels.reshape(-1)
-    run = lambda remat: matching.unrolled_training(
-        params,
-        images,
-        flat_labels,
-        key=jax.random.key(0),
-        apply_fn=apply_fn,
-        num_steps=5,
-        learning_rate=0.1,
-        remat=remat,
-    )
+    run = lambda remat: jax.jit(
+        functools.partial(
+            matching.unrolled_training,
+            apply_fn=apply_fn,
+            num_steps=5,
+            learning_rate=0.1,
+            remat=remat,
+        )
+    )(params, images, flat_labels, key=jax.random.key(0))
     # Independent: plain Python loop of SGD steps.
     reference = params
+    sgd_grad = jax.jit(jax.grad(functools.partial(matching.mean_cross_entropy, apply_fn)))
     for _ in range(5):
-        g = jax.grad(functools.partial(matching.mean_cross_entropy, apply_fn))(
-            reference, images, flat_labels
-        )
+        g = sgd_grad(reference, images, flat_labels)
         reference = jax.tree.map(lambda p, g: p - 0.1 * g, reference, g)
     # T=5: "nested" runs one segment of 3 steps and a remainder of 2.
     for remat in matching.REMATS:
@@ -215,8 +211,8 @@ def test_unrolled_training_remat_and_python_loop_agree(setup):
             reference,
         )
     # The gradient w.r.t. the images flows through the unroll identically with and without remat.
-    grad_of = lambda remat: jax.grad(
-        _unrolled_sum(apply_fn, params, flat_labels, remat=remat, num_steps=5)
+    grad_of = lambda remat: jax.jit(
+        jax.grad(_unrolled_sum(apply_fn, params, flat_labels, remat=remat, num_steps=5))
     )(images)
     expected = grad_of("none")
     assert float(jnp.abs(expected).max()) > 0

@@ -32,6 +32,7 @@ def _tiny(config):
     config.eval.global_k = 2
     config.eval.per_class_k = 1
     config.eval.select_every = 0
+    config.eval.select_num_models = 1  # Selection and test share one compiled training program.
     config.log.every_steps = 1
     return config
 

@@ -114,6 +114,7 @@ def _run_check(tmp_path: pathlib.Path) -> dict:
         config = smoke.get_config()
         config.num_steps = 3
         config.eval.num_models, config.eval.epochs, config.eval.select_every = 1, 1, 0
+        config.eval.select_num_models = 1  # One compiled training program for both.
         config.distributed.num_devices = num_devices
         sizes.append(sharding.create_mesh(config).size)
         jaxdd.distill(config, tmp_path / name)

@@ -47,10 +47,13 @@ def _losses_fn(config, model, real, state, family):
 def test_cvar_gradient_is_cvar_weighted_sum_of_group_gradients(run, family):
     config, _, model, real, state, _ = run
     losses_fn = _losses_fn(config, model, real, state, family)
-    group_losses = losses_fn(state.images)
-    jac = jax.jacrev(losses_fn)(state.images)  # (C, K, C, ipc, H, W, Ch)
-    objective = lambda name, alpha: jax.grad(
-        lambda s: step.robust_objective(s, losses_fn=losses_fn, risk_name=name, alpha=alpha)[0]
+    # Jitted: op-by-op dispatch of these second-order programs compiled every primitive alone.
+    group_losses = jax.jit(losses_fn)(state.images)
+    jac = jax.jit(jax.jacrev(losses_fn))(state.images)  # (C, K, C, ipc, H, W, Ch)
+    objective = lambda name, alpha: jax.jit(
+        jax.grad(
+            lambda s: step.robust_objective(s, losses_fn=losses_fn, risk_name=name, alpha=alpha)[0]
+        )
     )(state.images)
 
     alpha = 0.3
