@@ -20,9 +20,9 @@ real-data terms are constants of the synthetic set.
 
 Mapping over groups goes through `jax.lax.map(..., batch_size=group_batch)`: `group_batch`
 groups are vmapped together and the chunks run in sequence; `group_batch = 0` (the default)
-vmaps all C*K groups at once. With `models.SameConv` the vmapped kernel gradients are batched
-GEMMs, and full vmap is the fastest on CPU (digits, ConvNet-128: 0.78 s per step vs 1.33 s
-one group at a time); smaller values bound memory for large m or images. The value changes
+vmaps all C*K groups at once. With `conv.SameConv`'s CPU kernels the vmapped kernel gradients
+are batched GEMMs, and full vmap is the fastest on CPU (digits, ConvNet-128: 0.78 s per step
+vs 1.33 s one group at a time); smaller values bound memory for large m or images. The value changes
 speed and memory only, never results (up to float reassociation).
 """
 
