@@ -1,7 +1,7 @@
 """Why does robust distillation (not) beat ERM? Distillation variants under one protocol.
 
 Each variant is `name:field=value;field=value` of config overrides applied on top of the
-robustness protocol's config (`harness.protocol_config`: the same steps, selection on the
+robustness protocol's config (`harness.protocol_config`: the same iterations, selection on the
 validation split and evaluation as `benchmarks.robust_gain`). Run from the repository root:
 
   python -m benchmarks.ablation --dataset=digits+rare --ipc=10 --seed=0 \\
@@ -37,12 +37,12 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def record_key(record: dict) -> tuple:
-    return tuple(record[k] for k in ("dataset", "ipc", "seed", "steps", "variant"))
+    return tuple(record[k] for k in ("dataset", "ipc", "seed", "iterations", "variant"))
 
 
 def table(records: list[dict]) -> str:
     lines = [
-        "| dataset | IPC | seed | steps | eval networks x epochs | variant | overrides | "
+        "| dataset | IPC | seed | iterations | eval networks x epochs | variant | overrides | "
         + " | ".join(COLUMNS.values())
         + " | selected step | minutes |",
         "|---" * (len(COLUMNS) + 9) + "|",
@@ -51,7 +51,7 @@ def table(records: list[dict]) -> str:
         cells = [f"{r['report'][c]:.1f}" if c in r["report"] else "" for c in COLUMNS]
         overrides = "; ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(config)"
         lines.append(
-            f"| {r['dataset']} | {r['ipc']} | {r['seed']} | {r['steps']} | {r['eval']} | "
+            f"| {r['dataset']} | {r['ipc']} | {r['seed']} | {r['iterations']} | {r['eval']} | "
             f"{r['variant']} | {overrides} | " + " | ".join(cells) + " | "
             f"{r['report'].get('selected_step', '')} | {r['seconds'] / 60:.1f} |"
         )
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits+rare")
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--eval-models", type=int, default=3)
     parser.add_argument("--eval-epochs", type=int, default=150)
     parser.add_argument("--variant", action="append", default=[])
@@ -98,14 +98,14 @@ def main() -> None:
     command, machine = harness.command("ablation"), harness.machine()
     for text in [] if args.render else args.variant:
         name, overrides = parse_variant(text)
-        key = (args.dataset, args.ipc, args.seed, args.steps, name)
+        key = (args.dataset, args.ipc, args.seed, args.iterations, name)
         if any(record_key(r) == key for r in records):
             continue
         config = harness.protocol_config(
             args.dataset,
             ipc=args.ipc,
             seed=args.seed,
-            steps=args.steps,
+            iterations=args.iterations,
             eval_models=args.eval_models,
             eval_epochs=args.eval_epochs,
             overrides=overrides,
@@ -117,7 +117,7 @@ def main() -> None:
             "dataset": args.dataset,
             "ipc": args.ipc,
             "seed": args.seed,
-            "steps": args.steps,
+            "iterations": args.iterations,
             "eval": f"{config.eval.num_models}x{config.eval.epochs}",
             "variant": name,
             "overrides": harness.parse_overrides(overrides),

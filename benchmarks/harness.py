@@ -52,28 +52,27 @@ def protocol_config(
     *,
     ipc: int,
     seed: int,
-    steps: int,
+    iterations: int,
     eval_models: int,
     eval_epochs: int,
     overrides: Sequence[str] = (),
 ) -> ml_collections.ConfigDict:
     """The robustness protocol's config of `dataset` ('digits', or 'digits+rare' for its
-    rare-subpopulation version): `steps` distillation steps with selection on the validation
-    split twice per run (2 networks), `eval_models` x `eval_epochs` test networks, DC's one inner
-    network step at IPC 1; then `overrides` ('field=value'), which win over all of these."""
+    rare-subpopulation version): `iterations` DC iterations (DC's schedule for the ipc) with
+    selection on the validation split twice per run (2 networks), `eval_models` x
+    `eval_epochs` test networks; then `overrides` ('field=value'), which win over all of
+    these."""
     name, _, rare = dataset.partition("+")
     protocol = [
         f"ipc={ipc}",
         f"seed={seed}",
-        f"num_steps={steps}",
+        f"num_iterations={iterations}",
         f"eval.num_models={eval_models}",
         f"eval.epochs={eval_epochs}",
-        f"eval.select_every={max(1, steps // 2)}",
+        f"eval.select_every={max(1, iterations // 2)}",
         "eval.select_num_models=2",
-        f"checkpoint.every_steps={steps}",
+        f"checkpoint.every={iterations}",
     ]
-    if ipc == 1:
-        protocol.append("match.net_train_steps=1")  # DC's inner loop for IPC 1.
     if rare:
         protocol.append("data.rare=invert")
     return load_config(name, *protocol, *overrides)

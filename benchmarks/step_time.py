@@ -23,8 +23,10 @@ Sections (`--sections`, comma-separated):
 Data is random (mock) with the datasets' shapes: timings do not depend on pixel values.
 FLOPs: XLA's cost analysis counts a loop body once, whatever its trip count, so "FLOPs/step"
 is counted as the matching objective compiled with its loops unrolled and without
-rematerialisation (the useful work), plus `net_train_steps` x one inner SGD step; XLA's own
-figure for the compiled step is listed beside it. Results go to
+rematerialisation (the useful work); XLA's own figure for the compiled step is listed beside
+it. A timed step is one image update with a fresh network (`match.outer_loop=1`, no inner
+training); rows recorded before the DC-schedule change (column `net_train_steps`) counted that
+many inner SGD steps too. Results go to
 benchmarks/results/step_time.{md,json} (`--out`), merged by section into what is there, so a
 run of some sections keeps the others; the .md links the hand-written
 step_time_findings.md (`<out>_findings.md`) and holds no prose of its own. No persistent
@@ -49,7 +51,7 @@ import ml_collections
 import numpy as np
 
 from benchmarks import harness
-from jaxdd import build, matching, sharding, step, xla
+from jaxdd import build, matching, models, sharding, step, xla
 from jaxdd import groups as groups_lib
 
 # Shipped config (configs/<name>.py) -> the image shape of its dataset.
@@ -72,11 +74,15 @@ def matmul_peak(size: int = 4096, repeats: int = 5, dtype=jnp.float32) -> float:
 
 
 def family_config(shape_name: str, family: str, ipc: int) -> ml_collections.ConfigDict:
-    """The shipped config `configs/<shape_name>.py` with matching `family` at `ipc`."""
-    config = harness.load_config(shape_name, f"ipc={ipc}", f"match.family={family}")
-    if family != "gradient":  # DM and risk matching draw a fresh network every step.
-        config.match.net_reset_every, config.match.net_train_steps = 1, 0
-    return config
+    """The shipped config `configs/<shape_name>.py` with matching `family` at `ipc`, one image
+    update per step (an iteration of outer_loop 1: a fresh network, no inner training)."""
+    return harness.load_config(
+        shape_name,
+        f"ipc={ipc}",
+        f"match.family={family}",
+        "match.outer_loop=1",
+        "match.inner_loop=0",
+    )
 
 
 def mock_real(config, image_shape, num_classes: int = 10) -> step.RealData:
@@ -94,9 +100,9 @@ def mock_real(config, image_shape, num_classes: int = 10) -> step.RealData:
 
 def problem(config, image_shape):
     """(model, real, state) of `config` on mock data of `image_shape`, 10 classes."""
-    model = build.create_model(config, 10)
+    model = build.create_model(config, 10, image_shape)
     real = mock_real(config, image_shape)
-    return model, real, build.create_state(config, model, real, key=jax.random.key(0))
+    return model, real, build.create_state(config, real, key=jax.random.key(0))
 
 
 def _objective(config, model, state, real, *, remat=None, unroll=1):
@@ -125,7 +131,8 @@ def _objective(config, model, state, real, *, remat=None, unroll=1):
         )(images)
 
     index = groups_lib.sample_groups(real.groups, config.match.num_real, key=jax.random.key(1))
-    args = (state.net_params, state.images, real.images[index], jax.random.key(2))
+    net_params = models.init_params(model, jax.random.key(2), state.images.shape[2:])
+    args = (net_params, state.images, real.images[index], jax.random.key(2))
     return xla.jit(objective, fast_compile=True), args  # As `build.create_step` compiles.
 
 
@@ -134,15 +141,7 @@ def useful_flops(config, model, state, real) -> float:
     config = config.copy_and_resolve_references()
     config.match.group_batch = 0  # All groups in one vmap: no `lax.map` loop to undercount.
     objective, args = _objective(config, model, state, real, remat="none", unroll=True)
-    total = objective.lower(*args).compile().cost_analysis()["flops"]
-    if config.match.net_train_steps:
-        apply_fn = lambda params, x: model.apply({"params": params}, x)
-        grad = jax.grad(functools.partial(matching.mean_cross_entropy, apply_fn))
-        images = state.images.reshape(-1, *state.images.shape[2:])
-        labels = state.labels.reshape(-1)
-        sgd = jax.jit(grad).lower(state.net_params, images, labels).compile()
-        total += config.match.net_train_steps * sgd.cost_analysis()["flops"]
-    return float(total)
+    return float(objective.lower(*args).compile().cost_analysis()["flops"])
 
 
 def bench_steps(args, peak: float) -> list[dict]:
@@ -171,7 +170,7 @@ def bench_steps(args, peak: float) -> list[dict]:
                     "ipc": ipc,
                     "groups": f"10x{config.cluster.num_clusters}x{config.match.num_real}",
                     "model": f"{config.model.name}-{config.model.width} depth {config.model.depth}",
-                    "net_train_steps": config.match.net_train_steps,
+                    "inner_loop": build.loops(config)[1],
                     "compile_s": compile_s,
                     "step_s": median,
                     "times_s": times,
@@ -316,7 +315,8 @@ def render(results: dict, out: pathlib.Path) -> str:
         for r in results["steps"]:
             lines.append(
                 f"| {r['shape']} {'x'.join(map(str, r['image_shape']))} | {r['family']} | "
-                f"{r['ipc']} | {r['groups']} | {r['model']} | {r['net_train_steps']} | "
+                f"{r['ipc']} | {r['groups']} | {r['model']} | "
+                f"{r.get('inner_loop', r.get('net_train_steps'))} | "
                 f"{r['compile_s']:.1f} | {r['step_s']:.3f} | {r['flops'] / 1e9:.1f} | "
                 f"{r['xla_flops'] / 1e9:.1f} | {r['flops_per_s'] / 1e9:.1f} | "
                 f"{100 * r['peak_fraction']:.0f}% | {gib(r['memory_bytes'])} |"

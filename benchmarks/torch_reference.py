@@ -1,19 +1,22 @@
-"""PyTorch-eager baseline for the speed benchmark: one robust gradient-matching step, DC style.
+"""PyTorch references: the DC-style robust matching step (speed baseline) and DC/DSA/DM ports.
 
-The field's reference scripts (DC/DSA by Zhao et al., and the robust-DD code built on them)
-compute a distillation step in eager PyTorch with Python loops: for every class c the gradient of
-the cross-entropy on the synthetic images S_c is taken with `torch.autograd.grad(...,
-create_graph=True)`, for every cluster k the gradient on that group's real batch R_ck is taken
-and detached, and the layer-wise (1 - cosine) distance between the two is one group loss. The
-C*K group losses are reduced by a risk measure and `.backward()` gives the gradient with respect
-to the synthetic images. That is C + C*K separate forward/backward launches per step.
+Two things live here, both in eager PyTorch and both computing what jaxdd computes.
 
-This module reproduces exactly that step with the quantities jaxdd computes, so that timing it
-against jaxdd's compiled step compares implementations of one and the same function:
+1. The speed baseline. The field's reference scripts (DC/DSA by Zhao et al., and the robust-DD
+code built on them) compute a distillation step in eager PyTorch with Python loops: for every
+class c the gradient of the cross-entropy on the synthetic images S_c is taken with
+`torch.autograd.grad(..., create_graph=True)`, for every cluster k the gradient on that group's
+real batch R_ck is taken and detached, and the layer-wise (1 - cosine) distance between the two
+is one group loss. The C*K group losses are reduced by a risk measure and `.backward()` gives
+the gradient with respect to the synthetic images. That is C + C*K separate forward/backward
+launches per step. `robust_matching_step` reproduces exactly that step with the quantities
+jaxdd computes, so that timing it against jaxdd's compiled step compares implementations of one
+and the same function:
 
 - `ConvNet` is `jaxdd.models.ConvNet` (instance norm, average pooling): `depth` x [conv 3x3
   SAME with bias -> GroupNorm(width, width, eps=1e-5) -> ReLU -> 2x2 average pool], flatten,
-  `fc`, with jaxdd's rule for skipping a pool that would shrink a map too far.
+  `fc`, with jaxdd's rule for skipping a pool that would shrink a map too far, and jaxdd's
+  `stem_pad` (extra zero padding before the first conv).
 - `params_from_flax` copies a jaxdd parameter tree into it (HWIO -> OIHW kernels, NHWC -> NCHW
   flatten order of the `fc` inputs).
 - `layerwise_cosine_distance` is DC's `match_loss` 'ours' (`jaxdd.matching`), and `cvar` the
@@ -22,19 +25,80 @@ against jaxdd's compiled step compares implementations of one and the same funct
   without it). tests/torch_reference_test.py checks its group losses and image gradient against
   `jaxdd.matching.gradient` and `jaxdd.step.robust_objective`.
 
-It is a reference implementation, not a benchmark: `benchmarks.step_time` times it (its torch
-section). On its own, from the repository root:
+`benchmarks.step_time` times it (its torch section). On its own, from the repository root:
 
   python -m benchmarks.torch_reference --shape 8,8,1 --repeats 5
 
 prints the median seconds per step for the default configuration (C=10, K=4, m=64, ipc 10,
 ConvNet-128 depth 3, alpha 0.5).
+
+2. A port of the main loops of VICO-UoE/DatasetCondensation (DC, DSA and DM; "the reference"
+below, cited as file:line of its HEAD, 53f63a6) for the parity benchmark against jaxdd:
+`get_loops`, `ParamDiffAug` / `diff_augment` / `diff_augment_pair` (DSA), `dc_distill` (DC and
+DSA, `main.py` 99-221), `dm_distill` (DM, `main_DM.py` 137-200) and `evaluate_synset`
+(`utils.py` 297-362). They follow the reference statement by statement except for these
+deliberate deviations:
+
+- Seeds. The reference seeds from the clock: every network (`utils.py` 125, `get_network`),
+  every siamese DSA draw (`main.py` 186, `main_DM.py` 156), and it samples real batches with the
+  global NumPy RNG (`main.py` 80, `main_DM.py` 82) and shuffles with the global torch RNG
+  (`main.py` 213, `utils.py` 348). Here every draw comes from the `seed` argument through
+  `RandomStreams`: independent streams for network seeds, real batches, DSA parameters and
+  loader shuffles, so a run is a function of its arguments and the caller's global RNGs are
+  left untouched (`init_network` seeds under `torch.random.fork_rng`).
+- Siamese DSA. The reference makes the real and the synthetic batch of a class share a
+  transform by calling `DiffAugment` twice with one seed, which re-seeds the global RNG before
+  each draw (`utils.py` 487-520) and then copies the first image's parameters to the whole batch
+  (e.g. `randf[:] = randf[0]`, 560-561). Here the parameters are drawn once, for one image
+  (`draw_diff_augment(n=1)`), and applied to both batches (`diff_augment_pair`): the same
+  transform and the same distribution, without relying on a re-seeded RNG giving the same first
+  value for batches of different sizes. Consecutive re-seeding (`latestseed += 1`, 492) is
+  replaced by consecutive draws from one generator.
+- Iterations. `main.py` 105 and `main_DM.py` 106 loop `Iteration + 1` times, evaluating at the
+  top of a pass (`main.py` 108) and saving after it (223-225). `dc_distill(iterations=n)` and
+  `dm_distill(iterations=n)` run exactly n passes: the set the reference evaluates at
+  `it == Iteration` (the saved set has had one more update).
+- Initialisation. The synthetic set starts at `train_images[init_indices]`, the images jaxdd
+  starts from, instead of `get_images(c, ipc)` (`main.py` 91-94) or noise (DC's default
+  `--init noise`, `main.py` 28, 88).
+- Network. `ConvNet` here is jaxdd's (see above): DC's ConvNet 'instancenorm' / 'avgpooling' /
+  'relu' (`networks.py` 36-110) except that a pool which would leave an inner map below 2x2 is
+  skipped (DC always pools, 105-108); at 32x32 and depth 3 the two coincide. DC turns 28x28
+  inputs into 32x32 maps by padding its first conv by 3 for one channel (95-99): that is
+  `stem_pad=2` here, which callers pass explicitly (DC applies it to every 1-channel input).
+  DC's `classifier` is named `fc`. Parameters are created in DC's order (conv, norm per layer,
+  then the linear layer) with torch's default initialisation.
+- The image update of `dc_distill` back-propagates into the images only
+  (`backward(inputs=[images])`). The reference's bare `loss.backward()` (`main.py` 202) also
+  accumulates the matching loss's gradient into the network's `.grad`, which `epoch` clears
+  before every network step (`utils.py` 326) and nothing else reads: the results are the same.
+- Not ported: evaluation and saving inside the loop (`main.py` 107-143, 223-225), the
+  BatchNorm branches (`main.py` 158-174, `main_DM.py` 165-187; `ConvNet` has instance norm),
+  distance metrics other than 'ours' (`utils.py` 248-269), DC's non-differentiable `augment`
+  used when evaluating DC sets (`utils.py` 365-445; `get_daparam` picks 'crop_scale_rotate' for
+  MNIST): `evaluate_synset` trains with per-image DSA or without augmentation. Data-parallel
+  wrapping (`utils.py` 200-207) is dropped.
+- Interfaces. Data comes as NumPy arrays in jaxdd's layout, images (N, H, W, Ch) float32
+  already normalised and labels (N,) int, and synthetic sets go back as (N, H, W, Ch) NumPy;
+  inside, images are NCHW tensors as in the reference (`diff_augment` takes NCHW tensors).
+  `get_loops` raises ValueError where the reference calls `exit` (`utils.py` 290-292). Losses
+  are logged every `log_every` iterations instead of every 10 (`main.py` 220,
+  `main_DM.py` 199). The test pass of `evaluate_synset` runs under `torch.no_grad()` (the
+  reference builds and drops a graph, `utils.py` 317): same numbers.
+
+Kept on purpose, though they look like slips: `evaluate_synset` trains `epochs + 1` epochs and
+decays the learning rate once, x0.1 after epoch `epochs // 2 + 1`, with a fresh SGD (momentum
+buffer reset) (`utils.py` 343-355); DSA's affine families sample with `align_corners=True`,
+the behaviour of the reference's pinned torch 1.2 (`requirements.txt` 3), which predates the
+argument; DSA in single mode ('S', `utils.py` 511-516) applies ONE family per call, drawn once
+per batch even when its parameters are drawn per image (training in `epoch`, `utils.py` 311).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import math
 import statistics
 import time
@@ -47,8 +111,21 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "DEFAULT_DSA_STRATEGY",
     "ConvNet",
+    "DSADraw",
+    "ParamDiffAug",
+    "RandomStreams",
+    "apply_diff_augment",
     "cvar",
+    "dc_distill",
+    "diff_augment",
+    "diff_augment_pair",
+    "dm_distill",
+    "draw_diff_augment",
+    "evaluate_synset",
+    "get_loops",
+    "init_network",
     "layerwise_cosine_distance",
     "params_from_flax",
     "robust_matching_step",
@@ -57,6 +134,7 @@ __all__ = [
 
 _NORM_EPS = 1e-5  # flax GroupNorm's and torch GroupNorm's default; jaxdd sets it explicitly.
 _COSINE_EPS = 1e-6  # DC's epsilon added to the product of the norms.
+DEFAULT_DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 
 def _pool_window(size: Sequence[int], *, min_size: int) -> tuple[int, int]:
@@ -73,18 +151,32 @@ class ConvNet(nn.Module):
     Args:
       image_shape: (H, W, Ch) of the inputs, jaxdd's convention.
       num_classes: outputs of `fc`. width, depth: as in jaxdd.
+      stem_pad: extra zero padding per side of the input before the first conv, whose padding
+        is therefore 1 + stem_pad (jaxdd's `stem_pad`). DC pads its first conv by 3 on
+        1-channel inputs (`networks.py` 99), i.e. stem_pad=2: 28x28 maps go 32, 16, 8, 4. The
+        pooling rule sees the padded size. Parameter shapes do not depend on it.
     """
 
     def __init__(
-        self, image_shape: Sequence[int], num_classes: int, *, width: int = 128, depth: int = 3
+        self,
+        image_shape: Sequence[int],
+        num_classes: int,
+        *,
+        width: int = 128,
+        depth: int = 3,
+        stem_pad: int = 0,
     ):
         super().__init__()
+        if stem_pad < 0:
+            raise ValueError(f"stem_pad must be >= 0, got {stem_pad}.")
         height, width_px, channels = image_shape
-        size = (height, width_px)
+        size = (height + 2 * stem_pad, width_px + 2 * stem_pad)
         layers: collections.OrderedDict[str, nn.Module] = collections.OrderedDict()
         in_channels = channels
         for i in range(depth):
-            layers[f"conv{i}"] = nn.Conv2d(in_channels, width, kernel_size=3, padding=1)
+            # Padding the first conv by 1 + stem_pad adds exactly the zeros jaxdd's jnp.pad does.
+            padding = 1 + stem_pad if i == 0 else 1
+            layers[f"conv{i}"] = nn.Conv2d(in_channels, width, kernel_size=3, padding=padding)
             # GroupNorm with one channel per group: per-sample, per-channel over H, W (DC's
             # 'instancenorm'), never coupling the examples of a batch.
             layers[f"norm{i}"] = nn.GroupNorm(width, width, eps=_NORM_EPS, affine=True)
@@ -98,9 +190,40 @@ class ConvNet(nn.Module):
         self.feature_hw = size
         self.fc = nn.Linear(width * size[0] * size[1], num_classes)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, Ch, H, W) images -> (N, width * h * w) flattened last feature map.
+
+        DC's `ConvNet.embed` (`networks.py` 50-53), the feature DM matches; flattened in
+        (c, h, w) order (jaxdd flattens (h, w, c): the same values, permuted).
+        """
+        return self.features(x).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, Ch, H, W) images -> (N, num_classes) logits."""
-        return self.fc(self.features(x).flatten(1))
+        return self.fc(self.embed(x))
+
+
+def init_network(
+    image_shape: Sequence[int],
+    num_classes: int,
+    *,
+    width: int = 128,
+    depth: int = 3,
+    stem_pad: int = 0,
+    seed: int,
+    device: str | torch.device = "cpu",
+) -> ConvNet:
+    """A `ConvNet` with torch's default initialisation drawn from `seed`.
+
+    Kaiming-uniform (a = sqrt(5)) kernels and uniform biases, as every `nn.Conv2d` / `nn.Linear`
+    initialises itself, which is how DC's `get_network` builds its networks (`utils.py` 124-131)
+    except that the seed is given rather than read from the clock (125). The global CPU RNG is
+    seeded inside `fork_rng`, so the caller's RNG state is unchanged.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = ConvNet(image_shape, num_classes, width=width, depth=depth, stem_pad=stem_pad)
+    return net.to(device)
 
 
 def params_from_flax(
@@ -143,6 +266,8 @@ def layerwise_cosine_distance(
     grads_syn: Sequence[torch.Tensor], grads_real: Sequence[torch.Tensor]
 ) -> torch.Tensor:
     """DC's `match_loss` 'ours': sum over layers and output units of (1 - cosine).
+
+    DC's `distance_wb` / `match_loss` (`utils.py` 218-246), also the distance of `dc_distill`.
 
     Each parameter gradient with two or more axes is viewed as (out, rest), torch's layouts
     putting the output unit first; one-axis parameters (biases, norm affines) are skipped.
@@ -263,6 +388,732 @@ def time_step(
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Port of VICO-UoE/DatasetCondensation (DC, DSA, DM) for the parity benchmark.
+# --------------------------------------------------------------------------------------------
+
+# DC's `get_loops` (`utils.py` 275-294): ipc -> (outer_loop, inner_loop).
+_DC_LOOPS: dict[int, tuple[int, int]] = {
+    1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)
+}  # fmt: skip
+
+
+def get_loops(ipc: int) -> tuple[int, int]:
+    """DC's (outer_loop, inner_loop) for `ipc` (`utils.py` 275-294).
+
+    Raises:
+      ValueError: for an ipc outside DC's table (where the reference calls `exit`, 290-292).
+    """
+    if ipc not in _DC_LOOPS:
+        raise ValueError(
+            f"DC's get_loops defines (outer_loop, inner_loop) for ipc in {sorted(_DC_LOOPS)}, "
+            f"not {ipc}; pass outer_loop and inner_loop explicitly."
+        )
+    return _DC_LOOPS[ipc]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamDiffAug:
+    """DSA's hyperparameters, `ParamDiffAug` (`utils.py` 474-485), without its mutable state.
+
+    The reference also stores `Siamese` and `latestseed` on this object per call (500-504);
+    here siamese is an argument and the randomness a `torch.Generator`.
+    aug_mode 'S' applies one family drawn per call, 'M' every family in the strategy's order.
+    """
+
+    aug_mode: str = "S"
+    prob_flip: float = 0.5
+    ratio_scale: float = 1.2
+    ratio_rotate: float = 15.0
+    ratio_crop_pad: float = 0.125
+    ratio_cutout: float = 0.5  # the cutout square is 0.5 x 0.5 of the image
+    brightness: float = 1.0
+    saturation: float = 2.0
+    contrast: float = 0.5
+
+
+_DEFAULT_DSA_PARAM = ParamDiffAug()
+
+# DSA's AUGMENT_FNS (`utils.py` 643-650): the ops of each family, applied in this order.
+_FAMILIES: dict[str, tuple[str, ...]] = {
+    "color": ("brightness", "saturation", "contrast"),
+    "crop": ("crop",),
+    "cutout": ("cutout",),
+    "flip": ("flip",),
+    "scale": ("scale",),
+    "rotate": ("rotate",),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DSADraw:
+    """One draw of DiffAugment's random parameters: the ops to apply, in order, with values.
+
+    Each value has a leading axis of n: 1 for a siamese draw (broadcast to any batch) or the
+    batch size for per-image parameters. Shapes per op:
+      brightness, saturation, contrast, flip: (n,) uniforms in [0, 1);
+      crop: (n, 2) integer shifts (rows, cols); cutout: (n, 2) integer centres (rows, cols);
+      scale: (n, 2) factors (x, y); rotate: (n,) angles in radians.
+    """
+
+    ops: tuple[tuple[str, torch.Tensor], ...]
+
+
+def _is_no_strategy(strategy: str | None) -> bool:
+    # `DiffAugment` returns its input for these (`utils.py` 496-497); main_DM.py 38 likewise.
+    return strategy is None or strategy in ("", "none", "None")
+
+
+def _families(strategy: str) -> list[str]:
+    families = strategy.split("_")
+    unknown = [f for f in families if f not in _FAMILIES]
+    if unknown:
+        raise ValueError(f"Unknown DSA families {unknown} in {strategy!r}; known: {_FAMILIES}.")
+    return families
+
+
+def _crop_shift(size: int, param: ParamDiffAug) -> int:
+    return int(size * param.ratio_crop_pad + 0.5)  # `utils.py` 600
+
+
+def _cutout_size(size: int, param: ParamDiffAug) -> int:
+    return int(size * param.ratio_cutout + 0.5)  # `utils.py` 622
+
+
+def _draw_op(
+    op: str, n: int, image_hw: Sequence[int], generator: torch.Generator, param: ParamDiffAug
+) -> torch.Tensor:
+    """The random values of one op for n parameter sets (see `DSADraw` for the shapes).
+
+    Ranges as in the reference's `rand_*` (`utils.py` 524-640): uniforms for the color ops and
+    flip, translations in [-shift, shift], cutout centres in [0, size + 1 - cut % 2), scales in
+    [1/ratio, ratio), angles in [-ratio, ratio) degrees.
+    """
+    h, w = image_hw
+    if op in ("brightness", "saturation", "contrast", "flip"):
+        return torch.rand(n, generator=generator)
+    if op == "crop":
+        shift_h, shift_w = _crop_shift(h, param), _crop_shift(w, param)
+        rows = torch.randint(-shift_h, shift_h + 1, (n,), generator=generator)
+        cols = torch.randint(-shift_w, shift_w + 1, (n,), generator=generator)
+        return torch.stack([rows, cols], dim=1)
+    if op == "cutout":
+        cut_h, cut_w = _cutout_size(h, param), _cutout_size(w, param)
+        rows = torch.randint(0, h + (1 - cut_h % 2), (n,), generator=generator)
+        cols = torch.randint(0, w + (1 - cut_w % 2), (n,), generator=generator)
+        return torch.stack([rows, cols], dim=1)
+    if op == "scale":
+        ratio = param.ratio_scale
+        u = torch.rand(n, 2, generator=generator)
+        return u * (ratio - 1.0 / ratio) + 1.0 / ratio
+    if op == "rotate":
+        u = torch.rand(n, generator=generator)
+        return (u - 0.5) * 2 * param.ratio_rotate / 180 * float(np.pi)
+    raise ValueError(f"Unknown DSA op {op!r}.")
+
+
+def draw_diff_augment(
+    strategy: str,
+    n: int,
+    image_hw: Sequence[int],
+    *,
+    generator: torch.Generator,
+    param: ParamDiffAug = _DEFAULT_DSA_PARAM,
+) -> DSADraw:
+    """DiffAugment's random choices (`utils.py` 495-520) for n parameter sets.
+
+    Mode 'S' first draws one family uniformly from the strategy (514), then its ops' values;
+    mode 'M' draws every family's values in order (507-510).
+
+    Args:
+      strategy: families joined by '_', e.g. 'color_crop_cutout_flip_scale_rotate'.
+      n: 1 for one transform shared by any batch (siamese), else the batch size.
+      image_hw: (H, W) of the images the draw will be applied to (crop and cutout ranges).
+      generator: the source of every random value. param: DSA's hyperparameters.
+    """
+    families = _families(strategy)
+    if param.aug_mode == "S":
+        families = [families[int(torch.randint(0, len(families), (1,), generator=generator))]]
+    elif param.aug_mode != "M":
+        raise ValueError(f"Unknown DSA aug_mode {param.aug_mode!r}; expected 'S' or 'M'.")
+    ops = tuple(
+        (op, _draw_op(op, n, image_hw, generator, param))
+        for family in families
+        for op in _FAMILIES[family]
+    )
+    return DSADraw(ops=ops)
+
+
+def _per_image(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(n,) values as (n, 1, 1, 1) on x's device and dtype, to broadcast over (N, Ch, H, W)."""
+    return values.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+
+
+def _brightness(x: torch.Tensor, u: torch.Tensor, param: ParamDiffAug) -> torch.Tensor:
+    """x + (u - 0.5) * brightness (`utils.py` 565-572)."""
+    return x + (_per_image(u, x) - 0.5) * param.brightness
+
+
+def _saturation(x: torch.Tensor, u: torch.Tensor, param: ParamDiffAug) -> torch.Tensor:
+    """(x - channel mean) * (u * saturation) + channel mean (`utils.py` 575-583)."""
+    x_mean = x.mean(dim=1, keepdim=True)
+    return (x - x_mean) * (_per_image(u, x) * param.saturation) + x_mean
+
+
+def _contrast(x: torch.Tensor, u: torch.Tensor, param: ParamDiffAug) -> torch.Tensor:
+    """(x - image mean) * (u + contrast) + image mean (`utils.py` 586-594)."""
+    x_mean = x.mean(dim=[1, 2, 3], keepdim=True)
+    return (x - x_mean) * (_per_image(u, x) + param.contrast) + x_mean
+
+
+def _flip(x: torch.Tensor, u: torch.Tensor, param: ParamDiffAug) -> torch.Tensor:
+    """Mirror along W where u < prob_flip (`utils.py` 556-562)."""
+    return torch.where(_per_image(u, x) < param.prob_flip, x.flip(3), x)
+
+
+def _crop(x: torch.Tensor, shifts: torch.Tensor, param: ParamDiffAug) -> torch.Tensor:
+    """out[i, j] = x[i + shift_rows, j + shift_cols], zero outside (`utils.py` 597-617).
+
+    Gathers from a 1-pixel zero-padded copy with clamped indices, as the reference does.
+    """
+    del param
+    n, _, h, w = x.shape
+    shifts = shifts.to(x.device)
+    rows, cols = shifts[:, 0].view(-1, 1, 1), shifts[:, 1].view(-1, 1, 1)
+    grid_batch, grid_x, grid_y = torch.meshgrid(
+        torch.arange(n, device=x.device),
+        torch.arange(h, device=x.device),
+        torch.arange(w, device=x.device),
+        indexing="ij",
+    )
+    grid_x = torch.clamp(grid_x + rows + 1, 0, h + 1)
+    grid_y = torch.clamp(grid_y + cols + 1, 0, w + 1)
+    x_pad = F.pad(x, [1, 1, 1, 1, 0, 0, 0, 0])
+    return x_pad.permute(0, 2, 3, 1).contiguous()[grid_batch, grid_x, grid_y].permute(0, 3, 1, 2)
+
+
+def _cutout(x: torch.Tensor, centres: torch.Tensor, param: ParamDiffAug) -> torch.Tensor:
+    """Zero a cut x cut square whose rows / cols start at centre - cut // 2, clipped to the
+    image (`utils.py` 620-640)."""
+    n, _, h, w = x.shape
+    cut_h, cut_w = _cutout_size(h, param), _cutout_size(w, param)
+    centres = centres.to(x.device)
+    rows, cols = centres[:, 0].view(-1, 1, 1), centres[:, 1].view(-1, 1, 1)
+    grid_batch, grid_x, grid_y = torch.meshgrid(
+        torch.arange(n, device=x.device),
+        torch.arange(cut_h, device=x.device),
+        torch.arange(cut_w, device=x.device),
+        indexing="ij",
+    )
+    grid_x = torch.clamp(grid_x + rows - cut_h // 2, min=0, max=h - 1)
+    grid_y = torch.clamp(grid_y + cols - cut_w // 2, min=0, max=w - 1)
+    mask = torch.ones(n, h, w, dtype=x.dtype, device=x.device)
+    mask[grid_batch, grid_x, grid_y] = 0
+    return x * mask.unsqueeze(1)
+
+
+def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Bilinear resampling of x at `affine_grid(theta)`, zeros outside (`utils.py` 537-538).
+
+    align_corners=True: the reference's torch 1.2 (`requirements.txt` 3) had no such argument
+    and behaved so; later versions default to False.
+    """
+    theta = theta.to(device=x.device, dtype=x.dtype).expand(x.shape[0], 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def _scale(x: torch.Tensor, factors: torch.Tensor, param: ParamDiffAug) -> torch.Tensor:
+    """theta = [[sx, 0, 0], [0, sy, 0]]: sampling coordinates scaled (`utils.py` 524-539)."""
+    del param
+    zeros = torch.zeros_like(factors[:, 0])
+    theta = torch.stack(
+        [
+            torch.stack([factors[:, 0], zeros, zeros], dim=1),
+            torch.stack([zeros, factors[:, 1], zeros], dim=1),
+        ],
+        dim=1,
+    )
+    return _affine(x, theta)
+
+
+def _rotate(x: torch.Tensor, angles: torch.Tensor, param: ParamDiffAug) -> torch.Tensor:
+    """theta = [[cos, -sin, 0], [sin, cos, 0]] (`utils.py` 542-553); pi/2 is torch.rot90."""
+    del param
+    cos, sin, zeros = torch.cos(angles), torch.sin(angles), torch.zeros_like(angles)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, zeros], dim=1), torch.stack([sin, cos, zeros], dim=1)], dim=1
+    )
+    return _affine(x, theta)
+
+
+_APPLY = {
+    "brightness": _brightness,
+    "saturation": _saturation,
+    "contrast": _contrast,
+    "crop": _crop,
+    "cutout": _cutout,
+    "flip": _flip,
+    "scale": _scale,
+    "rotate": _rotate,
+}
+
+
+def apply_diff_augment(
+    x: torch.Tensor, draw: DSADraw, param: ParamDiffAug = _DEFAULT_DSA_PARAM
+) -> torch.Tensor:
+    """(N, Ch, H, W) images transformed by `draw`'s ops in order; differentiable in x.
+
+    A draw of n=1 applies the same transform to every image; otherwise n must be N.
+    """
+    for op, values in draw.ops:
+        if values.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"A draw for {values.shape[0]} images cannot augment {x.shape[0]}.")
+        x = _APPLY[op](x, values, param)
+    return x.contiguous()
+
+
+def diff_augment(
+    x: torch.Tensor,
+    strategy: str | None,
+    *,
+    generator: torch.Generator,
+    siamese: bool,
+    param: ParamDiffAug = _DEFAULT_DSA_PARAM,
+) -> torch.Tensor:
+    """DSA's `DiffAugment` (`utils.py` 495-520) on (N, Ch, H, W) images.
+
+    siamese=True: one parameter draw broadcast to the batch (the reference's `seed != -1`);
+    siamese=False: parameters per image (`seed == -1`, as in `epoch`), the family still drawn
+    once per call in mode 'S'. A strategy of None, '', 'none' or 'None' returns x.
+    """
+    if _is_no_strategy(strategy):
+        return x
+    n = 1 if siamese else x.shape[0]
+    draw = draw_diff_augment(strategy, n, x.shape[-2:], generator=generator, param=param)
+    return apply_diff_augment(x, draw, param)
+
+
+def diff_augment_pair(
+    real: torch.Tensor,
+    syn: torch.Tensor,
+    strategy: str | None,
+    *,
+    generator: torch.Generator,
+    param: ParamDiffAug = _DEFAULT_DSA_PARAM,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same siamese transform applied to a real (N, Ch, H, W) and a synthetic (M, Ch, H, W)
+    batch of one class: the reference's two `DiffAugment` calls with one seed (`main.py`
+    185-188, `main_DM.py` 155-158), as one draw applied to both."""
+    if _is_no_strategy(strategy):
+        return real, syn
+    if real.shape[1:] != syn.shape[1:]:
+        raise ValueError(f"Image shapes differ: {tuple(real.shape)} vs {tuple(syn.shape)}.")
+    draw = draw_diff_augment(strategy, 1, real.shape[-2:], generator=generator, param=param)
+    return apply_diff_augment(real, draw, param), apply_diff_augment(syn, draw, param)
+
+
+def _torch_generator(seed_sequence: np.random.SeedSequence) -> torch.Generator:
+    # 63 bits: any value manual_seed accepts.
+    return torch.Generator().manual_seed(int(seed_sequence.generate_state(1, np.uint64)[0]) >> 1)
+
+
+class RandomStreams:
+    """The independent random streams of one run, all derived from one integer `seed`.
+
+    networks: NumPy generator of the seeds of successive networks (`network_seed`).
+    real: NumPy generator of real-batch permutations (the reference's `np.random`).
+    augment: torch generator of DSA parameters. shuffle: torch generator of loader orders.
+    """
+
+    def __init__(self, seed: int):
+        networks, real, augment, shuffle = np.random.SeedSequence(seed).spawn(4)
+        self.networks = np.random.default_rng(networks)
+        self.real = np.random.default_rng(real)
+        self.augment = _torch_generator(augment)
+        self.shuffle = _torch_generator(shuffle)
+
+    def network_seed(self) -> int:
+        """The seed of the next network (`init_network`)."""
+        return int(self.networks.integers(2**63 - 1))
+
+
+def _nchw(images: np.ndarray, device: str | torch.device) -> torch.Tensor:
+    """(N, H, W, Ch) NumPy -> (N, Ch, H, W) float32 tensor."""
+    array = np.ascontiguousarray(np.moveaxis(np.asarray(images, dtype=np.float32), -1, 1))
+    return torch.from_numpy(array).to(device)
+
+
+def _nhwc(images: torch.Tensor) -> np.ndarray:
+    """(N, Ch, H, W) tensor -> (N, H, W, Ch) float32 NumPy."""
+    return np.ascontiguousarray(np.moveaxis(images.detach().cpu().numpy(), 1, -1))
+
+
+class _RealData:
+    """The real training set, NCHW on `device`, with DC's per-class sampler `get_images`."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        num_classes: int,
+        device: str | torch.device,
+    ):
+        labels = np.asarray(labels)
+        if images.ndim != 4 or labels.shape != (images.shape[0],):
+            raise ValueError(
+                f"Expected (N, H, W, Ch) images and (N,) labels, got {images.shape} and "
+                f"{labels.shape}."
+            )
+        self.images = _nchw(images, device)
+        # `indices_class` (`main.py` 67-72): each class's indices in dataset order.
+        self.indices_class = [np.flatnonzero(labels == c) for c in range(num_classes)]
+        empty = [c for c, idx in enumerate(self.indices_class) if not idx.size]
+        if empty:
+            raise ValueError(f"Classes {empty} have no real images.")
+
+    def get_images(self, c: int, n: int, rng: np.random.Generator) -> torch.Tensor:
+        """n random images of class c, without replacement (all if fewer) (`main.py` 79-81)."""
+        idx_shuffle = rng.permutation(self.indices_class[c])[:n]
+        return self.images[torch.from_numpy(idx_shuffle)]
+
+
+def _initial_synset(
+    real: _RealData,
+    labels: np.ndarray,
+    init_indices: Sequence[int],
+    num_classes: int,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The synthetic set `train_images[init_indices]` as a (C * ipc, Ch, H, W) leaf with grad,
+    its (C * ipc,) labels [0]*ipc + [1]*ipc + ... (`main.py` 88-89) and ipc.
+
+    Raises ValueError unless init_indices is class-major with ipc images of each class.
+    """
+    init_indices = np.asarray(init_indices, dtype=np.int64)
+    if init_indices.ndim != 1 or init_indices.size % num_classes:
+        raise ValueError(
+            f"init_indices must be (C * ipc,), got shape {init_indices.shape} for C={num_classes}."
+        )
+    ipc = init_indices.size // num_classes
+    label_syn = np.repeat(np.arange(num_classes), ipc)
+    if not np.array_equal(np.asarray(labels)[init_indices], label_syn):
+        raise ValueError("init_indices must be class-major: ipc images of class 0, then 1, ...")
+    image_syn = real.images[torch.from_numpy(init_indices)].detach().clone().requires_grad_(True)
+    label_tensor = torch.from_numpy(label_syn).to(device=image_syn.device, dtype=torch.long)
+    return image_syn, label_tensor, ipc
+
+
+def _train_epoch(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int,
+    dsa_strategy: str | None,
+    streams: RandomStreams,
+    param: ParamDiffAug,
+) -> tuple[float, float]:
+    """DC's `epoch('train', ...)` (`utils.py` 297-333) over (N, Ch, H, W) `images`.
+
+    The DataLoader (`shuffle=True`, `batch_size`, last batch partial) is a permutation from
+    `streams.shuffle`; each batch gets per-image DSA (`utils.py` 309-311) if `dsa_strategy`.
+
+    Returns:
+      The mean training loss and accuracy over the epoch.
+    """
+    net.train()
+    order = torch.randperm(images.shape[0], generator=streams.shuffle).to(images.device)
+    loss_sum, correct = 0.0, 0
+    for start in range(0, images.shape[0], batch_size):
+        index = order[start : start + batch_size]
+        img, lab = images[index], labels[index]
+        img = diff_augment(img, dsa_strategy, generator=streams.augment, siamese=False, param=param)
+        output = net(img)
+        loss = F.cross_entropy(output, lab)
+        loss_sum += loss.item() * lab.shape[0]
+        correct += int((output.argmax(dim=-1) == lab).sum())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return loss_sum / images.shape[0], correct / images.shape[0]
+
+
+def dc_distill(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    *,
+    init_indices: Sequence[int],
+    num_classes: int,
+    method: str,
+    iterations: int,
+    outer_loop: int,
+    inner_loop: int,
+    lr_img: float = 0.1,
+    lr_net: float = 0.01,
+    batch_real: int = 256,
+    batch_train: int = 256,
+    dsa_strategy: str = DEFAULT_DSA_STRATEGY,
+    width: int = 128,
+    depth: int = 3,
+    stem_pad: int = 0,
+    seed: int = 0,
+    log_every: int = 0,
+    param: ParamDiffAug = _DEFAULT_DSA_PARAM,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """DC / DSA gradient matching: the training loop of `main.py` 99-221.
+
+    Per iteration (exactly `iterations` of them, see the module docstring): a fresh network and
+    its SGD(lr_net) (147-151), then `outer_loop` image updates (156-207). An update sums over
+    classes c the layer-wise cosine distance ('ours', `utils.py` 218-246) between the gradient
+    of the cross-entropy on `batch_real` real images of c (detached) and on the ipc synthetic
+    images of c (`create_graph=True`), the two batches augmented by one siamese DSA draw per
+    class when method == 'DSA' (185-188), and takes an SGD(lr_img, momentum 0.5) step on the
+    images (100, 201-203). After every update but the last, `inner_loop` epochs train the
+    network on a snapshot of the synthetic set, minibatches of `batch_train`, per-image DSA for
+    'DSA' (206-215).
+
+    Args:
+      train_images: (N, H, W, Ch) float32 normalised real images. train_labels: (N,) ints.
+      init_indices: (C * ipc,) indices into train_images, class-major: the initial set.
+      method: 'DC' (no augmentation) or 'DSA' (augmentation `dsa_strategy`).
+      width, depth, stem_pad: the `ConvNet`. seed: every random draw (`RandomStreams`).
+      log_every: print the iteration's mean loss (`main.py` 218-221) every so many; 0: never.
+      param: DSA hyperparameters. device: where the tensors live.
+
+    Returns:
+      (C * ipc, H, W, Ch) float32 synthetic images, class-major.
+    """
+    if method not in ("DC", "DSA"):
+        raise ValueError(f"method must be 'DC' or 'DSA', got {method!r}.")
+    strategy = dsa_strategy if method == "DSA" else None  # args.dsa (`main.py` 38)
+    streams = RandomStreams(seed)
+    real = _RealData(train_images, train_labels, num_classes, device)
+    image_syn, label_syn, ipc = _initial_synset(real, train_labels, init_indices, num_classes)
+    image_shape = train_images.shape[1:]
+
+    optimizer_img = torch.optim.SGD([image_syn], lr=lr_img, momentum=0.5)
+    optimizer_img.zero_grad()
+    for it in range(iterations):
+        net = init_network(
+            image_shape,
+            num_classes,
+            width=width,
+            depth=depth,
+            stem_pad=stem_pad,
+            seed=streams.network_seed(),
+            device=device,
+        )
+        net.train()
+        net_parameters = list(net.parameters())
+        optimizer_net = torch.optim.SGD(net.parameters(), lr=lr_net)
+        optimizer_net.zero_grad()
+        loss_avg = 0.0
+        for ol in range(outer_loop):
+            loss = torch.tensor(0.0, device=image_syn.device)
+            for c in range(num_classes):
+                img_real = real.get_images(c, batch_real, streams.real)
+                lab_real = torch.full((img_real.shape[0],), c, dtype=torch.long, device=device)
+                img_syn = image_syn[c * ipc : (c + 1) * ipc]
+                lab_syn = label_syn[c * ipc : (c + 1) * ipc]
+                if strategy is not None:
+                    img_real, img_syn = diff_augment_pair(
+                        img_real, img_syn, strategy, generator=streams.augment, param=param
+                    )
+                loss_real = F.cross_entropy(net(img_real), lab_real)
+                gw_real = torch.autograd.grad(loss_real, net_parameters)
+                gw_real = [g.detach().clone() for g in gw_real]
+                loss_syn = F.cross_entropy(net(img_syn), lab_syn)
+                gw_syn = torch.autograd.grad(loss_syn, net_parameters, create_graph=True)
+                loss = loss + layerwise_cosine_distance(gw_syn, gw_real)
+            optimizer_img.zero_grad()
+            # Only the images' gradient: see the module docstring (`main.py` 202).
+            loss.backward(inputs=[image_syn])
+            optimizer_img.step()
+            loss_avg += loss.item()
+            if ol == outer_loop - 1:
+                break
+            image_syn_train = image_syn.detach().clone()  # `main.py` 211
+            for _ in range(inner_loop):
+                _train_epoch(
+                    net,
+                    optimizer_net,
+                    image_syn_train,
+                    label_syn,
+                    batch_size=batch_train,
+                    dsa_strategy=strategy,
+                    streams=streams,
+                    param=param,
+                )
+        loss_avg /= num_classes * outer_loop
+        if log_every > 0 and it % log_every == 0:
+            print(f"{method} iter = {it:04d}, loss = {loss_avg:.4f}")
+    return _nhwc(image_syn)
+
+
+def dm_distill(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    *,
+    init_indices: Sequence[int],
+    num_classes: int,
+    iterations: int,
+    lr_img: float = 1.0,
+    batch_real: int = 256,
+    dsa_strategy: str | None = DEFAULT_DSA_STRATEGY,
+    width: int = 128,
+    depth: int = 3,
+    stem_pad: int = 0,
+    seed: int = 0,
+    log_every: int = 0,
+    param: ParamDiffAug = _DEFAULT_DSA_PARAM,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """DM distribution matching: the ConvNet branch of `main_DM.py` 101-200.
+
+    Per iteration (exactly `iterations`): a fresh random network, never trained, with
+    `requires_grad=False` (139-144); the loss sums over classes c the squared distance between
+    the mean embedding (`ConvNet.embed`) of `batch_real` real images of c (detached) and of the
+    ipc synthetic images of c, the two augmented by one siamese DSA draw per class unless
+    `dsa_strategy` is None / 'none' (149-163); one SGD(lr_img, momentum 0.5) step on the images
+    (102, 191-193).
+
+    Args: as `dc_distill`.
+
+    Returns:
+      (C * ipc, H, W, Ch) float32 synthetic images, class-major.
+    """
+    strategy = None if _is_no_strategy(dsa_strategy) else dsa_strategy  # `main_DM.py` 38
+    streams = RandomStreams(seed)
+    real = _RealData(train_images, train_labels, num_classes, device)
+    image_syn, _, ipc = _initial_synset(real, train_labels, init_indices, num_classes)
+    image_shape = train_images.shape[1:]
+
+    optimizer_img = torch.optim.SGD([image_syn], lr=lr_img, momentum=0.5)
+    optimizer_img.zero_grad()
+    for it in range(iterations):
+        net = init_network(
+            image_shape,
+            num_classes,
+            width=width,
+            depth=depth,
+            stem_pad=stem_pad,
+            seed=streams.network_seed(),
+            device=device,
+        )
+        net.train()
+        for p in net.parameters():
+            p.requires_grad = False
+        loss = torch.tensor(0.0, device=image_syn.device)
+        for c in range(num_classes):
+            img_real = real.get_images(c, batch_real, streams.real)
+            img_syn = image_syn[c * ipc : (c + 1) * ipc]
+            if strategy is not None:
+                img_real, img_syn = diff_augment_pair(
+                    img_real, img_syn, strategy, generator=streams.augment, param=param
+                )
+            output_real = net.embed(img_real).detach()
+            output_syn = net.embed(img_syn)
+            loss = loss + torch.sum((output_real.mean(dim=0) - output_syn.mean(dim=0)) ** 2)
+        optimizer_img.zero_grad()
+        loss.backward()
+        optimizer_img.step()
+        loss_avg = loss.item() / num_classes  # `main_DM.py` 194-197
+        if log_every > 0 and it % log_every == 0:
+            print(f"DM iter = {it:05d}, loss = {loss_avg:.4f}")
+    return _nhwc(image_syn)
+
+
+def _test_accuracy(
+    net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
+) -> float:
+    """DC's `epoch('test', ...)` accuracy (`utils.py` 297-333): batches of 256 in order, no
+    augmentation (the test loader, `utils.py` 100; `aug=False`, 358)."""
+    net.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            output = net(images[start : start + batch_size])
+            correct += int((output.argmax(dim=-1) == labels[start : start + batch_size]).sum())
+    return correct / images.shape[0]
+
+
+def evaluate_synset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    *,
+    num_classes: int,
+    epochs: int,
+    lr: float = 0.01,
+    batch_train: int = 256,
+    dsa_strategy: str | None = None,
+    width: int = 128,
+    depth: int = 3,
+    stem_pad: int = 0,
+    seeds: Sequence[int] = (0,),
+    param: ParamDiffAug = _DEFAULT_DSA_PARAM,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Test accuracy of fresh ConvNets trained on a synthetic set: DC's `evaluate_synset`.
+
+    For each seed (`utils.py` 337-362): a fresh network (seeded as `RandomStreams(seed)`),
+    SGD(lr, momentum 0.9, weight decay 5e-4), `epochs + 1` shuffled epochs of `batch_train`
+    with per-image DSA when `dsa_strategy` is given (351-352), the learning rate x0.1 with a
+    fresh optimiser after epoch `epochs // 2 + 1` (343, 353-355), then accuracy on the test
+    set in batches of 256 without augmentation (358).
+
+    Args:
+      images, labels: (N, H, W, Ch) float32 normalised synthetic images and (N,) int labels.
+      test_images, test_labels: the test set, same layout.
+      epochs: the reference's `epoch_eval_train` (it runs one more epoch than this).
+      seeds: one evaluation per seed. The rest: as `dc_distill`.
+
+    Returns:
+      (len(seeds),) test accuracies in [0, 1].
+    """
+    train_x = _nchw(images, device)
+    train_y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+    test_x = _nchw(test_images, device)
+    test_y = torch.from_numpy(np.asarray(test_labels, dtype=np.int64)).to(device)
+    strategy = None if _is_no_strategy(dsa_strategy) else dsa_strategy
+    lr_schedule = [epochs // 2 + 1]
+    accuracies = []
+    for seed in seeds:
+        streams = RandomStreams(seed)
+        net = init_network(
+            images.shape[1:],
+            num_classes,
+            width=width,
+            depth=depth,
+            stem_pad=stem_pad,
+            seed=streams.network_seed(),
+            device=device,
+        )
+        lr_now = float(lr)
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr_now, momentum=0.9, weight_decay=5e-4)
+        for ep in range(epochs + 1):
+            _train_epoch(
+                net,
+                optimizer,
+                train_x,
+                train_y,
+                batch_size=batch_train,
+                dsa_strategy=strategy,
+                streams=streams,
+                param=param,
+            )
+            if ep in lr_schedule:
+                lr_now *= 0.1
+                optimizer = torch.optim.SGD(
+                    net.parameters(), lr=lr_now, momentum=0.9, weight_decay=5e-4
+                )
+        accuracies.append(_test_accuracy(net, test_x, test_y))
+    return np.asarray(accuracies, dtype=np.float64)
 
 
 def _ints(text: str) -> tuple[int, ...]:

@@ -1,16 +1,28 @@
 """Every config field of a jaxdd run, with its default. Other configs import and override this.
 
-Run: python -m jaxdd.main --config=configs/<name>.py [--config.field=value ...] [--workdir=DIR]
+Run: python -m jaxdd.main --config=configs/<name>.py[:method] [--config.field=value ...]
+
+`method` names the published method whose settings a config starts from (`METHODS`): 'dsa'
+(the default: DC's gradient matching with differentiable siamese augmentation, Zhao & Bilen
+2021), 'dc' (the same without augmentation, Zhao et al. 2021) or 'dm' (distribution
+matching, Zhao & Bilen 2023). Each takes the learning rates, schedule, iteration count and
+evaluation of its paper's code (`VICO-UoE/DatasetCondensation`: `main.py`, `main_DM.py`,
+`utils.py` `get_loops` / `evaluate_synset`); a dataset's config may shorten the budget.
 """
 
 import ml_collections
 
+METHODS = ("dc", "dsa", "dm")
+DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"  # DSA's ParamDiffAug strategy.
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # The one seed of the run: clustering, sampling, init and evaluation keys.
     config.ipc = 10  # Synthetic images per class.
-    config.num_steps = 1000  # Synthetic-set updates.
+    # Iterations as DC counts them (its --Iteration): each a fresh network and
+    # match.outer_loop updates of the synthetic set (see jaxdd.step).
+    config.num_iterations = 1000
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "digits"  # digits | fashion_mnist | mnist | tfds:<name> | npz:<path>.
@@ -25,6 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.width = 128  # Channels (ConvNet) or hidden units (MLP).
     config.model.depth = 3  # ConvNet blocks / MLP layers.
     config.model.norm = "instance"  # instance | group | none (no running statistics).
+    # ConvNet: zero padding before the first conv; -1 = DC's rule (2, i.e. a padding-3 conv,
+    # on 1-channel images: 28x28 -> 32; 0 otherwise).
+    config.model.stem_pad = -1
+    config.model.init = "torch"  # torch (PyTorch's default, as DC) | lecun (flax's default).
 
     config.cluster = ml_collections.ConfigDict()
     config.cluster.num_clusters = 4  # K subgroups per class (C*K groups in all).
@@ -33,15 +49,20 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.match = ml_collections.ConfigDict()
     config.match.family = "gradient"  # gradient | distribution | risk.
-    config.match.num_real = 64  # m: real samples drawn per group per step.
-    config.match.augment = "color_crop_cutout_flip_scale_rotate"  # DSA strategy; 'none' = off.
+    # m: real samples drawn per group per update; K * m = 256 is DC's batch_real per class.
+    config.match.num_real = 64
+    config.match.augment = DSA_STRATEGY  # DSA strategy; 'none' = off.
     # Groups vmapped together, 0 = all (speed and memory only; see jaxdd.matching). Chunks of
     # 8 bound memory at 28x28 and up: all 40 groups at once needed 8 GiB of XLA temporaries at
     # 28x28 and 21 GiB at 32x32x3 (IPC 1), chunks of 8 need 1.9 and 4.3 GiB.
     config.match.group_batch = 0
-    config.match.net_reset_every = 10  # Re-initialise the matched network every N steps.
-    config.match.net_train_steps = 50  # Network SGD steps on the synthetic set after an update.
-    config.match.net_lr = 0.01  # Learning rate of that network training.
+    # DC's schedule per iteration: outer_loop image updates, each but the last followed by
+    # inner_loop epochs of the network on the synthetic set. -1 = DC's get_loops(ipc) for the
+    # gradient family (1 -> 1/1, 10 -> 10/50, 50 -> 50/10), 1/0 for the others.
+    config.match.outer_loop = -1
+    config.match.inner_loop = -1
+    config.match.inner_batch = 256  # DC's batch_train for those epochs.
+    config.match.net_lr = 0.01  # DC's lr_net (plain SGD).
     config.match.unroll_steps = 10  # risk family: T unrolled SGD steps.
     config.match.unroll_lr = 0.01  # risk family: learning rate of the unrolled steps.
     config.match.unroll_remat = "nested"  # risk family: nested (O(sqrt T) memory) | step | none.
@@ -52,21 +73,20 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.syn = ml_collections.ConfigDict()
     config.syn.init = "real"  # real (random real images) | noise | random | herding | k_center.
-    config.syn.lr = 0.1  # Learning rate of the synthetic images (SGD with momentum, as DC).
+    # lr_img (SGD with momentum 0.5, as DC); the objective is on DC's scale (jaxdd.step).
+    config.syn.lr = 0.1
     config.syn.momentum = 0.5
 
     config.eval = ml_collections.ConfigDict()
     config.eval.num_models = 5  # Networks trained from scratch on the synthetic set.
-    config.eval.epochs = 300  # Training epochs of each network.
+    config.eval.epochs = 1000  # Training epochs of each network (DC/DSA/DM: 1000 with aug).
     config.eval.batch_size = 256
     config.eval.lr = 0.01  # SGD momentum 0.9, decayed x0.1 at half.
     config.eval.momentum = 0.9
     config.eval.weight_decay = 5e-4
-    config.eval.augment = "color_crop_cutout_flip_scale_rotate"  # DSA while training; 'none'.
+    config.eval.augment = DSA_STRATEGY  # DSA while training; 'none'.
     config.eval.architectures = ""  # Extra comma-separated models for cross-architecture eval.
-    config.eval.select_every = (
-        0  # Validation eval every N steps to select the reported set; 0 = last.
-    )
+    config.eval.select_every = 0  # Validation eval every N iterations to select the set; 0 = last.
     config.eval.select_num_models = 2  # Networks per validation eval.
     config.eval.global_k = 10  # Test-set K-means groups over all classes (pixels), as the paper.
     config.eval.per_class_k = 4  # Test-set K-means groups within each class.
@@ -84,8 +104,35 @@ def get_config() -> ml_collections.ConfigDict:
     config.distributed.process_id = 0
 
     config.checkpoint = ml_collections.ConfigDict()
-    config.checkpoint.every_steps = 50  # Orbax checkpoint of the full state every N steps.
+    config.checkpoint.every = 10  # Orbax checkpoint of the full state every N iterations.
 
     config.log = ml_collections.ConfigDict()
-    config.log.every_steps = 10  # Metrics to metrics.jsonl every N steps.
+    config.log.every = 10  # Metrics to metrics.jsonl every N iterations.
+    return apply_method(config, method)
+
+
+def apply_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+    """The settings of the published `method` (see the module docstring) on `config`."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} after the config file's ':'; use {METHODS}.")
+    if method == "dc":
+        # DC matches and trains without augmentation; its evaluation then trains 300 epochs
+        # (main.py 111-123; DC's own non-differentiable augmentation is only for MNIST).
+        config.match.augment = "none"
+        config.eval.augment = "none"
+        config.eval.epochs = 300
+    elif method == "dm":
+        config.match.family = "distribution"  # A fresh random network every iteration.
+        config.syn.lr = 1.0  # main_DM.py: lr_img 1.0, 20,000 iterations.
+        config.num_iterations = 20000
+        config.checkpoint.every = 500
+        config.log.every = 100
+    return config
+
+
+def without_flips(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Drops 'flip' from the matching and evaluation augmentation (digits are not symmetric)."""
+    for section in (config.match, config.eval):
+        if section.augment != "none":
+            section.augment = "_".join(f for f in section.augment.split("_") if f != "flip")
     return config

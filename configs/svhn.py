@@ -1,12 +1,14 @@
-"""SVHN (32x32x3) from TFDS 'svhn_cropped' (prepare it once with `tfds build svhn_cropped`)."""
+"""SVHN (32x32x3) from TFDS 'svhn_cropped' (prepare it once with `tfds build svhn_cropped`).
+
+Optional `:dc` / `:dm` after the file name for those methods' settings (configs/default.py).
+"""
 
 from configs import default
 
 
-def get_config():
-    config = default.get_config()
+def get_config(method: str = "dsa"):
+    # House numbers are not symmetric: no flips.
+    config = default.without_flips(default.get_config(method))
     config.data.name = "tfds:svhn_cropped"
-    config.match.augment = "color_crop_cutout_scale_rotate"  # House numbers are not symmetric.
-    config.eval.augment = "color_crop_cutout_scale_rotate"
     config.match.group_batch = 8  # Bounds memory at this image size (see configs/default.py).
     return config

@@ -35,15 +35,42 @@ def load_data(config: ml_collections.ConfigDict) -> tuple[data.Dataset, data.Rar
     return rare.dataset, rare
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int, name: str | None = None):
-    """The configured network (or the architecture `name` with the configured norm)."""
+def stem_pad(config: ml_collections.ConfigDict, image_shape) -> int:
+    """`model.stem_pad`, with -1 resolved by DC's rule: 2 (a padding-3 first conv) on
+    1-channel images (DC `networks.py` `_make_layers`), else 0."""
+    if config.model.stem_pad >= 0:
+        return config.model.stem_pad
+    return 2 if image_shape[-1] == 1 else 0
+
+
+def create_model(
+    config: ml_collections.ConfigDict, num_classes: int, image_shape, name: str | None = None
+):
+    """The configured network for `(H, W, C)` images (or the architecture `name` with the
+    configured norm and initialisation)."""
     name = name or config.model.name
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"init_scheme": config.model.init}
     if name in ("convnet", "mlp"):
         kwargs.update(width=config.model.width, depth=config.model.depth)
+    if name == "convnet":
+        kwargs["stem_pad"] = stem_pad(config, image_shape)
     if name != "mlp":
         kwargs["norm"] = config.model.norm
     return models.instantiate(name, num_classes=num_classes, **kwargs)
+
+
+def loops(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(outer_loop, inner_loop) of an iteration: the configured values, where -1 takes DC's
+    `get_loops(ipc)` for the gradient family and (1, 0), a fresh network for every update, for
+    the others (see `jaxdd.step`)."""
+    outer, inner = config.match.outer_loop, config.match.inner_loop
+    if config.match.family != "gradient":
+        default = (1, 0)
+    elif -1 in (outer, inner):
+        default = step.dc_loops(config.ipc)
+    else:
+        default = (outer, inner)
+    return (default[0] if outer == -1 else outer, default[1] if inner == -1 else inner)
 
 
 def create_groups(
@@ -54,7 +81,7 @@ def create_groups(
         dataset.train.images,
         dataset.train.labels,
         features=config.cluster.features,
-        model=create_model(config, dataset.num_classes),
+        model=create_model(config, dataset.num_classes, dataset.image_shape),
         num_classes=dataset.num_classes,
         num_clusters=config.cluster.num_clusters,
         num_iters=config.cluster.num_iters,
@@ -67,7 +94,7 @@ def create_syn_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTra
 
 
 def create_net_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    return optax.sgd(config.match.net_lr)
+    return optax.sgd(config.match.net_lr)  # DC's optimizer_net: plain SGD, no momentum.
 
 
 def create_losses_fn(config: ml_collections.ConfigDict, apply_fn: matching.ApplyFn):
@@ -96,6 +123,7 @@ def create_step(
     (`sharding.replicate`).
     """
     apply_fn = lambda params, x: model.apply({"params": params}, x)
+    outer_loop, inner_loop = loops(config)
     train_step = functools.partial(
         step.train_step,
         losses_fn=create_losses_fn(config, apply_fn),
@@ -103,12 +131,13 @@ def create_step(
         apply_fn=apply_fn,
         syn_optimizer=create_syn_optimizer(config),
         net_optimizer=create_net_optimizer(config),
-        augment_fn=matching.siamese_augment(config.match.augment),
+        net_augment_fn=matching.per_image_augment(config.match.augment),
         risk_name=config.robust.risk,
         alpha=float(config.robust.alpha),
         num_real=config.match.num_real,
-        net_reset_every=config.match.net_reset_every,
-        net_train_steps=config.match.net_train_steps,
+        outer_loop=outer_loop,
+        inner_loop=inner_loop,
+        inner_batch=config.match.inner_batch,
         mesh=mesh,
     )
     # `fast_compile`: the step's time goes to library GEMMs and convolutions (see jaxdd.xla).
@@ -123,7 +152,6 @@ def create_step(
 
 def create_state(
     config: ml_collections.ConfigDict,
-    model,
     real: step.RealData,
     *,
     key: jax.Array,
@@ -131,7 +159,7 @@ def create_state(
 ) -> step.State:
     """The initial state; `syn.init` is one of `synthetic.INITS` (a coreset needs
     `train_labels`)."""
-    syn_key, net_key = jax.random.split(key)
+    syn_key, _ = jax.random.split(key)  # As before the network left the state: same sets.
     images, labels = synthetic.initial_set(
         config.syn.init,
         real,
@@ -141,9 +169,5 @@ def create_state(
         train_labels=train_labels,
     )
     return step.init_state(
-        images=images,
-        labels=labels,
-        net_params=models.init_params(model, net_key, real.images.shape[1:]),
-        syn_optimizer=create_syn_optimizer(config),
-        net_optimizer=create_net_optimizer(config),
+        images=images, labels=labels, syn_optimizer=create_syn_optimizer(config)
     )

@@ -25,7 +25,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from jaxdd import augment, data, matching, models, risk, shifts, synthetic
+from jaxdd import augment, data, matching, models, risk, shifts, step, synthetic
 from jaxdd import groups as groups_lib
 
 # The repository's configs, when jaxdd runs from a checkout (editable install).
@@ -162,20 +162,68 @@ def _check_choice(config: ml_collections.ConfigDict, field: str, choices) -> Non
 
 
 _POSITIVE = (
-    "ipc", "num_steps", "log.every_steps", "model.width", "model.depth",
-    "cluster.num_clusters", "cluster.num_iters", "match.num_real", "match.net_reset_every",
+    "ipc", "num_iterations", "log.every", "model.width", "model.depth",
+    "cluster.num_clusters", "cluster.num_iters", "match.num_real", "match.inner_batch",
     "match.unroll_steps", "eval.num_models", "eval.epochs", "eval.batch_size",
-    "eval.select_num_models", "eval.global_k", "eval.per_class_k", "checkpoint.every_steps",
+    "eval.select_num_models", "eval.global_k", "eval.per_class_k", "checkpoint.every",
 )  # fmt: skip
 _NON_NEGATIVE = (
-    "seed", "match.net_train_steps", "match.group_batch", "eval.select_every",
-    "distributed.num_devices", "distributed.process_id",
+    "seed", "match.group_batch", "eval.select_every", "distributed.num_devices",
+    "distributed.process_id",
 )  # fmt: skip
+# Fields that may also be -1 ("as DC": see configs/default.py), else at least the minimum.
+_AUTO = {"model.stem_pad": 0, "match.outer_loop": 1, "match.inner_loop": 0}
+# Fields of earlier versions: a config that still sets one fails with the new name.
+_RENAMED = {
+    "num_steps": "num_iterations (DC's iterations, each match.outer_loop image updates)",
+    "log.every_steps": "log.every (in iterations)",
+    "checkpoint.every_steps": "checkpoint.every (in iterations)",
+    "match.net_reset_every": "match.outer_loop (a fresh network every iteration)",
+    "match.net_train_steps": "match.inner_loop (epochs on the synthetic set)",
+}
+
+
+def _has(config: ml_collections.ConfigDict, field: str) -> bool:
+    try:
+        _get(config, field)
+    except (AttributeError, KeyError):
+        return False
+    return True
+
+
+def _check_renamed(config: ml_collections.ConfigDict) -> None:
+    for old, new in _RENAMED.items():
+        if _has(config, old):
+            raise ValueError(f"config.{old} no longer exists; use config.{new}.")
+
+
+def _check_schedule(config: ml_collections.ConfigDict) -> None:
+    """DC's loops exist for the ipc; the other families match through a fresh network."""
+    outer, inner = config.match.outer_loop, config.match.inner_loop
+    if config.match.family == "gradient":
+        if -1 in (outer, inner) and config.ipc not in step.DC_LOOPS:
+            raise ValueError(
+                f"config.match.outer_loop/inner_loop = -1 take DC's get_loops(ipc), which is "
+                f"defined for ipc in {sorted(step.DC_LOOPS)}, not config.ipc={config.ipc}; set "
+                "both explicitly (e.g. --config.match.outer_loop=10 "
+                "--config.match.inner_loop=50, DC's values for ipc 10)."
+            )
+        return
+    if outer not in (-1, 1) or inner not in (-1, 0):
+        raise ValueError(
+            f"config.match.outer_loop={outer}, config.match.inner_loop={inner} are invalid for "
+            f"match.family={config.match.family!r}: it matches through a fresh random network "
+            "for every update (DM's protocol); use -1 (or 1 and 0)."
+        )
 
 
 def _check_numbers(config: ml_collections.ConfigDict) -> None:
     _check_ints(config, _NON_NEGATIVE, 0)
     _check_ints(config, _POSITIVE, 1)
+    for field, minimum in _AUTO.items():
+        value = _get(config, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value != -1 and value < minimum:
+            _fail(field, value, f"-1 (as DC) or an integer >= {minimum}")
     _check_ints(config, ("distributed.num_processes",), 1)
     if config.distributed.process_id >= config.distributed.num_processes:
         _fail(
@@ -214,6 +262,7 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
                 f"a shift in {sorted(shifts.SHIFTS)}",
             )
     _check_choice(config, "model.norm", models.NORMS)
+    _check_choice(config, "model.init", models.INIT_SCHEMES)
     _check_choice(config, "cluster.features", groups_lib.FEATURES)
     _check_choice(config, "match.family", matching.FAMILIES)
     _check_choice(config, "robust.risk", risk.RISKS)
@@ -228,8 +277,10 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every value that can be checked without data; raises ValueError naming the field."""
+    _check_renamed(config)
     _check_numbers(config)
     _check_names(config)
+    _check_schedule(config)
 
 
 def validate_against_data(config: ml_collections.ConfigDict, dataset: data.Dataset) -> None:
@@ -255,7 +306,8 @@ _FINGERPRINT_FIELDS = ("seed", "ipc", "data", "model", "cluster", "match", "robu
 
 
 def fingerprint(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, Any]:
-    """What a checkpoint must agree on to be resumed (num_steps, eval and logging may change)."""
+    """What a checkpoint must agree on to be resumed (num_iterations, eval and logging may
+    change)."""
     resolved = json.loads(config.to_json_best_effort())
     return {
         **{field: resolved[field] for field in _FINGERPRINT_FIELDS},

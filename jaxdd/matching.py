@@ -61,6 +61,13 @@ def siamese_augment(strategy: str) -> AugmentFn:
     return functools.partial(augment_lib.augment, strategy=strategy, batch_shared=True)
 
 
+def per_image_augment(strategy: str) -> AugmentFn:
+    """DSA with parameters drawn per image (DC's `epoch` training the matched network)."""
+    if not augment_lib.parse_strategy(strategy):
+        return no_augment
+    return functools.partial(augment_lib.augment, strategy=strategy, batch_shared=False)
+
+
 def layerwise_cosine_distance(grads_a: Any, grads_b: Any) -> jax.Array:
     """DC's gradient distance: sum over layers and output units of (1 - cosine).
 

@@ -17,6 +17,14 @@ evaluation, with instance (or group) normalisation in place of batch normalisati
 `ConvNet` and `VGG11` convolve with `jaxdd.conv.SameConv` (the 3x3 SAME convolution in the
 formulation that suits the platform); `ResNet18`, whose convolutions are strided, with `nn.Conv`.
 `MODELS` registers the architectures by name and `instantiate` builds one from its name.
+
+Initialisation (`init_params`) follows the model's `init_scheme`, an `INIT_SCHEMES` entry:
+'torch' (the default) is PyTorch's default for `Conv2d` / `Linear`, under which DC, DSA, DM
+and the robust-DD code published their numbers: every kernel ~ U(-1/sqrt(fan_in),
+1/sqrt(fan_in)) (kaiming-uniform with a = sqrt(5)) and every bias ~ U over the same range
+(fan_in = kh * kw * C_in for convolutions, inputs for dense layers); norm scales 1, biases 0.
+'lecun' keeps flax's default (LeCun-normal kernels, zero biases), whose weights are sqrt(3)x
+larger in standard deviation: under instance norm that lowers the effective learning rate.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import optax
 from jaxdd import conv as conv_lib
 
 __all__ = [
+    "INIT_SCHEMES",
     "MODELS",
     "ConvNet",
     "MLP",
@@ -125,6 +134,11 @@ class ConvNet(nn.Module):
     `(3, 3, C_in, C_out)` and a `bias` of shape `(C_out,)`, exactly like `nn.Conv`; swapping in a
     faster implementation therefore leaves the parameter tree unchanged.
 
+    `stem_pad` zero-pads the input by that many pixels per side before the first convolution,
+    so the first conv's padding is `1 + stem_pad`: DC's ConvNet pads its first conv by 3 on
+    1-channel inputs (`networks.py` `_make_layers`), i.e. `stem_pad=2`, which takes 28x28
+    images to maps of 32, 16, 8, 4 and a 4 * 4 * width embedding, as in DC's numbers.
+
     Parameters are named `conv{i}`, `norm{i}` (absent for norm='none') and `fc`.
     """
 
@@ -133,12 +147,17 @@ class ConvNet(nn.Module):
     width: int = 128
     norm: str = "instance"
     pooling: str = "avg"
+    stem_pad: int = 0
+    init_scheme: str = "torch"
     conv: Callable[..., nn.Module] = conv_lib.SameConv
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         norm = _lookup(_NORM_LAYERS, "norm", self.norm)
         pool = _lookup(_POOLS, "pooling", self.pooling)
+        if self.stem_pad:
+            pad = self.stem_pad
+            x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
         for i in range(self.depth):
             x = self.conv(self.width, kernel_size=(3, 3), padding="SAME", name=f"conv{i}")(x)
             x = norm(self.width, name=f"norm{i}")(x)
@@ -155,6 +174,7 @@ class MLP(nn.Module):
     num_classes: int
     width: int = 128
     depth: int = 3
+    init_scheme: str = "torch"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -200,6 +220,7 @@ class ResNet18(nn.Module):
     num_classes: int
     norm: str = "instance"
     width: int = 64
+    init_scheme: str = "torch"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -233,6 +254,7 @@ class VGG11(nn.Module):
     num_classes: int
     norm: str = "instance"
     width: int = 64
+    init_scheme: str = "torch"
     conv: Callable[..., nn.Module] = conv_lib.SameConv
 
     @nn.compact
@@ -266,13 +288,61 @@ def instantiate(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
     return _lookup(MODELS, "model", name)(num_classes=num_classes, **kwargs)
 
 
+def _torch_scheme(params: Any, key: jax.Array) -> Any:
+    """PyTorch's default init of every layer holding a `kernel`: kernel and bias ~ U(+-b),
+    b = 1 / sqrt(fan_in), fan_in = the product of the kernel's axes but the last (out)."""
+
+    def redraw(layer: Any, layer_key: jax.Array) -> Any:
+        if not isinstance(layer, Mapping):
+            return layer
+        if "kernel" not in layer:
+            return {
+                name: redraw(sub, jax.random.fold_in(layer_key, i))
+                for i, (name, sub) in enumerate(layer.items())
+            }
+        kernel = layer["kernel"]
+        bound = 1.0 / math.sqrt(math.prod(kernel.shape[:-1]))
+        kernel_key, bias_key = jax.random.split(layer_key)
+        out = dict(layer)
+        out["kernel"] = jax.random.uniform(
+            kernel_key, kernel.shape, kernel.dtype, minval=-bound, maxval=bound
+        )
+        if "bias" in layer:
+            out["bias"] = jax.random.uniform(
+                bias_key, layer["bias"].shape, layer["bias"].dtype, minval=-bound, maxval=bound
+            )
+        return out
+
+    return redraw(params, key)
+
+
+def _lecun_scheme(params: Any, key: jax.Array) -> Any:
+    del key
+    return params
+
+
+# `init_scheme` name -> (flax-initialised params, key) -> params.
+INIT_SCHEMES: dict[str, Callable[[Any, jax.Array], Any]] = {
+    "torch": _torch_scheme,
+    "lecun": _lecun_scheme,
+}
+
+
 def init_params(model: nn.Module, key: jax.Array, image_shape: Sequence[int]) -> Any:
-    """Initial `params` collection of `model` for images of shape `(H, W, C)`."""
+    """Initial `params` collection of `model` for images of shape `(H, W, C)`, drawn by the
+    model's `init_scheme` (see the module docstring; 'torch' when the model has none)."""
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (H, W, C), got {tuple(image_shape)}.")
+    scheme = _lookup(INIT_SCHEMES, "init_scheme", getattr(model, "init_scheme", "torch"))
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    flax_key, scheme_key = jax.random.split(key)
+
     # Jitted: eager initialisation dispatches every op separately and is many times slower.
-    return jax.jit(model.init)(key, dummy)["params"]
+    @jax.jit
+    def init(flax_key, scheme_key):
+        return scheme(model.init(flax_key, dummy)["params"], scheme_key)
+
+    return init(flax_key, scheme_key)
 
 
 def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike) -> jax.Array:

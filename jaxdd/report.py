@@ -50,7 +50,7 @@ def train_networks(
     architecture: str | None = None,
 ):
     """Networks trained from scratch on (images, labels) with the eval protocol; (model, params)."""
-    model = build.create_model(config, num_classes, architecture)
+    model = build.create_model(config, num_classes, np.shape(images)[1:], architecture)
     params = retrain.train_models(
         model,
         images,

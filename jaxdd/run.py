@@ -95,9 +95,9 @@ def _set_up(config, dataset, rare, mesh) -> _Run:
     logging.info(
         "the groups are split over %d %s device(s)", mesh.size, mesh.devices.flat[0].platform
     )
-    model = build.create_model(config, dataset.num_classes)
+    model = build.create_model(config, dataset.num_classes, dataset.image_shape)
     real = step.RealData(images=jnp.asarray(dataset.train.images), groups=groups)
-    state = build.create_state(config, model, real, key=init_key, train_labels=dataset.train.labels)
+    state = build.create_state(config, real, key=init_key, train_labels=dataset.train.labels)
     payload = {
         "state": state,
         "root_key": jax.random.key_data(step_root),
@@ -198,15 +198,16 @@ def _log_grid(run: _Run, log: artifacts.MetricsLog, state: step.State, done: int
 
 
 def _loop(run: _Run, checkpoints: _Checkpoints, log, workdir, start_step: int) -> dict:
-    """Steps `start_step..num_steps` with their periodic actions; the last logged metrics."""
+    """Iterations `start_step..num_iterations` (one jitted step each) with their periodic
+    actions; the last logged metrics."""
     config, payload, last = run.config, run.payload, {}
     step_root = jax.random.wrap_key_data(payload["root_key"])  # Replicated: so are step keys.
     start = time.time()
     progress = tqdm.tqdm(
-        total=config.num_steps, initial=start_step, desc="distill", unit="step", disable=None
+        total=config.num_iterations, initial=start_step, desc="distill", unit="it", disable=None
     )
     with _signals_to_flag() as signals, progress:
-        for i in range(start_step, config.num_steps):
+        for i in range(start_step, config.num_iterations):
             new_state, metrics = run.step_fn(
                 payload["state"], jax.random.fold_in(step_root, i), run.real
             )
@@ -214,13 +215,13 @@ def _loop(run: _Run, checkpoints: _Checkpoints, log, workdir, start_step: int) -
             _check_finite(metrics, done, workdir)
             payload["state"] = new_state
             progress.update(1)
-            final = done == config.num_steps
-            if done % config.log.every_steps == 0 or final:
+            final = done == config.num_iterations
+            if done % config.log.every == 0 or final:
                 last = _log_step(log, metrics, done, time.time() - start)
                 progress.set_postfix(loss=f"{last['loss']:.4g}")
             if (config.eval.select_every and done % config.eval.select_every == 0) or final:
                 payload["best"] = _select(run, new_state, payload["best"], done, log)
-            if done % config.checkpoint.every_steps == 0 or final:
+            if done % config.checkpoint.every == 0 or final:
                 checkpoints.save(payload)
                 _log_grid(run, log, new_state, done)
             if signals:
@@ -249,7 +250,7 @@ def _finish(run: _Run, out: pathlib.Path, log: artifacts.MetricsLog):
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     for name in ("accuracy_mean", "worst_group_accuracy", "worst_class_accuracy"):
         if name in result:
-            log.writer.add_scalar(f"eval/{name}", result[name], config.num_steps)
+            log.writer.add_scalar(f"eval/{name}", result[name], config.num_iterations)
     return best_images, labels, result
 
 

@@ -1,19 +1,26 @@
-"""The distillation step: sample groups -> per-group losses -> risk -> update the synthetic set.
+"""The distillation step: one DC iteration of sample groups -> per-group losses -> risk -> update.
 
 `train_step(state, key, real, ...) -> (state, metrics)` is pure and jitted once; the run loop
 binds the hyperparameters with `functools.partial` and passes the real data as an argument
 (never closed over, so XLA does not constant-fold the dataset into the program).
 
-The network the gradient family matches through follows DC's outer/inner schedule, carried in
-the state: it is re-initialised every `net_reset_every` steps and trained for `net_train_steps`
-SGD steps on the (detached) synthetic set after each update. The distribution and risk
-families use `net_reset_every=1, net_train_steps=0`: a fresh network every step.
+One step is one iteration as DC counts them (`VICO-UoE/DatasetCondensation` `main.py`
+130-199): a freshly initialised network, then `outer_loop` updates of the synthetic set, each
+but the last followed by `inner_loop` epochs of training that network on the (detached)
+synthetic set, minibatches of at most `inner_batch` images with per-image DSA (DC's `epoch`,
+`utils.py` 297). DC's `get_loops` gives IPC 1 -> 1/1, 10 -> 10/50, 50 -> 50/10; the
+distribution (DM) and risk families take 1/0: a fresh random network for every update.
+Nothing of the network outlives its iteration, so the state holds only the synthetic set.
+
+The objective of an update is `C *` the risk of the (C, K) group losses (`robust_objective`):
+with K = 1 and the mean that is DC's (and DM's) sum of per-class losses, and for every risk the
+group weights sum to C, so one image learning rate (DC's 0.1, DM's 1.0) serves all of them.
 
 Multi-device: given a `jax.sharding.Mesh`, the per-group losses are split over its devices
 (`jaxdd.sharding.compute_group_losses`); the risk then reduces the gathered (C, K) losses.
 
 The initial synthetic set comes from `jaxdd.synthetic`; `init_state` wraps it with the
-optimiser states and the matched network into the `State` a run checkpoints.
+optimiser state into the `State` a run checkpoints.
 """
 
 from __future__ import annotations
@@ -28,9 +35,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
+from jax.typing import ArrayLike
 
 from jaxdd import groups as groups_lib
 from jaxdd import matching, risk, sharding
+
+# DC's `get_loops` (`utils.py` 275-294): ipc -> (outer_loop, inner_loop).
+DC_LOOPS: dict[int, tuple[int, int]] = {
+    1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)
+}  # fmt: skip
+
+
+def dc_loops(ipc: int) -> tuple[int, int]:
+    """DC's (outer_loop, inner_loop) for `ipc`; a ValueError for an ipc DC does not define."""
+    if ipc not in DC_LOOPS:
+        raise ValueError(
+            f"DC's get_loops defines the schedule for ipc in {sorted(DC_LOOPS)}, not {ipc}; "
+            "set config.match.outer_loop and config.match.inner_loop explicitly."
+        )
+    return DC_LOOPS[ipc]
 
 
 @flax.struct.dataclass
@@ -45,30 +68,21 @@ class RealData:
 class State:
     """Everything a distillation run evolves; a checkpoint is exactly this pytree."""
 
-    step: jax.Array  # () int32, number of updates applied.
+    step: jax.Array  # () int32, number of iterations done.
     images: jax.Array  # (C, ipc, H, W, Ch) synthetic images, in the dataset's normalised space.
     labels: jax.Array  # (C, ipc) int32 synthetic labels.
     opt_state: optax.OptState  # Optimiser state of the synthetic images.
-    net_params: Any  # Network carried by the DC outer/inner schedule.
-    net_opt_state: optax.OptState
 
 
 def init_state(
-    *,
-    images: jax.Array,
-    labels: jax.Array,
-    net_params: Any,
-    syn_optimizer: optax.GradientTransformation,
-    net_optimizer: optax.GradientTransformation,
+    *, images: jax.Array, labels: jax.Array, syn_optimizer: optax.GradientTransformation
 ) -> State:
-    """The step-0 `State`: the synthetic set, fresh optimiser states and the matched network."""
+    """The step-0 `State`: the synthetic set and a fresh optimiser state."""
     return State(
         step=jnp.zeros((), jnp.int32),
         images=images,
         labels=labels,
         opt_state=syn_optimizer.init(images),
-        net_params=net_params,
-        net_opt_state=net_optimizer.init(net_params),
     )
 
 
@@ -79,21 +93,43 @@ def _train_network(
     labels: jax.Array,
     *,
     key: jax.Array,
+    num_epochs: ArrayLike,
     apply_fn: matching.ApplyFn,
     optimizer: optax.GradientTransformation,
     augment_fn: matching.AugmentFn,
-    num_steps: int,
+    batch_size: int,
 ) -> tuple[Any, optax.OptState]:
-    """DC's inner loop: `num_steps` full-batch steps of the network on the synthetic set."""
+    """DC's inner loop: `num_epochs` epochs of the network on the synthetic set.
+
+    Each epoch shuffles the N images into `ceil(N / batch_size)` equal minibatches (DC's
+    DataLoader with `batch_train`; a remainder of fewer images than batches sits the epoch
+    out); with N <= batch_size, as at IPC <= 25 on 10 classes, one full batch per epoch, as DC.
+    `num_epochs` may be traced (DC skips the training after an iteration's last update).
+    """
     grad_fn = jax.grad(functools.partial(matching.mean_cross_entropy, apply_fn))
+    num_examples = images.shape[0]
+    num_batches = -(-num_examples // batch_size)
+    per_batch = num_examples // num_batches
 
-    def body(i, carry):
+    def batch_step(carry, inputs):
         params, opt_state = carry
-        grads = grad_fn(params, augment_fn(images, jax.random.fold_in(key, i)), labels)
+        index, step_key = inputs
+        grads = grad_fn(params, augment_fn(images[index], step_key), labels[index])
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
+        return (optax.apply_updates(params, updates), opt_state), None
 
-    return jax.lax.fori_loop(0, num_steps, body, (params, opt_state))
+    def epoch(i, carry):
+        epoch_key = jax.random.fold_in(key, i)
+        perm_key, aug_key = jax.random.split(epoch_key)
+        if num_batches == 1:  # Order within one full batch changes nothing: no permutation.
+            batches = jnp.arange(num_examples)[None]
+        else:
+            perm = jax.random.permutation(perm_key, num_examples)
+            batches = perm[: num_batches * per_batch].reshape(num_batches, per_batch)
+        keys = jax.random.split(aug_key, num_batches)
+        return jax.lax.scan(batch_step, carry, (batches, keys))[0]
+
+    return jax.lax.fori_loop(0, num_epochs, epoch, (params, opt_state))
 
 
 def robust_objective(
@@ -103,13 +139,20 @@ def robust_objective(
     risk_name: str,
     alpha: float,
 ) -> tuple[jax.Array, jax.Array]:
-    """R(S): the risk measure of the (C, K) group losses of the synthetic images `images`.
+    """R(S) = C * risk of the (C, K) group losses of the synthetic images `images`.
+
+    The factor C (the number of classes) puts every risk on DC's scale: DC sums its per-class
+    matching distances (`main.py` 178-199), and C * mean over C groups is that sum. For any
+    risk the weights on the group losses sum to C (mean: C / (C K) each; CVaR: C / (alpha C K)
+    on the tail groups; max: C on the worst), so the gradient has the size DC's image learning
+    rate was tuned for whatever the risk or K (`mean+max` weighs 2C).
 
     Returns:
-      () the risk, and (C, K) the group losses (as auxiliary output for `value_and_grad`).
+      () the objective, and (C, K) the group losses (as auxiliary output for `value_and_grad`).
     """
     group_losses = losses_fn(images)
-    return risk.reduce(risk_name, group_losses.reshape(-1), alpha=alpha), group_losses
+    value = group_losses.shape[0] * risk.reduce(risk_name, group_losses.reshape(-1), alpha=alpha)
+    return value, group_losses
 
 
 def train_step(
@@ -122,88 +165,95 @@ def train_step(
     apply_fn: matching.ApplyFn,
     syn_optimizer: optax.GradientTransformation,
     net_optimizer: optax.GradientTransformation,
-    augment_fn: matching.AugmentFn,
+    net_augment_fn: matching.AugmentFn,
     risk_name: str,
     alpha: float,
     num_real: int,
-    net_reset_every: int,
-    net_train_steps: int,
+    outer_loop: int,
+    inner_loop: int,
+    inner_batch: int,
     mesh: Mesh | None = None,
 ) -> tuple[State, dict[str, jax.Array]]:
-    """One distillation update; pure, so `fold_in(run_key, step)` keys make runs reproducible.
+    """One DC iteration; pure, so `fold_in(run_key, step)` keys make runs reproducible.
 
     Args:
-      state: current `State`. key: this step's PRNG key. real: the real training data.
+      state: current `State`. key: this iteration's PRNG key. real: the real training data.
       losses_fn: a `matching.FAMILIES` entry with its own hyperparameters bound.
       init_net: key -> fresh network parameters. apply_fn: network apply.
+      syn_optimizer / net_optimizer: the images' and the matched network's optimisers.
+      net_augment_fn: augmentation of the network's training batches (per image, as DC).
       risk_name / alpha: reduction of the (C, K) group losses (`risk.RISKS`).
-      num_real: m, real samples drawn per group.
+      num_real: m, real samples drawn per group for each update.
+      outer_loop / inner_loop / inner_batch: DC's schedule (module docstring).
       mesh: split the groups' losses over this mesh's devices (`sharding.compute_group_losses`);
         None: one device. The state and `real` should be replicated on it
         (`sharding.replicate`).
 
     Returns:
-      The new state and scalar metrics (plus the (C, K) `group_losses`).
+      The new state and scalar metrics averaged over the iteration's updates (plus the
+      (C, K) `group_losses`, averaged too).
     """
-    sample_key, init_key, loss_key, train_key = jax.random.split(key, 4)
-    index = groups_lib.sample_groups(real.groups, num_real, key=sample_key)  # (C, K, m)
+    init_key, loop_key = jax.random.split(key)
+    net_params = init_net(init_key)
+    flat_labels = state.labels.reshape(-1, *state.labels.shape[2:])
 
-    reset = state.step % net_reset_every == 0
-    fresh = init_net(init_key)
-    net_params = jax.tree.map(lambda f, p: jnp.where(reset, f, p), fresh, state.net_params)
-    net_opt_state = jax.tree.map(
-        lambda f, p: jnp.where(reset, f, p), net_optimizer.init(fresh), state.net_opt_state
-    )
-
-    objective = functools.partial(
-        robust_objective,
-        losses_fn=functools.partial(
-            sharding.compute_group_losses,
-            losses_fn,
+    def update(carry, inputs):
+        images, opt_state, net_params, net_opt_state = carry
+        index, update_key = inputs
+        sample_key, loss_key, train_key = jax.random.split(update_key, 3)
+        objective = functools.partial(
+            robust_objective,
+            losses_fn=functools.partial(
+                sharding.compute_group_losses,
+                losses_fn,
+                net_params,
+                labels=state.labels,
+                images=real.images,
+                index=groups_lib.sample_groups(real.groups, num_real, key=sample_key),
+                key=loss_key,
+                mesh=mesh,
+            ),
+            risk_name=risk_name,
+            alpha=alpha,
+        )
+        (value, group_losses), grads = jax.value_and_grad(objective, has_aux=True)(images)
+        updates, opt_state = syn_optimizer.update(grads, opt_state, images)
+        images = optax.apply_updates(images, updates)
+        net_params, net_opt_state = _train_network(
             net_params,
-            labels=state.labels,
-            images=real.images,
-            index=index,
-            key=loss_key,
-            mesh=mesh,
-        ),
-        risk_name=risk_name,
-        alpha=alpha,
-    )
-    (value, group_losses), grads = jax.value_and_grad(objective, has_aux=True)(state.images)
-    updates, opt_state = syn_optimizer.update(grads, state.opt_state, state.images)
-    images = optax.apply_updates(state.images, updates)
+            net_opt_state,
+            jax.lax.stop_gradient(images.reshape(-1, *images.shape[2:])),
+            flat_labels,
+            key=train_key,
+            # DC trains the network after every update of the iteration but the last.
+            num_epochs=jnp.where(index == outer_loop - 1, 0, inner_loop),
+            apply_fn=apply_fn,
+            optimizer=net_optimizer,
+            augment_fn=net_augment_fn,
+            batch_size=inner_batch,
+        )
+        flat = group_losses.reshape(-1)
+        metrics = {
+            "loss": value,
+            "group_loss_mean": risk.mean(flat),
+            "group_loss_cvar": risk.cvar(flat, alpha),
+            "group_loss_max": risk.worst(flat),
+            "grad_norm": optax.global_norm(grads),
+            # The run loop stops on a non-finite loss or synthetic set, keeping the last
+            # checkpoint.
+            "finite": jnp.isfinite(value) & jnp.all(jnp.isfinite(images)),
+            "group_losses": group_losses,
+        }
+        return (images, opt_state, net_params, net_opt_state), metrics
 
-    net_params, net_opt_state = _train_network(
-        net_params,
-        net_opt_state,
-        jax.lax.stop_gradient(images.reshape(-1, *images.shape[2:])),
-        state.labels.reshape(-1, *state.labels.shape[2:]),
-        key=train_key,
-        apply_fn=apply_fn,
-        optimizer=net_optimizer,
-        augment_fn=augment_fn,
-        num_steps=net_train_steps,
-    )
-    flat = group_losses.reshape(-1)
+    carry = (state.images, state.opt_state, net_params, net_optimizer.init(net_params))
+    inputs = (jnp.arange(outer_loop), jax.random.split(loop_key, outer_loop))
+    (images, opt_state, _, _), per_update = jax.lax.scan(update, carry, inputs)
     metrics = {
-        "loss": value,
-        "group_loss_mean": risk.mean(flat),
-        "group_loss_cvar": risk.cvar(flat, alpha),
-        "group_loss_max": risk.worst(flat),
-        "grad_norm": optax.global_norm(grads),
-        # The run loop stops on a non-finite loss or synthetic set, keeping the last checkpoint.
-        "finite": jnp.isfinite(value) & jnp.all(jnp.isfinite(images)),
-        "group_losses": group_losses,
+        name: jnp.all(value, axis=0) if name == "finite" else jnp.mean(value, axis=0)
+        for name, value in per_update.items()
     }
-    new_state = state.replace(
-        step=state.step + 1,
-        images=images,
-        opt_state=opt_state,
-        net_params=net_params,
-        net_opt_state=net_opt_state,
-    )
-    return new_state, metrics
+    return state.replace(step=state.step + 1, images=images, opt_state=opt_state), metrics
 
 
 def synthetic_arrays(state: State) -> tuple[np.ndarray, np.ndarray]:

@@ -18,11 +18,11 @@ from configs import smoke
 from jaxdd import checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# Enough steps, each slow enough, that a kill lands mid-run; tiny evaluation.
+# Enough iterations, each slow enough, that a kill lands mid-run; tiny evaluation.
 OVERRIDES = {
-    "num_steps": 24,
+    "num_iterations": 12,
     "model.width": 32,
-    "checkpoint.every_steps": 4,
+    "checkpoint.every": 2,
     "eval.num_models": 1,
     "eval.epochs": 1,
     "eval.select_every": 0,
@@ -108,31 +108,31 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path, uninterrupted):
 
 
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, uninterrupted, caplog):
-    jaxdd.distill(_config(num_steps=12), tmp_path)
-    latest = tmp_path / "checkpoints" / "12"
+    jaxdd.distill(_config(num_iterations=6), tmp_path)
+    latest = tmp_path / "checkpoints" / "6"
     for path in latest.rglob("*"):
         if path.is_file() and path.stat().st_size > 0:
             path.write_bytes(b"\0" * 7)  # truncated garbage
-    result = jaxdd.distill(_config(), tmp_path)  # 24 steps: resumes from step 8
-    assert any("checkpoint 12 is unreadable" in r.getMessage() for r in caplog.records)
-    assert (tmp_path / "checkpoints" / "12.unreadable").is_dir()  # set aside, not deleted
-    assert result.metrics["step"] == 24
+    result = jaxdd.distill(_config(), tmp_path)  # 12 iterations: resumes from iteration 4
+    assert any("checkpoint 6 is unreadable" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "checkpoints" / "6.unreadable").is_dir()  # set aside, not deleted
+    assert result.metrics["step"] == 12
     _assert_same_run(tmp_path, uninterrupted)
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path):
-    jaxdd.distill(_config(num_steps=4), tmp_path)
+    jaxdd.distill(_config(num_iterations=2), tmp_path)
     with pytest.raises(
         checkpoint.IncompatibleCheckpointError, match="ipc: checkpoint 2 vs config 3"
     ):
-        jaxdd.distill(_config(num_steps=4, ipc=3), tmp_path)
-    # num_steps and evaluation may change: continuing a finished run for more steps works.
-    assert jaxdd.distill(_config(num_steps=8), tmp_path).metrics["step"] == 8
+        jaxdd.distill(_config(num_iterations=2, ipc=3), tmp_path)
+    # num_iterations and evaluation may change: continuing a finished run for more works.
+    assert jaxdd.distill(_config(num_iterations=4), tmp_path).metrics["step"] == 4
 
 
 def test_non_finite_synthetic_set_stops_with_the_step_and_keeps_checkpoints(tmp_path):
     with pytest.raises(FloatingPointError, match="non-finite loss or synthetic images at step"):
-        jaxdd.distill(_config(**{"syn.lr": 1e38, "checkpoint.every_steps": 1}), tmp_path)
+        jaxdd.distill(_config(**{"syn.lr": 1e38, "checkpoint.every": 1}), tmp_path)
     steps = sorted(
         int(p.name) for p in (tmp_path / "checkpoints").glob("[0-9]*") if p.name.isdigit()
     )

@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 
 from configs import smoke
+from jaxdd import build
 from jaxdd import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -17,9 +19,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def test_load_applies_overrides_as_the_cli_does(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # Not the repository: `configs` resolves from the file.
     config = config_lib.load(
-        REPO / "configs" / "smoke.py", "num_steps=7", "robust.risk=max", "robust.alpha=0.25"
+        REPO / "configs" / "smoke.py", "num_iterations=7", "robust.risk=max", "robust.alpha=0.25"
     )
-    assert (config.num_steps, config.robust.risk, config.robust.alpha) == (7, "max", 0.25)
+    assert (config.num_iterations, config.robust.risk, config.robust.alpha) == (7, "max", 0.25)
     assert config.ipc == smoke.get_config().ipc
     config.ipc = 3  # Fields stay settable, as a get_config() result.
 
@@ -85,6 +87,11 @@ def test_installed_copy_loads_configs_from_another_directory(tmp_path):
         ("match.unroll_remat", "sqrt", "config.match.unroll_remat"),
         ("distributed.num_devices", -1, "config.distributed.num_devices"),
         ("distributed.process_id", 1, "below distributed.num_processes=1"),
+        ("match.outer_loop", 0, "-1 \\(as DC\\) or an integer >= 1"),
+        ("match.inner_loop", -2, "config.match.inner_loop=-2"),
+        ("model.stem_pad", -3, "config.model.stem_pad=-3"),
+        ("model.init", "xavier", "config.model.init"),
+        ("num_iterations", 0, "config.num_iterations=0"),
     ],
 )
 def test_validation_names_the_field(field, value, message):
@@ -92,4 +99,62 @@ def test_validation_names_the_field(field, value, message):
     section, _, key = field.rpartition(".")
     (config[section] if section else config)[key] = value
     with pytest.raises(ValueError, match=message):
+        config_lib.validate(config)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("num_steps", "num_iterations"),
+        ("log.every_steps", "log.every"),
+        ("match.net_reset_every", "match.outer_loop"),
+        ("match.net_train_steps", "match.inner_loop"),
+    ],
+)
+def test_a_field_of_the_old_schedule_names_its_replacement(old, new):
+    config = smoke.get_config()  # Unlocked, as a user's get_config() result: fields can be added.
+    section, _, key = old.rpartition(".")
+    (config[section] if section else config)[key] = 3
+    with pytest.raises(ValueError, match=f"config.{old} no longer exists; use config.{new}"):
+        config_lib.validate(config)
+
+
+@pytest.mark.parametrize("ipc, loops", [(1, (1, 1)), (10, (10, 50)), (50, (50, 10))])
+def test_gradient_matching_takes_dcs_get_loops(ipc, loops):
+    config = config_lib.load(REPO / "configs" / "fashion_mnist.py", f"ipc={ipc}")
+    config_lib.validate(config)
+    assert build.loops(config) == loops
+    config.match.inner_loop = 7  # An explicit value wins; the other keeps DC's.
+    assert build.loops(config) == (loops[0], 7)
+
+
+def test_an_ipc_without_dcs_loops_asks_for_them():
+    config = config_lib.load(REPO / "configs" / "digits.py", "ipc=3")
+    with pytest.raises(ValueError, match="defined for ipc in \\[1, 10, 20, 30, 40, 50\\]"):
+        config_lib.validate(config)
+    config.match.outer_loop, config.match.inner_loop = 3, 20
+    config_lib.validate(config)
+    assert build.loops(config) == (3, 20)
+
+
+def test_methods_take_their_papers_settings():
+    dsa = config_lib.load(REPO / "configs" / "fashion_mnist.py")
+    dc = config_lib.load(REPO / "configs" / "fashion_mnist.py:dc")
+    dm = config_lib.load(REPO / "configs" / "fashion_mnist.py:dm")
+    assert (dsa.syn.lr, dsa.match.net_lr, dsa.num_iterations, dsa.eval.epochs) == (
+        0.1, 0.01, 1000, 1000
+    )  # fmt: skip
+    assert dsa.match.augment == dsa.eval.augment == "color_crop_cutout_flip_scale_rotate"
+    assert (dc.match.augment, dc.eval.augment, dc.eval.epochs) == ("none", "none", 300)
+    assert (dm.match.family, dm.syn.lr, dm.num_iterations) == ("distribution", 1.0, 20000)
+    assert build.loops(dm) == (1, 0)  # A fresh random network for every update.
+    digits_dc = config_lib.load(REPO / "configs" / "digits.py:dc")
+    assert digits_dc.match.augment == "none"  # Dropping flips keeps 'none'.
+    with pytest.raises(flags.IllegalFlagValueError, match="unknown method 'mtt'"):
+        config_lib.load(REPO / "configs" / "digits.py:mtt")
+
+
+def test_distribution_matching_refuses_a_trained_network():
+    config = config_lib.load(REPO / "configs" / "digits.py:dm", "match.inner_loop=5")
+    with pytest.raises(ValueError, match="fresh random network for every update"):
         config_lib.validate(config)

@@ -289,3 +289,50 @@ def test_cross_entropy_rejects_mismatched_labels():
         models.cross_entropy(logits, jnp.zeros((3, 5)))
     with pytest.raises(ValueError, match="integers"):
         models.cross_entropy(logits, jnp.zeros((3,), jnp.float32))
+
+
+def test_convnet_stem_pad_is_dcs_padding_3_first_conv_at_28x28():
+    """DC's ConvNet on 1-channel 28x28: padding 3 in the first conv, maps 32 -> 16 -> 8 -> 4."""
+    model = models.ConvNet(NUM_CLASSES, width=4, depth=3, stem_pad=2)
+    params = _param_shapes(model, (28, 28, 1))["params"]
+    assert params["fc"]["kernel"] == (4 * 4 * 4, NUM_CLASSES)  # DC: 2048 at width 128.
+    assert _param_shapes(models.ConvNet(NUM_CLASSES, width=4), (28, 28, 1))["params"]["fc"][
+        "kernel"
+    ] == (3 * 3 * 4, NUM_CLASSES)  # SAME padding: 28 -> 14 -> 7 -> 3.
+    # Same parameters: stem_pad=2 is the SAME conv of the 2-padded image, i.e. padding 3.
+    variables = _random_variables(model, (28, 28, 1))
+    x = _images((2, 28, 28, 1))
+    conv0 = lambda y: jax.lax.conv_general_dilated(
+        y, variables["params"]["conv0"]["kernel"], (1, 1), [(3, 3), (3, 3)],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    ) + variables["params"]["conv0"]["bias"]  # fmt: skip
+    _, intermediates = model.apply(variables, x, capture_intermediates=True, mutable=True)
+    first = intermediates["intermediates"]["conv0"]["__call__"][0]
+    assert first.shape == (2, 32, 32, 4)
+    np.testing.assert_allclose(first, conv0(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["convnet", "mlp"])
+def test_torch_init_scheme_is_pytorchs_default(name):
+    """kaiming-uniform(a=sqrt(5)) kernels and uniform biases, both U(+-1/sqrt(fan_in))."""
+    model = models.instantiate(name, num_classes=NUM_CLASSES, width=64, depth=2)
+    params = models.init_params(model, jax.random.key(0), (8, 8, 1))
+    is_layer = lambda x: isinstance(x, dict) and "kernel" in x
+    layers = [leaf for leaf in jax.tree.leaves(params, is_leaf=is_layer) if is_layer(leaf)]
+    assert len(layers) == (3 if name == "convnet" else 2)
+    for layer in layers:
+        kernel, bias = np.asarray(layer["kernel"]), np.asarray(layer["bias"])
+        bound = 1 / np.sqrt(np.prod(kernel.shape[:-1]))
+        assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
+        # Uniform on [-b, b]: variance b^2 / 3 (within sampling error of >= 4096 draws).
+        if kernel.size >= 4096:
+            np.testing.assert_allclose(kernel.var(), bound**2 / 3, rtol=0.1)
+        assert np.abs(bias).max() > bound / 4  # Biases are drawn, not zero.
+    lecun = models.instantiate(
+        name, num_classes=NUM_CLASSES, width=64, depth=2, init_scheme="lecun"
+    )
+    lecun_params = models.init_params(lecun, jax.random.key(0), (8, 8, 1))
+    assert not np.any(jax.tree.leaves(lecun_params["fc"])[0])  # flax: zero bias
+    with pytest.raises(ValueError, match="init_scheme"):
+        bad = models.instantiate(name, num_classes=NUM_CLASSES, init_scheme="xavier")
+        models.init_params(bad, jax.random.key(0), (8, 8, 1))

@@ -20,12 +20,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def _tiny(config):
     """Shrinks any config to a seconds-long run without changing its data or family."""
     config.ipc = 1
-    config.num_steps = 2
+    config.num_iterations = 2
     config.model.width = 8
     config.cluster.num_clusters = 2
     config.cluster.num_iters = 3
     config.match.num_real = 4
-    config.match.net_train_steps = 1
+    config.match.outer_loop = 2
+    config.match.inner_loop = 1
     config.match.unroll_steps = 2
     config.eval.num_models = 1
     config.eval.epochs = 1
@@ -33,7 +34,7 @@ def _tiny(config):
     config.eval.per_class_k = 1
     config.eval.select_every = 0
     config.eval.select_num_models = 1  # Selection and test share one compiled training program.
-    config.log.every_steps = 1
+    config.log.every = 1
     return config
 
 
@@ -97,8 +98,7 @@ def test_smoke_run_writes_every_file(tmp_path):
 def test_other_families_run_end_to_end(tmp_path, family):
     config = _tiny(smoke.get_config())
     config.match.family = family
-    config.match.net_reset_every = 1
-    config.match.net_train_steps = 0
+    config.match.outer_loop, config.match.inner_loop = -1, -1  # 1 / 0: fresh networks.
     result = jaxdd.distill(config, tmp_path)
     assert np.isfinite(result.metrics["loss"])
 
@@ -134,14 +134,14 @@ def test_cli_with_overrides(tmp_path):
         "-m",
         "jaxdd.main",
         f"--config={REPO / 'configs' / 'smoke.py'}",
-        "--config.num_steps=1",
+        "--config.num_iterations=1",
         "--config.robust.risk=max",
         f"--workdir={tmp_path}",
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["num_steps"] == 1 and config["robust"]["risk"] == "max"
+    assert config["num_iterations"] == 1 and config["robust"]["risk"] == "max"
     assert (tmp_path / "synthetic.npz").is_file()
 
 

@@ -82,9 +82,9 @@ def _step_check(family: str) -> dict:
         groups = groups_lib.make_groups(
             labels, assignments, num_classes=num_classes, num_clusters=num_clusters
         )
-        model = build.create_model(config, num_classes)
+        model = build.create_model(config, num_classes, (8, 8, 1))
         real = step.RealData(images=images + labels[:, None, None, None], groups=groups)
-        state = build.create_state(config, model, real, key=jax.random.key(1))
+        state = build.create_state(config, real, key=jax.random.key(1))
         key = jax.random.key(2)
 
         single_state, single = build.create_step(config, model, (8, 8, 1))(state, key, real)
@@ -112,7 +112,7 @@ def _run_check(tmp_path: pathlib.Path) -> dict:
     results, sizes = {}, []
     for name, num_devices in (("one", 1), ("all", 0)):
         config = smoke.get_config()
-        config.num_steps = 3
+        config.num_iterations = 3
         config.eval.num_models, config.eval.epochs, config.eval.select_every = 1, 1, 0
         config.eval.select_num_models = 1  # One compiled training program for both.
         config.distributed.num_devices = num_devices

@@ -60,9 +60,8 @@ def test_state_starts_from_the_configured_coreset():
     dataset, _ = build.load_data(config)
     groups = build.create_groups(config, dataset, key=jax.random.key(0))
     real = step.RealData(images=jax.numpy.asarray(dataset.train.images), groups=groups)
-    model = build.create_model(config, dataset.num_classes)
     state = build.create_state(
-        config, model, real, key=jax.random.key(1), train_labels=dataset.train.labels
+        config, real, key=jax.random.key(1), train_labels=dataset.train.labels
     )
     images, labels = synthetic.coreset(
         "k_center", dataset.train.images, dataset.train.labels, ipc=2, seed=0
@@ -70,4 +69,4 @@ def test_state_starts_from_the_configured_coreset():
     np.testing.assert_array_equal(state.images, images)
     np.testing.assert_array_equal(state.labels, labels)
     with pytest.raises(ValueError, match="train labels"):
-        build.create_state(config, model, real, key=jax.random.key(1))
+        build.create_state(config, real, key=jax.random.key(1))

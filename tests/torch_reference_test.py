@@ -17,9 +17,21 @@ IMAGE_SHAPE = (8, 8, 1)
 C, K, M, IPC = 3, 2, 4, 2
 
 
-def _random_params(model, seed=0):
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Run torch single-threaded here: once scipy's OpenBLAS is loaded (conftest imports
+    jaxdd.data -> scikit-learn -> scipy), torch's OpenMP threads contend with its threads on
+    small CPUs and these tiny problems run ~100x slower; one thread is also the fastest for
+    them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _random_params(model, seed=0, image_shape=IMAGE_SHAPE):
     """Flax params with every leaf random (norm scales and biases too, so a swap would show)."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))
     rng = np.random.default_rng(seed)
 
     def fill(path, leaf):
@@ -92,6 +104,9 @@ def test_robust_step_matches_jaxdd_losses_and_image_gradient(problem, alpha):
         float(risk_value), risk.cvar(expected_losses.reshape(-1), alpha), rtol=1e-4
     )
     grad = np.moveaxis(grad.numpy(), -3, -1)  # back to (C, ipc, H, W, Ch)
+    # jaxdd's objective is C * risk (DC's sum over classes, `step.robust_objective`), the
+    # torch step's the risk itself.
+    expected_grad = expected_grad / C
     scale = float(np.abs(expected_grad).max())
     assert scale > 0
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-5 * scale)
@@ -105,3 +120,442 @@ def test_cvar_matches_jaxdd(alpha):
     losses[3] = losses[7]  # a tie
     got = torch_reference.cvar(torch.from_numpy(losses), alpha)
     np.testing.assert_allclose(float(got), risk.cvar(losses, alpha), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The port of DC / DSA / DM (dc_distill, dm_distill, evaluate_synset and DSA).
+# ---------------------------------------------------------------------------------------------
+
+
+def test_get_loops_is_dcs_table():
+    table = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+    for ipc, loops in table.items():
+        assert torch_reference.get_loops(ipc) == loops
+    with pytest.raises(ValueError, match="ipc in .* not 5"):
+        torch_reference.get_loops(5)
+
+
+def test_convnet_stem_pad_gives_dcs_mnist_shapes():
+    net = torch_reference.ConvNet((28, 28, 1), 10, width=128, depth=3, stem_pad=2)
+    assert net.feature_hw == (4, 4)  # 32 -> 16 -> 8 -> 4, as DC's padding-3 first conv.
+    assert net.features.conv0.padding == (3, 3)
+    x = torch.zeros(2, 1, 28, 28)
+    assert net.embed(x).shape == (2, 2048)
+    assert net(x).shape == (2, 10)
+    # Without it the rule sees 28: 28 -> 14 -> 7 -> 3.
+    assert torch_reference.ConvNet((28, 28, 1), 10).feature_hw == (3, 3)
+
+
+def test_convnet_stem_pad_matches_jaxdd_on_padded_input():
+    model = models.ConvNet(num_classes=C, width=8, depth=3)
+    # jaxdd's SAME 3x3 conv on an input padded by 2 is a padding-3 conv on the raw input.
+    params = _random_params(model, seed=3, image_shape=(32, 32, 1))
+    images = np.random.default_rng(4).normal(size=(5, 28, 28, 1)).astype(np.float32)
+    padded = jnp.pad(jnp.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
+    expected, expected_embedding = model.apply({"params": params}, padded)
+
+    net = torch_reference.ConvNet((28, 28, 1), C, width=8, depth=3, stem_pad=2)
+    net.load_state_dict(torch_reference.params_from_flax(params, feature_hw=net.feature_hw))
+    with torch.no_grad():
+        logits = net(_nchw(images)).numpy()
+        embedding = net.embed(_nchw(images)).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+    # The same features, flattened (c, h, w) in torch and (h, w, c) in jaxdd.
+    embedding = embedding.reshape(5, 8, 4, 4).transpose(0, 2, 3, 1).reshape(5, -1)
+    np.testing.assert_allclose(embedding, expected_embedding, rtol=1e-4, atol=1e-5)
+
+
+def test_init_network_is_seeded_torch_default_and_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a = torch_reference.init_network((8, 8, 1), 3, width=8, depth=2, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = torch_reference.init_network((8, 8, 1), 3, width=8, depth=2, seed=5)
+    c = torch_reference.init_network((8, 8, 1), 3, width=8, depth=2, seed=6)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert not torch.equal(a.features.conv0.weight, c.features.conv0.weight)
+    # torch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) kernels; norm scale 1, bias 0.
+    bound = 1.0 / np.sqrt(9 * 8)
+    largest = float(a.features.conv1.weight.detach().abs().max())
+    assert 0.8 * bound < largest <= bound
+    assert torch.equal(a.features.norm0.weight, torch.ones(8))
+
+
+def _generator(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _draw(ops):
+    return torch_reference.DSADraw(ops=tuple((op, torch.as_tensor(v)) for op, v in ops))
+
+
+def _apply(x, *ops):
+    return torch_reference.apply_diff_augment(torch.as_tensor(x), _draw(ops)).numpy()
+
+
+# The ops of each DSA family (`utils.py` 643-650).
+DSA_FAMILY_OPS = {
+    ("brightness", "saturation", "contrast"),
+    ("crop",),
+    ("cutout",),
+    ("flip",),
+    ("scale",),
+    ("rotate",),
+}
+
+
+def test_dsa_single_mode_draws_one_family_each_time_and_all_of_them():
+    seen = set()
+    for seed in range(60):
+        draw = torch_reference.draw_diff_augment(
+            torch_reference.DEFAULT_DSA_STRATEGY, 1, (8, 8), generator=_generator(seed)
+        )
+        ops = tuple(op for op, _ in draw.ops)
+        assert ops in DSA_FAMILY_OPS
+        seen.add(ops)
+    assert len(seen) == 6
+    # Mode 'M' (`utils.py` 507-510) applies every family, in the strategy's order.
+    draw = torch_reference.draw_diff_augment(
+        "flip_color_crop",
+        3,
+        (8, 8),
+        generator=_generator(0),
+        param=torch_reference.ParamDiffAug(aug_mode="M"),
+    )
+    assert [op for op, _ in draw.ops] == ["flip", "brightness", "saturation", "contrast", "crop"]
+    with pytest.raises(ValueError, match="Unknown DSA families"):
+        torch_reference.draw_diff_augment("crop_blur", 1, (8, 8), generator=_generator(0))
+
+
+def test_dsa_draw_ranges():
+    gen = _generator(0)
+    draw = dict(torch_reference.draw_diff_augment("crop", 2000, (8, 28), generator=gen).ops)
+    # int(8 * 0.125 + 0.5) = 1 and int(28 * 0.125 + 0.5) = 4, both ends included.
+    assert set(draw["crop"][:, 0].tolist()) == {-1, 0, 1}
+    assert set(draw["crop"][:, 1].tolist()) == set(range(-4, 5))
+    draw = dict(torch_reference.draw_diff_augment("cutout", 2000, (8, 7), generator=gen).ops)
+    # Cut 4 (even): centres in [0, 8]; cut int(3.5 + 0.5) = 4 on 7 too: [0, 7].
+    assert set(draw["cutout"][:, 0].tolist()) == set(range(9))
+    assert set(draw["cutout"][:, 1].tolist()) == set(range(8))
+    scale = dict(torch_reference.draw_diff_augment("scale", 2000, (8, 8), generator=gen).ops)
+    assert scale["scale"].shape == (2000, 2)
+    assert (
+        1 / 1.2 <= float(scale["scale"].min()) < 0.85 and 1.15 < float(scale["scale"].max()) < 1.2
+    )
+    angles = dict(torch_reference.draw_diff_augment("rotate", 2000, (8, 8), generator=gen).ops)
+    degrees = np.degrees(angles["rotate"].numpy())
+    assert -15 <= degrees.min() < -14 and 14 < degrees.max() < 15
+
+
+def test_dsa_flip_by_hand():
+    x = np.random.default_rng(0).normal(size=(2, 1, 4, 5)).astype(np.float32)
+    got = _apply(x, ("flip", [0.3, 0.7]))  # Flipped where u < 0.5.
+    np.testing.assert_array_equal(got[0], x[0, :, :, ::-1])
+    np.testing.assert_array_equal(got[1], x[1])
+
+
+def test_dsa_crop_is_an_integer_shift_with_zero_fill():
+    x = np.random.default_rng(0).normal(size=(2, 2, 5, 6)).astype(np.float32)
+    got = _apply(x, ("crop", [[1, -2], [0, 0]]))
+    expected = np.zeros_like(x[0])
+    for i in range(5):
+        for j in range(6):
+            if 0 <= i + 1 < 5 and 0 <= j - 2 < 6:
+                expected[:, i, j] = x[0, :, i + 1, j - 2]
+    np.testing.assert_array_equal(got[0], expected)
+    np.testing.assert_array_equal(got[1], x[1])
+
+
+def test_dsa_cutout_zeros_a_clipped_square():
+    x = np.ones((2, 3, 8, 8), np.float32)
+    got = _apply(x, ("cutout", [[4, 4], [0, 7]]))
+    inside = np.ones((8, 8), np.float32)
+    inside[2:6, 2:6] = 0  # 4x4 = int(8 * 0.5 + 0.5), starting at centre - 2.
+    corner = np.ones((8, 8), np.float32)
+    corner[0:2, 5:8] = 0  # rows -2..1 and cols 5..8 clipped to the image.
+    np.testing.assert_array_equal(got[0], np.broadcast_to(inside, (3, 8, 8)))
+    np.testing.assert_array_equal(got[1], np.broadcast_to(corner, (3, 8, 8)))
+
+
+def test_dsa_color_with_known_uniforms():
+    x = np.random.default_rng(0).normal(size=(1, 3, 4, 4)).astype(np.float32)
+    got = _apply(x, ("brightness", [0.8]), ("saturation", [0.25]), ("contrast", [0.1]))
+    y = x + (0.8 - 0.5) * 1.0
+    mean_c = y.mean(axis=1, keepdims=True)
+    y = (y - mean_c) * (0.25 * 2.0) + mean_c
+    mean_all = y.mean(axis=(1, 2, 3), keepdims=True)
+    y = (y - mean_all) * (0.1 + 0.5) + mean_all
+    np.testing.assert_allclose(got, y, rtol=1e-5, atol=1e-6)
+
+
+def test_dsa_scale_and_rotate_by_hand():
+    rows, cols = np.meshgrid(np.arange(5.0), np.arange(5.0), indexing="ij")
+    ramp = (2.0 * rows + 0.5 * cols).astype(np.float32)[None, None]  # bilinear reads it exactly
+    # Scale 0.5 magnifies 2x about the centre: pixel (i, j) reads (1 + i / 2, 1 + j / 2).
+    got = _apply(ramp, ("scale", [[0.5, 0.5]]))
+    np.testing.assert_allclose(got[0, 0], 2.0 * (1 + rows / 2) + 0.5 * (1 + cols / 2), atol=1e-5)
+    np.testing.assert_allclose(_apply(ramp, ("scale", [[1.0, 1.0]])), ramp, atol=1e-6)
+    x = np.random.default_rng(0).normal(size=(2, 1, 6, 6)).astype(np.float32)
+    got = _apply(x, ("rotate", [np.pi / 2, 0.0]))
+    np.testing.assert_allclose(got[0], np.rot90(x[0], 1, axes=(1, 2)), atol=1e-5)
+    np.testing.assert_allclose(got[1], x[1], atol=1e-6)
+
+
+def test_dsa_siamese_shares_one_transform_across_batches():
+    strategy = torch_reference.DEFAULT_DSA_STRATEGY
+    moved = 0
+    for seed in range(12):
+        x = np.random.default_rng(seed).normal(size=(6, 3, 8, 8)).astype(np.float32)
+        x = torch.from_numpy(x)
+        batch = torch_reference.diff_augment(x, strategy, generator=_generator(seed), siamese=True)
+        first = torch_reference.diff_augment(
+            x[:1], strategy, generator=_generator(seed), siamese=True
+        )
+        np.testing.assert_allclose(batch[:1].numpy(), first.numpy(), atol=1e-6)
+        real, syn = torch_reference.diff_augment_pair(
+            x, x[2:4], strategy, generator=_generator(seed)
+        )
+        np.testing.assert_allclose(real[2:4].numpy(), syn.numpy(), atol=1e-6)
+        moved += not torch.allclose(real, x)
+    # Not vacuous: most draws transform (a flip or crop may draw the identity).
+    assert moved >= 8
+
+
+def test_dsa_per_image_differs_across_identical_images():
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 1, 8, 8)).astype(np.float32))
+    x = x.expand(16, 1, 8, 8)
+    for strategy in ("rotate", "flip", "crop"):
+        per_image = torch_reference.diff_augment(
+            x, strategy, generator=_generator(1), siamese=False
+        )
+        distinct = {tuple(np.round(im.numpy().ravel(), 5)) for im in per_image}
+        assert len(distinct) > 1, strategy
+        shared = torch_reference.diff_augment(x, strategy, generator=_generator(1), siamese=True)
+        assert len({tuple(np.round(im.numpy().ravel(), 5)) for im in shared}) == 1, strategy
+    assert torch_reference.diff_augment(x, "none", generator=_generator(0), siamese=True) is x
+
+
+def test_dsa_is_differentiable():
+    x = torch.randn(4, 3, 8, 8, generator=_generator(0), requires_grad=True)
+    for seed in range(8):
+        out = torch_reference.diff_augment(
+            x, torch_reference.DEFAULT_DSA_STRATEGY, generator=_generator(seed), siamese=False
+        )
+        (grad,) = torch.autograd.grad(out.square().sum(), x)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+TINY_C, TINY_PER_CLASS = 3, 20
+
+
+def _patterns(num_per_class, rng, noise):
+    """(3 * n, 8, 8, 1) images: horizontal stripes, vertical stripes, checkerboard + noise."""
+    rows, cols = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
+    bases = [(-1.0) ** rows, (-1.0) ** cols, (-1.0) ** (rows + cols)]
+    labels = np.repeat(np.arange(3), num_per_class)
+    images = np.stack([bases[c] for c in labels])[..., None]
+    images = images + noise * rng.normal(size=images.shape)
+    return images.astype(np.float32), labels
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """3 classes x 20 noisy-pattern 8x8x1 images in shuffled order; ipc 2 initial indices."""
+    rng = np.random.default_rng(7)
+    images, labels = _patterns(TINY_PER_CLASS, rng, noise=1.0)
+    order = rng.permutation(labels.size)
+    images, labels = images[order], labels[order]
+    init = np.concatenate([np.flatnonzero(labels == c)[:2] for c in range(TINY_C)])
+    return images, labels, init
+
+
+def _dc(tiny, **kwargs):
+    images, labels, init = tiny
+    args = dict(
+        init_indices=init,
+        num_classes=TINY_C,
+        method="DC",
+        iterations=2,
+        outer_loop=2,
+        inner_loop=2,
+        batch_real=8,
+        batch_train=4,
+        width=8,
+        depth=2,
+        seed=0,
+    )
+    args.update(kwargs)
+    return torch_reference.dc_distill(images, labels, **args)
+
+
+def _dm(tiny, **kwargs):
+    images, labels, init = tiny
+    args = dict(
+        init_indices=init,
+        num_classes=TINY_C,
+        iterations=2,
+        batch_real=8,
+        width=8,
+        depth=2,
+        seed=0,
+    )
+    args.update(kwargs)
+    return torch_reference.dm_distill(images, labels, **args)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [_dc, functools.partial(_dc, method="DSA"), _dm, functools.partial(_dm, dsa_strategy=None)],
+)
+def test_distill_is_seeded_moves_images_and_starts_from_init(tiny, run):
+    images, _, init = tiny
+    out = run(tiny)
+    assert out.shape == (6, 8, 8, 1) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, run(tiny))  # deterministic given the seed
+    assert not np.array_equal(out, run(tiny, seed=1))
+    assert np.abs(out - images[init]).max() > 1e-2  # the images moved
+    # With a tiny step size the result stays at train_images[init_indices], class-major.
+    near = run(tiny, lr_img=1e-7)
+    np.testing.assert_allclose(near, images[init], atol=1e-5)
+    assert not np.array_equal(near, images[init])
+
+
+def test_dc_inner_loop_and_dsa_change_the_result(tiny):
+    base = _dc(tiny)
+    # The network trained between the two updates moves the second update.
+    assert not np.allclose(base, _dc(tiny, inner_loop=0), atol=1e-6)
+    assert not np.allclose(base, _dc(tiny, method="DSA"), atol=1e-6)
+
+
+def test_distill_rejects_bad_arguments(tiny):
+    images, labels, init = tiny
+    with pytest.raises(ValueError, match="'DC' or 'DSA'"):
+        _dc(tiny, method="DM")
+    with pytest.raises(ValueError, match="class-major"):
+        _dc(tiny, init_indices=init[::-1])
+    with pytest.raises(ValueError, match=r"\(C \* ipc,\)"):
+        _dm(tiny, init_indices=init[:5])
+
+
+def _class_real(tiny, c):
+    images, labels, _ = tiny
+    return _nchw(images[labels == c])
+
+
+def _first_network(seed):
+    streams = torch_reference.RandomStreams(seed)
+    seed = streams.network_seed()
+    return torch_reference.init_network((8, 8, 1), TINY_C, width=8, depth=2, seed=seed)
+
+
+def test_dc_first_update_is_minus_lr_times_the_matching_gradient(tiny):
+    images, _, init = tiny
+    # batch_real covers each class, so the real gradient does not depend on the sampled order.
+    out = _dc(tiny, iterations=1, outer_loop=1, lr_img=0.1, batch_real=100, seed=4)
+
+    net = _first_network(4)
+    params = list(net.parameters())
+    syn = _nchw(images[init]).requires_grad_(True)
+    total = 0.0
+    for c in range(TINY_C):
+        real = _class_real(tiny, c)
+        loss_real = torch.nn.functional.cross_entropy(net(real), torch.full((len(real),), c))
+        grads_real = [g.detach() for g in torch.autograd.grad(loss_real, params)]
+        logits_syn = net(syn[2 * c : 2 * c + 2])
+        loss_syn = torch.nn.functional.cross_entropy(logits_syn, torch.full((2,), c))
+        grads_syn = torch.autograd.grad(loss_syn, params, create_graph=True)
+        total = total + torch_reference.layerwise_cosine_distance(grads_syn, grads_real)
+    (grad,) = torch.autograd.grad(total, syn)
+    # SGD's momentum buffer starts at the first gradient: the step is -lr * grad.
+    expected = images[init] - 0.1 * np.moveaxis(grad.numpy(), 1, -1)
+    step = np.abs(expected - images[init]).max()
+    assert step > 1e-3
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4 * step)
+
+
+def test_dm_first_update_is_minus_lr_times_the_embedding_gradient(tiny):
+    images, _, init = tiny
+    out = _dm(tiny, iterations=1, lr_img=1.0, batch_real=100, dsa_strategy="none", seed=4)
+
+    net = _first_network(4)
+    syn = _nchw(images[init]).requires_grad_(True)
+    total = 0.0
+    for c in range(TINY_C):
+        with torch.no_grad():
+            mean_real = net.embed(_class_real(tiny, c)).mean(0)
+        total = total + torch.sum((mean_real - net.embed(syn[2 * c : 2 * c + 2]).mean(0)) ** 2)
+    (grad,) = torch.autograd.grad(total, syn)
+    expected = images[init] - 1.0 * np.moveaxis(grad.numpy(), 1, -1)
+    step = np.abs(expected - images[init]).max()
+    assert step > 1e-3
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4 * step)
+
+
+def test_evaluate_synset_learns_a_separable_problem_deterministically():
+    rng = np.random.default_rng(11)
+    train, train_labels = _patterns(4, rng, noise=0.3)
+    test, test_labels = _patterns(30, rng, noise=0.3)
+    kwargs = dict(num_classes=3, epochs=20, width=16, depth=2, seeds=(0, 1))
+    acc = torch_reference.evaluate_synset(train, train_labels, test, test_labels, **kwargs)
+    assert acc.shape == (2,)
+    assert acc.min() >= 0.9
+    again = torch_reference.evaluate_synset(train, train_labels, test, test_labels, **kwargs)
+    np.testing.assert_array_equal(acc, again)
+    # With DSA and a few epochs it runs and reports accuracies in [0, 1].
+    dsa = torch_reference.evaluate_synset(
+        train,
+        train_labels,
+        test,
+        test_labels,
+        num_classes=3,
+        epochs=2,
+        width=8,
+        depth=2,
+        dsa_strategy=torch_reference.DEFAULT_DSA_STRATEGY,
+        seeds=(3,),
+    )
+    assert dsa.shape == (1,) and 0.0 <= dsa[0] <= 1.0
+
+
+def _record_calls(monkeypatch, name):
+    """Wrap `torch_reference.<name>`; returns the list its calls' (args, kwargs) go to."""
+    calls = []
+    original = getattr(torch_reference, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch_reference, name, wrapper)
+    return calls
+
+
+def test_dc_loop_structure(tiny, monkeypatch):
+    epochs = _record_calls(monkeypatch, "_train_epoch")
+    networks = _record_calls(monkeypatch, "init_network")
+    _dc(tiny, method="DSA", iterations=2, outer_loop=3, inner_loop=2, batch_train=4)
+    assert len(networks) == 2  # a fresh network per iteration, exactly `iterations` of them
+    # inner_loop epochs after every outer step but the last: 2 * (3 - 1) * 2.
+    assert len(epochs) == 8
+    # One SGD(lr_net) per iteration, without momentum, shared by its epochs; per-image DSA.
+    optimizers = [args[1] for args, _ in epochs]
+    assert len({id(o) for o in optimizers}) == 2
+    assert all(o.defaults["lr"] == 0.01 and o.defaults["momentum"] == 0 for o in optimizers)
+    assert all(kw["dsa_strategy"] == torch_reference.DEFAULT_DSA_STRATEGY for _, kw in epochs)
+    assert all(kw["batch_size"] == 4 for _, kw in epochs)
+
+
+def test_evaluate_synset_runs_epochs_plus_one_with_one_decay(tiny, monkeypatch):
+    images, labels, _ = tiny
+    epochs = _record_calls(monkeypatch, "_train_epoch")
+    torch_reference.evaluate_synset(
+        images, labels, images, labels, num_classes=TINY_C, epochs=4, width=8, depth=2
+    )
+    # DC trains Epoch + 1 epochs and decays x0.1 after epoch Epoch // 2 + 1 = 3, with a fresh
+    # optimiser (`utils.py` 343-355).
+    optimizers = [args[1] for args, _ in epochs]
+    assert [o.param_groups[0]["lr"] for o in optimizers] == pytest.approx([0.01] * 4 + [0.001])
+    assert len({id(o) for o in optimizers}) == 2
+    assert all(o.defaults["momentum"] == 0.9 for o in optimizers)
+    assert all(o.defaults["weight_decay"] == 5e-4 for o in optimizers)
+    assert all(kw["dsa_strategy"] is None for _, kw in epochs)
