@@ -742,7 +742,8 @@ class RandomStreams:
 
 def _nchw(images: np.ndarray, device: str | torch.device) -> torch.Tensor:
     """(N, H, W, Ch) NumPy -> (N, Ch, H, W) float32 tensor."""
-    array = np.ascontiguousarray(np.moveaxis(np.asarray(images, dtype=np.float32), -1, 1))
+    # A copy: jaxdd's dataset arrays are read-only, which torch does not support.
+    array = np.array(np.moveaxis(np.asarray(images, dtype=np.float32), -1, 1), order="C")
     return torch.from_numpy(array).to(device)
 
 

@@ -155,6 +155,57 @@ def robust_objective(
     return value, group_losses
 
 
+def _update_images(
+    images: jax.Array,
+    opt_state: optax.OptState,
+    net_params: Any,
+    *,
+    sample_key: jax.Array,
+    loss_key: jax.Array,
+    labels: jax.Array,
+    real: RealData,
+    losses_fn: Callable[..., jax.Array],
+    syn_optimizer: optax.GradientTransformation,
+    risk_name: str,
+    alpha: float,
+    num_real: int,
+    mesh: Mesh | None,
+) -> tuple[jax.Array, optax.OptState, dict[str, jax.Array]]:
+    """One update of the synthetic set through the network `net_params`: sample m real images
+    per group (`sample_key`), the (C, K) group losses (`loss_key`: augmentation), the
+    objective, an optimiser step; and its metrics."""
+    objective = functools.partial(
+        robust_objective,
+        losses_fn=functools.partial(
+            sharding.compute_group_losses,
+            losses_fn,
+            net_params,
+            labels=labels,
+            images=real.images,
+            index=groups_lib.sample_groups(real.groups, num_real, key=sample_key),
+            key=loss_key,
+            mesh=mesh,
+        ),
+        risk_name=risk_name,
+        alpha=alpha,
+    )
+    (value, group_losses), grads = jax.value_and_grad(objective, has_aux=True)(images)
+    updates, opt_state = syn_optimizer.update(grads, opt_state, images)
+    images = optax.apply_updates(images, updates)
+    flat = group_losses.reshape(-1)
+    metrics = {
+        "loss": value,
+        "group_loss_mean": risk.mean(flat),
+        "group_loss_cvar": risk.cvar(flat, alpha),
+        "group_loss_max": risk.worst(flat),
+        "grad_norm": optax.global_norm(grads),
+        # The run loop stops on a non-finite loss or synthetic set, keeping the last checkpoint.
+        "finite": jnp.isfinite(value) & jnp.all(jnp.isfinite(images)),
+        "group_losses": group_losses,
+    }
+    return images, opt_state, metrics
+
+
 def train_step(
     state: State,
     key: jax.Array,
@@ -196,29 +247,25 @@ def train_step(
     init_key, loop_key = jax.random.split(key)
     net_params = init_net(init_key)
     flat_labels = state.labels.reshape(-1, *state.labels.shape[2:])
+    update_images = functools.partial(
+        _update_images,
+        labels=state.labels,
+        real=real,
+        losses_fn=losses_fn,
+        syn_optimizer=syn_optimizer,
+        risk_name=risk_name,
+        alpha=alpha,
+        num_real=num_real,
+        mesh=mesh,
+    )
 
     def update(carry, inputs):
         images, opt_state, net_params, net_opt_state = carry
         index, update_key = inputs
         sample_key, loss_key, train_key = jax.random.split(update_key, 3)
-        objective = functools.partial(
-            robust_objective,
-            losses_fn=functools.partial(
-                sharding.compute_group_losses,
-                losses_fn,
-                net_params,
-                labels=state.labels,
-                images=real.images,
-                index=groups_lib.sample_groups(real.groups, num_real, key=sample_key),
-                key=loss_key,
-                mesh=mesh,
-            ),
-            risk_name=risk_name,
-            alpha=alpha,
+        images, opt_state, metrics = update_images(
+            images, opt_state, net_params, sample_key=sample_key, loss_key=loss_key
         )
-        (value, group_losses), grads = jax.value_and_grad(objective, has_aux=True)(images)
-        updates, opt_state = syn_optimizer.update(grads, opt_state, images)
-        images = optax.apply_updates(images, updates)
         net_params, net_opt_state = _train_network(
             net_params,
             net_opt_state,
@@ -232,18 +279,6 @@ def train_step(
             augment_fn=net_augment_fn,
             batch_size=inner_batch,
         )
-        flat = group_losses.reshape(-1)
-        metrics = {
-            "loss": value,
-            "group_loss_mean": risk.mean(flat),
-            "group_loss_cvar": risk.cvar(flat, alpha),
-            "group_loss_max": risk.worst(flat),
-            "grad_norm": optax.global_norm(grads),
-            # The run loop stops on a non-finite loss or synthetic set, keeping the last
-            # checkpoint.
-            "finite": jnp.isfinite(value) & jnp.all(jnp.isfinite(images)),
-            "group_losses": group_losses,
-        }
         return (images, opt_state, net_params, net_opt_state), metrics
 
     carry = (state.images, state.opt_state, net_params, net_optimizer.init(net_params))

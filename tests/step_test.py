@@ -238,6 +238,24 @@ def _dc_match_loss(grads_real, grads_syn):
     return total
 
 
+def _one_group_per_class(run, family):
+    """(params, apply_fn, real batches, the family's losses of the synthetic images) with
+    K = 1: each class's group holds all 12 of its real images (DC's batch_real per class)."""
+    _, _, model, real, state, _ = run
+    params = _net(model)
+    apply_fn = lambda p, x: model.apply({"params": p}, x)
+    real_batches = real.images.reshape(state.images.shape[0], 1, 12, 8, 8, 1)
+    bound = functools.partial(
+        family,
+        params,
+        labels=state.labels,
+        real=real_batches,
+        key=jax.random.key(0),
+        apply_fn=apply_fn,
+    )
+    return params, apply_fn, real_batches, bound
+
+
 def test_gradient_objective_is_dcs_summed_loss_and_image_gradient(run):
     """K = 1, risk mean, DC's real batch per class: jaxdd's objective is DC's sum over classes
     of the per-class match loss (main.py 178-199), and so is its gradient in the images.
@@ -247,20 +265,9 @@ def test_gradient_objective_is_dcs_summed_loss_and_image_gradient(run):
     objective jumps wherever a pre-activation changes sign (measured: jumps of 0.1 within
     1e-3 of these images) and central differences diverge as the step shrinks.
     """
-    config, _, model, real, state, labels = run
-    params = _net(model)
-    apply_fn = lambda p, x: model.apply({"params": p}, x)
+    _, _, _, _, state, _ = run
+    params, apply_fn, real_batches, bound = _one_group_per_class(run, matching.gradient)
     num_classes = state.images.shape[0]
-    # One group per class holding the class's 12 real images: DC's batch_real per class.
-    real_batches = real.images.reshape(num_classes, 1, 12, 8, 8, 1)
-    bound = functools.partial(
-        matching.gradient,
-        params,
-        labels=state.labels,
-        real=real_batches,
-        key=jax.random.key(0),
-        apply_fn=apply_fn,
-    )
     objective = jax.jit(
         jax.value_and_grad(
             lambda s: step.robust_objective(s, losses_fn=bound, risk_name="mean", alpha=1.0)[0]
@@ -290,19 +297,9 @@ def test_gradient_objective_is_dcs_summed_loss_and_image_gradient(run):
 def test_distribution_objective_is_dms_summed_loss(run):
     """K = 1, mean: DM's sum over classes of ||mean embed(real_c) - mean embed(syn_c)||^2
     (main_DM.py, ConvNet branch), value and gradient."""
-    _, _, model, real, state, _ = run
-    params = _net(model)
-    apply_fn = lambda p, x: model.apply({"params": p}, x)
+    _, _, _, _, state, _ = run
+    params, apply_fn, real_batches, bound = _one_group_per_class(run, matching.distribution)
     num_classes = state.images.shape[0]
-    real_batches = real.images.reshape(num_classes, 1, 12, 8, 8, 1)
-    bound = functools.partial(
-        matching.distribution,
-        params,
-        labels=state.labels,
-        real=real_batches,
-        key=jax.random.key(0),
-        apply_fn=apply_fn,
-    )
     objective = lambda s: step.robust_objective(s, losses_fn=bound, risk_name="mean", alpha=1.0)[0]
 
     def dm(images):
