@@ -1,0 +1,322 @@
+"""Parity with the reference: jaxdd against a PyTorch port of DC / DSA / DM's own loops.
+
+For one (dataset, ipc, method, iterations, seed) the benchmark distils twice from the SAME
+initial images (the same train indices) with the same settings: once with jaxdd
+(`jaxdd.distill`, K = 1 subgroup per class and risk 'mean', which is the published ERM method)
+and once with `benchmarks.torch_reference` (`dc_distill` / `dm_distill`, a statement-by-statement
+port of `VICO-UoE/DatasetCondensation`'s `main.py` / `main_DM.py`). Each set, and the random
+real subset both start from, is then scored by BOTH evaluators: jaxdd's test protocol
+(`jaxdd.evaluate`) and the port of DC's `evaluate_synset`, so the evaluators are cross-checked
+too. Settings shared by the two sides come from one jaxdd config (`configs/<dataset>.py:<method>`
+with the overrides below): image and network learning rates, real batch per class
+(`match.num_real`, K = 1), DC's outer / inner loops, the DSA strategy, the ConvNet (width, depth,
+`stem_pad`), PyTorch's default initialisation, and the evaluation epochs and augmentation.
+
+Every (key, side) is a record merged into `benchmarks/results/parity.json` as soon as it
+finishes, so a long run can be interrupted and resumed (a finished record is not redone), and
+`parity.md` is rewritten from the JSON (`--render` rewrites it without running anything).
+Hand-written findings go to `parity_findings.md`.
+
+  python -m benchmarks.parity --dataset=digits --ipc=1 --method=dsa --iterations=1000
+  python -m benchmarks.parity --dataset=fashion_mnist --ipc=10 --method=dc --iterations=50 \\
+      --seeds=0,1,2 --sides=random,jaxdd,torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+
+import jaxdd
+from benchmarks import harness
+from jaxdd import build, report, step
+
+SIDES = ("random", "jaxdd", "torch")
+METHODS = ("dc", "dsa", "dm")
+# Real images per class and update: DC's batch_real, except on digits, whose classes hold
+# about 115 train images (DC's get_images(c, 256) would return the whole class every time).
+BATCH_REAL = {"digits": 64}
+
+
+def parity_config(dataset: str, *, ipc: int, method: str, iterations: int, seed: int, models: int):
+    """The one config both sides are run and evaluated with (see the module docstring)."""
+    return jaxdd.load_config(
+        harness.REPO / "configs" / f"{dataset}.py:{method}",
+        f"ipc={ipc}",
+        f"seed={seed}",
+        f"num_iterations={iterations}",
+        "cluster.num_clusters=1",
+        "robust.risk=mean",
+        f"match.num_real={BATCH_REAL.get(dataset, 256)}",
+        "match.group_batch=0",
+        f"eval.num_models={models}",
+        "eval.select_every=0",  # DC and DM report the last set.
+        f"checkpoint.every={iterations}",
+        f"log.every={max(1, iterations // 10)}",
+    )
+
+
+def initial_indices(config, dataset) -> np.ndarray:
+    """(C * ipc,) train indices of the set a jaxdd run starts from (class-major), recovered
+    from the run's own initial state (`build.create_state` under `jaxdd.run`'s key split) and
+    checked: every initial image is exactly one train image of its class."""
+    cluster_key, init_key, _ = jax.random.split(jax.random.key(config.seed), 3)
+    groups = build.create_groups(config, dataset, key=cluster_key)
+    real = step.RealData(images=jax.numpy.asarray(dataset.train.images), groups=groups)
+    state = build.create_state(config, real, key=init_key, train_labels=dataset.train.labels)
+    images = np.asarray(state.images).reshape(-1, *dataset.image_shape)
+    flat = dataset.train.images.reshape(len(dataset.train), -1)
+    indices = []
+    for image, label in zip(images, np.asarray(state.labels).reshape(-1), strict=True):
+        (match,) = np.nonzero(np.all(flat == image.reshape(1, -1), axis=1))
+        if len(match) < 1 or dataset.train.labels[match[0]] != label:
+            raise RuntimeError("an initial image is not a train image of its class")
+        indices.append(int(match[0]))
+    return np.asarray(indices)
+
+
+def torch_settings(config, dataset) -> dict[str, Any]:
+    """The torch side's arguments that mirror `config` (network, loops, rates, DSA)."""
+    augment = None if config.match.augment == "none" else config.match.augment
+    return {
+        "width": config.model.width,
+        "depth": config.model.depth,
+        "stem_pad": build.stem_pad(config, dataset.image_shape),
+        "dsa_strategy": augment,
+    }
+
+
+def torch_distill(config, dataset, init: np.ndarray) -> np.ndarray:
+    from benchmarks import torch_reference
+
+    common = {
+        "init_indices": init,
+        "num_classes": dataset.num_classes,
+        "iterations": config.num_iterations,
+        "lr_img": config.syn.lr,
+        "batch_real": config.match.num_real,
+        "seed": config.seed,
+        **torch_settings(config, dataset),
+    }
+    common["dsa_strategy"] = common["dsa_strategy"] or "none"
+    if config.match.family == "distribution":
+        return torch_reference.dm_distill(dataset.train.images, dataset.train.labels, **common)
+    outer, inner = build.loops(config)
+    return torch_reference.dc_distill(
+        dataset.train.images,
+        dataset.train.labels,
+        method="DSA" if config.match.augment != "none" else "DC",
+        outer_loop=outer,
+        inner_loop=inner,
+        lr_net=config.match.net_lr,
+        batch_train=config.match.inner_batch,
+        **common,
+    )
+
+
+def torch_evaluate(config, dataset, images: np.ndarray, labels: np.ndarray) -> list[float]:
+    """Test accuracies (%) of DC's `evaluate_synset` port, one per evaluation network."""
+    from benchmarks import torch_reference
+
+    settings = torch_settings(config, dataset)
+    accuracies = torch_reference.evaluate_synset(
+        images,
+        labels,
+        dataset.test.images,
+        dataset.test.labels,
+        num_classes=dataset.num_classes,
+        epochs=config.eval.epochs,
+        lr=config.eval.lr,
+        batch_train=config.eval.batch_size,
+        dsa_strategy=None if config.eval.augment == "none" else config.eval.augment,
+        width=settings["width"],
+        depth=settings["depth"],
+        stem_pad=settings["stem_pad"],
+        seeds=report.eval_seeds(config, config.eval.num_models),
+    )
+    return [100.0 * float(a) for a in accuracies]
+
+
+def run_side(side: str, config, dataset, init: np.ndarray) -> dict[str, Any]:
+    """Distils with `side` ('random': none) and scores the set with both evaluators."""
+    labels = dataset.train.labels[init]
+    timer = harness.Timer()
+    jaxdd_eval = None
+    if side == "random":
+        images = dataset.train.images[init]
+    elif side == "jaxdd":
+        with tempfile.TemporaryDirectory() as workdir:
+            result = jaxdd.distill(config, workdir)
+        images, labels = result.images, result.labels
+        # The loop's own clock (compile included), before the run's final evaluation.
+        distill_s = float(result.metrics["elapsed_s"])
+        jaxdd_eval = result.report  # The run's report is jaxdd's evaluator on this set.
+    else:
+        images = torch_distill(config, dataset, init)
+    if side != "jaxdd":
+        distill_s = timer() if side == "torch" else 0.0
+    if jaxdd_eval is None:
+        jaxdd_eval = jaxdd.evaluate(config, images, labels)
+    return {
+        "distill_s": distill_s,
+        "jaxdd_eval": {
+            "accuracy_mean": jaxdd_eval["accuracy_mean"],
+            "accuracy_std": jaxdd_eval["accuracy_std"],
+            "worst_group_accuracy": jaxdd_eval.get("worst_group_accuracy"),
+        },
+        "torch_eval": torch_evaluate(config, dataset, images, labels),
+    }
+
+
+def record_key(record: dict[str, Any]) -> tuple:
+    return tuple(record[k] for k in ("dataset", "ipc", "method", "iterations", "seed", "side"))
+
+
+def _cell(per_seed: list[float], network_std: float) -> str:
+    """mean ± std over seeds; with one seed, ± the std over its evaluation networks."""
+    if len(per_seed) > 1:
+        return f"{np.mean(per_seed):.2f} ± {np.std(per_seed):.2f}"
+    return f"{np.mean(per_seed):.2f} ± {network_std:.2f} (networks)"
+
+
+def table(records: list[dict[str, Any]]) -> list[str]:
+    """One table per (dataset, ipc, method, iterations): the sides, both evaluators."""
+    lines = []
+    settings = sorted({record_key(r)[:4] for r in records}, key=str)
+    for dataset, ipc, method, iterations in settings:
+        rows = [r for r in records if record_key(r)[:4] == (dataset, ipc, method, iterations)]
+        lines += [
+            f"## {dataset}, IPC {ipc}, {method.upper()}, {iterations} iterations",
+            "",
+            "| side | seeds | jaxdd evaluator | torch evaluator | gain over random (jaxdd / "
+            "torch evaluator) | distillation wall time |",
+            "|---|---|---|---|---|---|",
+        ]
+        per_side = {}
+        for side in SIDES:
+            side_rows = sorted((r for r in rows if r["side"] == side), key=lambda r: r["seed"])
+            if not side_rows:
+                continue
+            jaxdd_acc = [r["jaxdd_eval"]["accuracy_mean"] for r in side_rows]
+            torch_acc = [float(np.mean(r["torch_eval"])) for r in side_rows]
+            per_side[side] = (jaxdd_acc, torch_acc, [r["seed"] for r in side_rows])
+            gain = "–"
+            if side != "random" and "random" in per_side:
+                base = per_side["random"]
+                gain = (
+                    f"{np.mean(jaxdd_acc) - np.mean(base[0]):+.2f} / "
+                    f"{np.mean(torch_acc) - np.mean(base[1]):+.2f}"
+                )
+            seconds = np.mean([r["distill_s"] for r in side_rows])
+            lines.append(
+                f"| {side} | {','.join(str(r['seed']) for r in side_rows)} | "
+                f"{_cell(jaxdd_acc, side_rows[0]['jaxdd_eval']['accuracy_std'])} | "
+                f"{_cell(torch_acc, float(np.std(side_rows[0]['torch_eval'])))} | {gain} | "
+                + ("–" if side == "random" else f"{seconds / 60:.1f} min")
+                + " |"
+            )
+        if "jaxdd" in per_side and "torch" in per_side:
+            j, t = per_side["jaxdd"], per_side["torch"]
+            jt = [np.mean([r["distill_s"] for r in rows if r["side"] == s]) for s in SIDES[1:]]
+            lines += [
+                "",
+                f"jaxdd − torch (mean over seeds): {np.mean(j[0]) - np.mean(t[0]):+.2f} points "
+                f"by jaxdd's evaluator, {np.mean(j[1]) - np.mean(t[1]):+.2f} by torch's; "
+                f"wall time jaxdd / torch = {jt[0] / jt[1]:.2f}.",
+            ]
+        lines.append("")
+    return lines
+
+
+def summarise(records: list[dict[str, Any]], out: pathlib.Path) -> str:
+    commands = sorted({r["command"] for r in records})
+    return "\n".join(
+        [
+            "# Parity: jaxdd against the PyTorch port of DC / DSA / DM",
+            "",
+            "Generated by `benchmarks/parity.py` from `parity.json`; how the two sides are "
+            "made equal is in that module's docstring. Accuracies: test %, mean ± std over "
+            "distillation seeds of each set's mean over its evaluation networks. 'random' is "
+            "the random real subset both sides start from.",
+            "",
+            "Commands:",
+            *[f"- `{c}`" for c in commands],
+            "",
+            f"{harness.machines_line(records)}.",
+            "",
+            *harness.findings_link(out),
+            *table(records),
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--ipc", type=int, default=1)
+    parser.add_argument("--method", default="dsa", choices=METHODS)
+    parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--sides", default=",".join(SIDES))
+    parser.add_argument("--eval-models", type=int, default=5)
+    parser.add_argument("--eval-epochs", type=int, default=0, help="0: the method's own")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--out", default=str(harness.RESULTS / "parity"))
+    parser.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
+    args = parser.parse_args()
+    unknown = set(args.sides.split(",")) - set(SIDES)
+    if unknown:
+        parser.error(f"unknown sides {sorted(unknown)}; choose from {SIDES}")
+    out = pathlib.Path(args.out)
+    records = harness.load_results(out.with_suffix(".json"), [])
+    if not args.render:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        command, machine = harness.command("parity"), harness.machine()
+        machine["torch_threads"] = args.threads
+        for seed in map(int, args.seeds.split(",")):
+            config = parity_config(
+                args.dataset,
+                ipc=args.ipc,
+                method=args.method,
+                iterations=args.iterations,
+                seed=seed,
+                models=args.eval_models,
+            )
+            if args.eval_epochs:
+                config.eval.epochs = args.eval_epochs
+            dataset, _ = build.load_data(config)
+            init = initial_indices(config, dataset)
+            for side in args.sides.split(","):
+                key = (args.dataset, args.ipc, args.method, args.iterations, seed, side)
+                if any(record_key(r) == key for r in records):
+                    continue
+                result = run_side(side, config, dataset, init)
+                names = ("dataset", "ipc", "method", "iterations", "seed", "side")
+                record = dict(zip(names, key, strict=True))
+                record.update(
+                    result,
+                    eval_epochs=config.eval.epochs,
+                    init_indices=init.tolist(),
+                    command=command,
+                    machine=machine,
+                    pid=os.getpid(),
+                )
+                records = harness.merge_results(out.with_suffix(".json"), [record], key=record_key)
+                print(
+                    f"{key}: jaxdd eval {result['jaxdd_eval']['accuracy_mean']:.2f}, torch eval "
+                    f"{np.mean(result['torch_eval']):.2f}, distill {result['distill_s']:.0f} s",
+                    flush=True,
+                )
+    out.with_suffix(".md").write_text(summarise(records, out))
+
+
+if __name__ == "__main__":
+    main()
