@@ -27,6 +27,7 @@ COLUMNS = {
     "worst_class_accuracy": "worst class",
     "worst_group_accuracy_rare": "minority worst group",
     "mean_group_accuracy_rare": "majority/minority mean group",
+    "minority_mean": "minority, mean over classes",
 }
 
 
@@ -48,7 +49,8 @@ def table(records: list[dict]) -> str:
         "|---" * (len(COLUMNS) + 9) + "|",
     ]
     for r in records:
-        cells = [f"{r['report'][c]:.1f}" if c in r["report"] else "" for c in COLUMNS]
+        report = harness.with_rare_means(r["report"])
+        cells = [f"{report[c]:.1f}" if c in report else "" for c in COLUMNS]
         overrides = "; ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(config)"
         lines.append(
             f"| {r['dataset']} | {r['ipc']} | {r['seed']} | {r['iterations']} | {r['eval']} | "
@@ -128,7 +130,10 @@ def main() -> None:
         }
         records = harness.merge_results(out.with_suffix(".json"), [record], key=record_key)
         print(
-            f"{name}: " + ", ".join(f"{c} {report.get(c, float('nan')):.1f}" for c in COLUMNS),
+            f"{name}: "
+            + ", ".join(
+                f"{c} {harness.with_rare_means(report).get(c, float('nan')):.1f}" for c in COLUMNS
+            ),
             flush=True,
         )
     out.with_suffix(".md").write_text(summarise(records, out))

@@ -200,6 +200,17 @@ def compiled_memory_bytes(compiled: jax.stages.Compiled) -> int:
     )
 
 
+def with_rare_means(report: dict[str, Any]) -> dict[str, Any]:
+    """`report` (an eval.json) plus `majority_mean` / `minority_mean`, the rare benchmark's
+    majority and minority accuracy as means over classes (group 2c + 1 is class c's
+    minority): the min over classes alone stays at 0 while the mean moves."""
+    groups = report.get("group_accuracy_rare")
+    if groups is None:
+        return report
+    groups = np.asarray(groups, float)
+    return {**report, "majority_mean": groups[0::2].mean(), "minority_mean": groups[1::2].mean()}
+
+
 # --- results files --------------------------------------------------------------------------
 
 

@@ -51,16 +51,6 @@ COLUMNS = {
 }
 
 
-def _with_rare_means(report: dict) -> dict:
-    """`report` plus the majority / minority accuracy as means over classes, from the rare
-    benchmark's per-group accuracies (group 2c + 1 is class c's minority): the min over classes
-    alone stays at 0 while the mean moves."""
-    groups = report.get("group_accuracy_rare")
-    if groups is None:
-        return report
-    groups = np.asarray(groups, float)
-    return {**report, "majority_mean": groups[0::2].mean(), "minority_mean": groups[1::2].mean()}
-
 
 def record_key(record: dict) -> tuple:
     return record["dataset"], record["ipc"], record["seed"], record["method"]
@@ -107,7 +97,8 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
     ]
     for dataset, ipc in _tables(records):
         rows = _table_rows(records, dataset, ipc)
-        columns = [c for c in COLUMNS if any(c in _with_rare_means(r["report"]) for r in rows)]
+        reports = [harness.with_rare_means(r["report"]) for r in rows]
+        columns = [c for c in COLUMNS if any(c in rep for rep in reports)]
         lines += [f"## {dataset}, " + (f"IPC {ipc}" if ipc else "full data only"), ""]
         lines.append("| method | seeds | " + " | ".join(COLUMNS[c] for c in columns) + " |")
         lines.append("|---" * (len(columns) + 2) + "|")
@@ -116,9 +107,9 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
             if not runs:
                 continue
             cells = []
+            method_reports = [harness.with_rare_means(r["report"]) for r in runs]
             for c in columns:
-                reports = [_with_rare_means(r["report"]) for r in runs]
-                values = np.array([rep[c] for rep in reports if c in rep], float)
+                values = np.array([rep[c] for rep in method_reports if c in rep], float)
                 cells.append(f"{values.mean():.1f} ± {values.std():.1f}" if len(values) else "")
             lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
         lines.append("")
