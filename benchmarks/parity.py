@@ -150,8 +150,7 @@ def torch_evaluate(config, dataset, images: np.ndarray, labels: np.ndarray) -> l
 def run_side(side: str, config, dataset, init: np.ndarray) -> dict[str, Any]:
     """Distils with `side` ('random': none) and scores the set with both evaluators."""
     labels = dataset.train.labels[init]
-    timer = harness.Timer()
-    jaxdd_eval = None
+    jaxdd_eval, distill_s = None, 0.0
     if side == "random":
         images = dataset.train.images[init]
     elif side == "jaxdd":
@@ -162,9 +161,9 @@ def run_side(side: str, config, dataset, init: np.ndarray) -> dict[str, Any]:
         distill_s = float(result.metrics["elapsed_s"])
         jaxdd_eval = result.report  # The run's report is jaxdd's evaluator on this set.
     else:
+        timer = harness.Timer()
         images = torch_distill(config, dataset, init)
-    if side != "jaxdd":
-        distill_s = timer() if side == "torch" else 0.0
+        distill_s = timer()
     if jaxdd_eval is None:
         jaxdd_eval = jaxdd.evaluate(config, images, labels)
     return {

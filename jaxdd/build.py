@@ -64,12 +64,9 @@ def loops(config: ml_collections.ConfigDict) -> tuple[int, int]:
     `get_loops(ipc)` for the gradient family and (1, 0), a fresh network for every update, for
     the others (see `jaxdd.step`)."""
     outer, inner = config.match.outer_loop, config.match.inner_loop
-    if config.match.family != "gradient":
-        default = (1, 0)
-    elif -1 in (outer, inner):
-        default = step.dc_loops(config.ipc)
-    else:
-        default = (outer, inner)
+    if -1 not in (outer, inner):
+        return outer, inner
+    default = step.dc_loops(config.ipc) if config.match.family == "gradient" else (1, 0)
     return (default[0] if outer == -1 else outer, default[1] if inner == -1 else inner)
 
 

@@ -201,13 +201,8 @@ def _check_schedule(config: ml_collections.ConfigDict) -> None:
     """DC's loops exist for the ipc; the other families match through a fresh network."""
     outer, inner = config.match.outer_loop, config.match.inner_loop
     if config.match.family == "gradient":
-        if -1 in (outer, inner) and config.ipc not in step.DC_LOOPS:
-            raise ValueError(
-                f"config.match.outer_loop/inner_loop = -1 take DC's get_loops(ipc), which is "
-                f"defined for ipc in {sorted(step.DC_LOOPS)}, not config.ipc={config.ipc}; set "
-                "both explicitly (e.g. --config.match.outer_loop=10 "
-                "--config.match.inner_loop=50, DC's values for ipc 10)."
-            )
+        if -1 in (outer, inner):
+            step.dc_loops(config.ipc)  # Raises, saying what to set, for an ipc DC lacks.
         return
     if outer not in (-1, 1) or inner not in (-1, 0):
         raise ValueError(

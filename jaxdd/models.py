@@ -328,21 +328,23 @@ INIT_SCHEMES: dict[str, Callable[[Any, jax.Array], Any]] = {
 }
 
 
+@functools.partial(jax.jit, static_argnames=("model", "image_shape"))
+def _init(model: nn.Module, image_shape: tuple[int, ...], key: jax.Array) -> Any:
+    # Jitted: eager initialisation dispatches every op separately and is many times slower;
+    # module level, so repeated calls with one model and shape reuse the compiled program.
+    scheme = INIT_SCHEMES[getattr(model, "init_scheme", "torch")]
+    flax_key, scheme_key = jax.random.split(key)
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    return scheme(model.init(flax_key, dummy)["params"], scheme_key)
+
+
 def init_params(model: nn.Module, key: jax.Array, image_shape: Sequence[int]) -> Any:
     """Initial `params` collection of `model` for images of shape `(H, W, C)`, drawn by the
     model's `init_scheme` (see the module docstring; 'torch' when the model has none)."""
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (H, W, C), got {tuple(image_shape)}.")
-    scheme = _lookup(INIT_SCHEMES, "init_scheme", getattr(model, "init_scheme", "torch"))
-    dummy = jnp.zeros((1, *image_shape), jnp.float32)
-    flax_key, scheme_key = jax.random.split(key)
-
-    # Jitted: eager initialisation dispatches every op separately and is many times slower.
-    @jax.jit
-    def init(flax_key, scheme_key):
-        return scheme(model.init(flax_key, dummy)["params"], scheme_key)
-
-    return init(flax_key, scheme_key)
+    _lookup(INIT_SCHEMES, "init_scheme", getattr(model, "init_scheme", "torch"))
+    return _init(model, tuple(int(d) for d in image_shape), key)
 
 
 def cross_entropy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike) -> jax.Array:

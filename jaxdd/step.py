@@ -50,8 +50,10 @@ def dc_loops(ipc: int) -> tuple[int, int]:
     """DC's (outer_loop, inner_loop) for `ipc`; a ValueError for an ipc DC does not define."""
     if ipc not in DC_LOOPS:
         raise ValueError(
-            f"DC's get_loops defines the schedule for ipc in {sorted(DC_LOOPS)}, not {ipc}; "
-            "set config.match.outer_loop and config.match.inner_loop explicitly."
+            f"config.match.outer_loop/inner_loop = -1 take DC's get_loops(ipc), which is "
+            f"defined for ipc in {sorted(DC_LOOPS)}, not config.ipc={ipc}; set both "
+            "explicitly (e.g. --config.match.outer_loop=10 --config.match.inner_loop=50, "
+            "DC's values for ipc 10)."
         )
     return DC_LOOPS[ipc]
 
