@@ -13,7 +13,11 @@ with the overrides below): image and network learning rates, real batch per clas
 `stem_pad`), PyTorch's default initialisation, and the evaluation epochs and augmentation.
 
 Every (key, side) is a record merged into `benchmarks/results/parity.json` as soon as it
-finishes, so a long run can be interrupted and resumed (a finished record is not redone), and
+finishes, so a long run can be interrupted and resumed (a finished record is not redone). The
+jaxdd side also resumes within a record: it distils in a kept workdir
+(`--workdir-root`/<key>, checkpointed every twentieth of the run), so a killed run restarts
+from its last checkpoint, bit-identically; its distillation time is then the sum of the
+segments' clocks (each compile included; the steps lost since the last checkpoint not). And
 `parity.md` is rewritten from the JSON (`--render` rewrites it without running anything).
 Hand-written findings go to `parity_findings.md`.
 
@@ -25,9 +29,10 @@ Hand-written findings go to `parity_findings.md`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
-import tempfile
+import shutil
 from typing import Any
 
 import jax
@@ -57,7 +62,7 @@ def parity_config(dataset: str, *, ipc: int, method: str, iterations: int, seed:
         "match.group_batch=0",
         f"eval.num_models={models}",
         "eval.select_every=0",  # DC and DM report the last set.
-        f"checkpoint.every={iterations}",
+        f"checkpoint.every={max(1, iterations // 20)}",
         f"log.every={max(1, iterations // 10)}",
     )
     # Parity compares accuracy: the shifted test sets (four more passes over the test split
@@ -147,18 +152,34 @@ def torch_evaluate(config, dataset, images: np.ndarray, labels: np.ndarray) -> l
     return [100.0 * float(a) for a in accuracies]
 
 
-def run_side(side: str, config, dataset, init: np.ndarray) -> dict[str, Any]:
-    """Distils with `side` ('random': none) and scores the set with both evaluators."""
+def segments_seconds(metrics_path: pathlib.Path) -> tuple[float, int]:
+    """(distillation seconds, segments) of a possibly resumed run from its metrics.jsonl:
+    `elapsed_s` restarts at every resume, so the segments' last values are summed."""
+    elapsed = [
+        r["elapsed_s"]
+        for r in map(json.loads, metrics_path.read_text().splitlines())
+        if "elapsed_s" in r
+    ]
+    ends = [a for a, b in zip(elapsed, elapsed[1:], strict=False) if b < a] + elapsed[-1:]
+    return float(sum(ends)), len(ends)
+
+
+def run_side(
+    side: str, config, dataset, init: np.ndarray, workdir: pathlib.Path
+) -> dict[str, Any]:
+    """Distils with `side` ('random': none) and scores the set with both evaluators. The jaxdd
+    side distils in `workdir` (kept, so an interrupted run resumes; removed when done)."""
     labels = dataset.train.labels[init]
-    jaxdd_eval, distill_s = None, 0.0
+    jaxdd_eval, distill_s, extra = None, 0.0, {}
     if side == "random":
         images = dataset.train.images[init]
     elif side == "jaxdd":
-        with tempfile.TemporaryDirectory() as workdir:
-            result = jaxdd.distill(config, workdir)
+        result = jaxdd.distill(config, workdir)
         images, labels = result.images, result.labels
         # The loop's own clock (compile included), before the run's final evaluation.
-        distill_s = float(result.metrics["elapsed_s"])
+        distill_s, segments = segments_seconds(workdir / "metrics.jsonl")
+        extra["segments"] = segments
+        shutil.rmtree(workdir)
         jaxdd_eval = result.report  # The run's report is jaxdd's evaluator on this set.
     else:
         timer = harness.Timer()
@@ -174,6 +195,7 @@ def run_side(side: str, config, dataset, init: np.ndarray) -> dict[str, Any]:
             "worst_group_accuracy": jaxdd_eval.get("worst_group_accuracy"),
         },
         "torch_eval": torch_evaluate(config, dataset, images, labels),
+        **extra,
     }
 
 
@@ -272,6 +294,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--out", default=str(harness.RESULTS / "parity"))
     parser.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
+    parser.add_argument(
+        "--workdir-root",
+        default=str(harness.RESULTS / ".parity_work"),
+        help="where the jaxdd side distils (kept until its record is written, to resume)",
+    )
     args = parser.parse_args()
     unknown = set(args.sides.split(",")) - set(SIDES)
     if unknown:
@@ -301,7 +328,8 @@ def main() -> None:
                 key = (args.dataset, args.ipc, args.method, args.iterations, seed, side)
                 if any(record_key(r) == key for r in records):
                     continue
-                result = run_side(side, config, dataset, init)
+                name = "_".join(map(str, key[:-1]))
+                result = run_side(side, config, dataset, init, pathlib.Path(args.workdir_root) / name)
                 names = ("dataset", "ipc", "method", "iterations", "seed", "side")
                 record = dict(zip(names, key, strict=True))
                 record.update(
