@@ -164,9 +164,7 @@ def segments_seconds(metrics_path: pathlib.Path) -> tuple[float, int]:
     return float(sum(ends)), len(ends)
 
 
-def run_side(
-    side: str, config, dataset, init: np.ndarray, workdir: pathlib.Path
-) -> dict[str, Any]:
+def run_side(side: str, config, dataset, init: np.ndarray, workdir: pathlib.Path) -> dict[str, Any]:
     """Distils with `side` ('random': none) and scores the set with both evaluators. The jaxdd
     side distils in `workdir` (kept, so an interrupted run resumes; removed when done)."""
     labels = dataset.train.labels[init]
@@ -329,7 +327,9 @@ def main() -> None:
                 if any(record_key(r) == key for r in records):
                     continue
                 name = "_".join(map(str, key[:-1]))
-                result = run_side(side, config, dataset, init, pathlib.Path(args.workdir_root) / name)
+                result = run_side(
+                    side, config, dataset, init, pathlib.Path(args.workdir_root) / name
+                )
                 names = ("dataset", "ipc", "method", "iterations", "seed", "side")
                 record = dict(zip(names, key, strict=True))
                 record.update(
