@@ -51,7 +51,6 @@ COLUMNS = {
 }
 
 
-
 def record_key(record: dict) -> tuple:
     return record["dataset"], record["ipc"], record["seed"], record["method"]
 

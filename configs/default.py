@@ -25,8 +25,12 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     config.num_iterations = 1000
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "digits"  # digits | fashion_mnist | mnist | tfds:<name> | npz:<path>.
+    # digits | fashion_mnist | mnist | tfds:<name> | npz:<path> | folder:<path>.
+    config.data.name = "digits"
     config.data.dir = ""  # Data directory (IDX files or TFDS data_dir); '' = the default.
+    # Resize folder images to this square size (bilinear); 0 = keep their size, which must then
+    # be equal.
+    config.data.image_size = 0
     config.data.validation_fraction = 0.1  # Carved from train, stratified; used for selection.
     config.data.test_fraction = 0.2  # Carved from the data only where no test split exists.
     config.data.rare = ""  # Rare-subpopulation benchmark: invert | rotate90 | blur; '' = off.

@@ -26,6 +26,7 @@ def load_data(config: ml_collections.ConfigDict) -> tuple[data.Dataset, data.Rar
         validation_fraction=config.data.validation_fraction,
         test_fraction=config.data.test_fraction,
         seed=config.seed,
+        image_size=config.data.image_size,
     )
     if not config.data.rare:
         return dataset, None
@@ -165,6 +166,4 @@ def create_state(
         seed=config.seed,
         train_labels=train_labels,
     )
-    return step.init_state(
-        images=images, labels=labels, syn_optimizer=create_syn_optimizer(config)
-    )
+    return step.init_state(images=images, labels=labels, syn_optimizer=create_syn_optimizer(config))

@@ -168,7 +168,7 @@ _POSITIVE = (
     "eval.select_num_models", "eval.global_k", "eval.per_class_k", "checkpoint.every",
 )  # fmt: skip
 _NON_NEGATIVE = (
-    "seed", "match.group_batch", "eval.select_every", "distributed.num_devices",
+    "seed", "data.image_size", "match.group_batch", "eval.select_every", "distributed.num_devices",
     "distributed.process_id",
 )  # fmt: skip
 # Fields that may also be -1 ("as DC": see configs/default.py), else at least the minimum.
@@ -300,10 +300,19 @@ def validate_against_data(config: ml_collections.ConfigDict, dataset: data.Datas
 _FINGERPRINT_FIELDS = ("seed", "ipc", "data", "model", "cluster", "match", "robust", "syn")
 
 
+# Fields added to fingerprinted sections after runs were checkpointed: at their default they
+# are left out of the fingerprint, so that those runs still resume.
+_ADDED_FIELDS = {"data.image_size": 0}
+
+
 def fingerprint(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, Any]:
     """What a checkpoint must agree on to be resumed (num_iterations, eval and logging may
     change)."""
     resolved = json.loads(config.to_json_best_effort())
+    for field, default in _ADDED_FIELDS.items():
+        section, _, key = field.partition(".")
+        if resolved[section].get(key) == default:
+            del resolved[section][key]
     return {
         **{field: resolved[field] for field in _FINGERPRINT_FIELDS},
         "dataset": dataset.name,

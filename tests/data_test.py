@@ -114,9 +114,16 @@ def test_unknown_dataset_lists_known_names():
 def test_known_names_and_forms_are_known():
     for name in (*data.KNOWN_NAMES, *data.NAME_FORMS, "tfds:mnist", "npz:/a:b/c.npz", "cifar100"):
         assert data.is_known_name(name), name
-    for name in ("imagenet", "folder:/x", "npz", "tfds", "digits:", "Digits", ""):
+    for name in ("imagenet", "folders:/x", "npz", "tfds", "folder", "digits:", "Digits", ""):
         assert not data.is_known_name(name), name
-    assert data.NAME_FORMS == ("digits", "fashion_mnist", "mnist", "tfds:<name>", "npz:<path>")
+    assert data.NAME_FORMS == (
+        "digits",
+        "fashion_mnist",
+        "mnist",
+        "tfds:<name>",
+        "npz:<path>",
+        "folder:<path>",
+    )
 
 
 def test_public_names_are_reexported():

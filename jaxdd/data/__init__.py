@@ -16,6 +16,8 @@ Sources (the `name` argument of `load`), one module each, found through the `_SO
   allows.
 * `"npz:<path>"` (`npz`): the user's arrays `images`, `labels` and optionally `test_images`,
   `test_labels` and `class_names`.
+* `"folder:<path>"` (`folder`): PNG/JPEG files in one sub-folder per class, as torchvision's
+  `ImageFolder`, optionally beneath `train/` and `test/`; `image_size` resizes them.
 
 Splits are always stratified and seeded (`splits`): where a source has no official test split
 one is carved out first, and validation is always carved from train, so the test split is only
@@ -31,7 +33,7 @@ import pathlib
 import types
 from collections.abc import Callable, Mapping
 
-from jaxdd.data import digits, idx, npz, splits, tfds
+from jaxdd.data import digits, folder, idx, npz, splits, tfds
 from jaxdd.data.idx import FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_DIR
 from jaxdd.data.rare import RARE_TRANSFORMS, RareDataset, make_rare
 from jaxdd.data.splits import SPLIT_NAMES, Dataset, Split
@@ -61,31 +63,37 @@ KNOWN_NAMES = (
     *TFDS_ALIASES,
     "tfds:<tfds name>",
     "npz:<path to .npz>",
+    "folder:<path to class folders>",
 )
 # The same, as a config error lists the forms a name can take.
-NAME_FORMS = ("digits", "fashion_mnist", "mnist", "tfds:<name>", "npz:<path>")
+NAME_FORMS = ("digits", "fashion_mnist", "mnist", "tfds:<name>", "npz:<path>", "folder:<path>")
 
 
-def _read_mnist(_: str, data_dir: str | None) -> splits.Raw:
+def _read_mnist(_: str, data_dir: str | None, image_size: int) -> splits.Raw:
     if data_dir is None:
         # MNIST has no system package here, so without a directory TFDS is the only place to look.
         return tfds.read("mnist", None)
     return idx.read_mnist(data_dir)
 
 
-# A source reads `(argument, data_dir)`: for a "prefix:" entry the argument is the rest of the
-# name, for a bare name the name itself. A new source is one module and one entry here (plus its
-# form in KNOWN_NAMES and NAME_FORMS).
-_SOURCES: Mapping[str, Callable[[str, str | None], splits.Raw]] = types.MappingProxyType(
+# A source reads `(argument, data_dir, image_size)`: for a "prefix:" entry the argument is the
+# rest of the name, for a bare name the name itself. A new source is one module and one entry
+# here (plus its form in KNOWN_NAMES and NAME_FORMS, and in _RESIZES if it takes image_size).
+_SOURCES: Mapping[str, Callable[[str, str | None, int], splits.Raw]] = types.MappingProxyType(
     {
-        "digits": lambda _, data_dir: digits.read(),
-        "fashion_mnist": lambda _, data_dir: idx.read_fashion_mnist(data_dir),
+        "digits": lambda _, data_dir, image_size: digits.read(),
+        "fashion_mnist": lambda _, data_dir, image_size: idx.read_fashion_mnist(data_dir),
         "mnist": _read_mnist,
-        **dict.fromkeys(TFDS_ALIASES, tfds.read),
-        "tfds:": tfds.read,
-        "npz:": lambda path, data_dir: npz.read(pathlib.Path(path).expanduser()),
+        **dict.fromkeys(TFDS_ALIASES, lambda name, data_dir, image_size: tfds.read(name, data_dir)),
+        "tfds:": lambda name, data_dir, image_size: tfds.read(name, data_dir),
+        "npz:": lambda path, data_dir, image_size: npz.read(pathlib.Path(path).expanduser()),
+        "folder:": lambda path, data_dir, image_size: folder.read(
+            pathlib.Path(path).expanduser(), image_size=image_size
+        ),
     }
 )
+# The sources that resize their images to `image_size`; the others reject a non-zero one.
+_RESIZES = frozenset({"folder:"})
 
 
 def _source_key(name: str) -> tuple[str, str]:
@@ -106,18 +114,22 @@ def load(
     validation_fraction: float = 0.1,
     test_fraction: float = 0.2,
     seed: int = 0,
+    image_size: int = 0,
 ) -> Dataset:
     """Loads dataset `name` as normalised train/validation/test splits.
 
     Args:
       name: "digits", "fashion_mnist", "mnist", "svhn_cropped", "cifar10", "cifar100",
-        "tfds:<tfds name>" or "npz:<path>" (see the package docstring).
+        "tfds:<tfds name>", "npz:<path>" or "folder:<path>" (see the package docstring).
       data_dir: where the files are: the IDX directory for "fashion_mnist"/"mnist", the TFDS
-        data dir for TFDS names (None: TFDS's default). Ignored by "digits" and "npz:".
+        data dir for TFDS names (None: TFDS's default). Ignored by "digits", "npz:", "folder:".
       validation_fraction: fraction of the train examples held out as validation.
       test_fraction: fraction of all examples held out as test; used only by sources without an
-        official test split ("digits", "npz:" files without test arrays).
+        official test split ("digits", "npz:" files without test arrays, "folder:" trees
+        without test/).
       seed: seeds every stratified carve-out, so the same arguments give the same splits.
+      image_size: "folder:" only: resize every image to this square size (bilinear); 0 keeps
+        the files' size, which must then be the same for all.
 
     Returns:
       The `Dataset`; its mean/std are those of the final train split in [0, 1] pixel scale.
@@ -128,10 +140,19 @@ def load(
     """
     splits.check_fraction("validation_fraction", validation_fraction)
     splits.check_fraction("test_fraction", test_fraction)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 0:
+        raise ValueError(
+            f"image_size must be a non-negative integer (0 = keep the size); got {image_size!r}."
+        )
     key, argument = _source_key(name)
     if key not in _SOURCES:
         raise ValueError(f"Unknown dataset {name!r}; expected one of {', '.join(KNOWN_NAMES)}.")
-    raw = _SOURCES[key](argument, data_dir)
+    if image_size and key not in _RESIZES:
+        raise ValueError(
+            f"image_size={image_size} applies to folder:<path> datasets only, not {name!r}; "
+            "leave it at 0 (data.image_size=0)."
+        )
+    raw = _SOURCES[key](argument, data_dir, image_size)
     return splits.build_dataset(
         name,
         raw,

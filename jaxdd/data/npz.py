@@ -7,6 +7,8 @@ test split) and `class_names`. It is read without pickles, so a data file runs n
 from __future__ import annotations
 
 import pathlib
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -15,17 +17,19 @@ from jaxdd.data import splits
 __all__ = ["read"]
 
 _NPZ_EXPECTED = (
-    "expected arrays 'images' (N, H, W) or (N, H, W, C) as uint8 0..255 or float in [0, 1], "
-    "'labels' (N,) integers covering 0..C-1, and optionally 'test_images'/'test_labels' and "
-    "'class_names' (C,)"
+    "expected arrays 'images' (N, H, W) or (N, H, W, C) with C = 1 or 3 as uint8 0..255 or "
+    "float in [0, 1], 'labels' (N,) integers covering 0..C-1, and optionally "
+    "'test_images'/'test_labels' and 'class_names' (C,)"
 )
+# What numpy, zipfile and zlib raise on a file that is not a complete .npz archive of plain
+# arrays (a truncated download, another format, an object array that needs pickles).
+_UNREADABLE = (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError)
 
 
 def read(path: pathlib.Path) -> splits.Raw:
     """The checked arrays of the `.npz` file at `path`."""
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {key: archive[key] for key in archive.files}
-    where = f"npz file {path}"
+    arrays = _arrays(path)
+    where = f"The npz file {path}"
     for key in ("images", "labels"):
         if key not in arrays:
             raise ValueError(
@@ -38,19 +42,51 @@ def read(path: pathlib.Path) -> splits.Raw:
         )
     images, pixel_scale = _images(arrays["images"], f"{where}: 'images'")
     labels = _labels(arrays["labels"], len(images), f"{where}: 'labels'")
-    missing = np.setdiff1d(np.arange(labels.max() + 1), labels)
-    if missing.size:
+    present = np.unique(labels)
+    num_classes = int(present[-1]) + 1
+    if len(present) != num_classes:
+        # The first few absent labels, found without building 0..max (max may be huge).
+        seen = set(present.tolist())
+        missing = [c for c in range(min(num_classes, len(present) + 5)) if c not in seen][:5]
+        more = " (and more)" if num_classes - len(present) > len(missing) else ""
         raise ValueError(
-            f"{where}: 'labels' must cover every integer 0..{labels.max()} so that class c is "
-            f"label c; classes {missing.tolist()} have no examples."
+            f"{where}: 'labels' must cover every integer 0..{num_classes - 1} so that class c "
+            f"is label c; classes {missing}{more} have no examples."
         )
-    num_classes = int(labels.max()) + 1
     return splits.Raw(
-        train=(images, labels),
+        train=(images, labels.astype(np.int32)),
         test=_test(arrays, images, num_classes, where) if "test_images" in arrays else None,
         pixel_scale=pixel_scale,
         class_names=_class_names(arrays.get("class_names"), num_classes, where),
     )
+
+
+def _arrays(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """Every array of the archive at `path`, read without pickles, so a data file runs no code."""
+    if not path.exists():
+        raise FileNotFoundError(
+            f"No npz file at {path}; data.name=npz:<path> needs a file saved with "
+            f"np.savez(path, images=..., labels=...), {_NPZ_EXPECTED}."
+        )
+    if not path.is_file():
+        raise ValueError(
+            f"The npz path {path} is not a file; npz:<path> needs a .npz file, {_NPZ_EXPECTED}."
+        )
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single .npy array, not named arrays")
+        with loaded as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        for key, value in arrays.items():
+            if not isinstance(value, np.ndarray):  # A zip member that is not an .npy file.
+                raise ValueError(f"its member {key!r} is not an .npy array")
+    except _UNREADABLE as e:
+        raise ValueError(
+            f"The npz file {path} is not a readable .npz archive of plain arrays ({e}); re-save "
+            f"it with np.savez(path, images=..., labels=...), {_NPZ_EXPECTED}."
+        ) from e
+    return arrays
 
 
 def _test(
@@ -68,13 +104,22 @@ def _test(
         )
     labels = _labels(arrays["test_labels"], len(images), f"{where}: 'test_labels'")
     splits.check_label_range(labels, num_classes, f"{where}: 'test_labels'")
-    return images, labels
+    return images, labels.astype(np.int32)
 
 
 def _images(images: np.ndarray, where: str) -> tuple[np.ndarray, float]:
     """Checks user images; returns them `(N, H, W, C)` with the scale that maps them to [0, 1]."""
     if images.ndim not in (3, 4):
         raise ValueError(f"{where} has shape {images.shape}; expected (N, H, W) or (N, H, W, C).")
+    if images.ndim == 4 and images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"{where} has {images.shape[-1]} channels (shape {images.shape}); expected 1 "
+            "(grayscale) or 3 (RGB): drop an alpha channel, or save (N, H, W) for grayscale."
+        )
+    if 0 in images.shape[:3]:
+        raise ValueError(
+            f"{where} has shape {images.shape}; expected at least one image of at least 1x1 pixels."
+        )
     if images.dtype == np.uint8:
         return splits.with_channel_axis(images), 255.0
     if not np.issubdtype(images.dtype, np.floating):
@@ -83,12 +128,21 @@ def _images(images: np.ndarray, where: str) -> tuple[np.ndarray, float]:
         )
     if not np.isfinite(images).all():
         raise ValueError(f"{where} contains NaN or infinite pixels; all pixels must be finite.")
-    # Float pixels are taken as already in [0, 1]: guessing a rescale could silently be wrong.
+    # Float pixels must already be in [0, 1]: guessing a rescale could silently be wrong, and
+    # `Dataset.denormalize` promises that range.
+    if images.min() < 0.0 or images.max() > 1.0:
+        raise ValueError(
+            f"{where} spans {images.min()}..{images.max()}; float pixels must lie in [0, 1] "
+            "(divide 0..255 pixels by 255, or save them as uint8)."
+        )
     return splits.with_channel_axis(images), 1.0
 
 
 def _labels(labels: np.ndarray, num_images: int, where: str) -> np.ndarray:
-    """Checks user labels: `(N,)` non-negative integers, one per image."""
+    """Checks user labels: `(N,)` non-negative integers, one per image, in their own dtype.
+
+    Not yet cast to int32: a huge uint64 label would wrap round to a valid-looking one.
+    """
     if labels.ndim != 1:
         raise ValueError(f"{where} has shape {labels.shape}; expected (N,).")
     if len(labels) != num_images:
@@ -102,7 +156,7 @@ def _labels(labels: np.ndarray, num_images: int, where: str) -> np.ndarray:
         raise ValueError(f"{where} is empty; expected at least one example per class.")
     if labels.min() < 0:
         raise ValueError(f"{where} contains negative values; expected integers 0..C-1.")
-    return labels.astype(np.int32)
+    return labels
 
 
 def _class_names(names: np.ndarray | None, num_classes: int, where: str) -> tuple[str, ...]:

@@ -1,10 +1,11 @@
 """Turns a source's raw examples into a `Dataset`: stratified seeded splits, normalisation.
 
-Every source (`digits`, `idx`, `tfds`, `npz`) returns a `Raw`: its examples in their own pixel
-scale, with the official test split when it has one. `build_dataset` carves the missing splits
-(test first where there is none, then validation from train, so the test split is only ever
-returned), scales the pixels to [0, 1] and standardises them with the per-channel mean/std of
-the final train split. The containers it returns, `Split` and `Dataset`, are immutable.
+Every source (`digits`, `idx`, `tfds`, `npz`, `folder`) returns a `Raw`: its examples in their
+own pixel scale, with the official test split when it has one. `build_dataset` checks there are
+at least 2 classes, carves the missing splits (test first where there is none, then validation
+from train, so the test split is only ever returned), scales the pixels to [0, 1] and
+standardises them with the per-channel mean/std of the final train split. The containers it
+returns, `Split` and `Dataset`, are immutable.
 """
 
 from __future__ import annotations
@@ -147,6 +148,12 @@ def build_dataset(
     name: str, raw: Raw, *, validation_fraction: float, test_fraction: float, seed: int
 ) -> Dataset:
     """Splits and normalises `raw` into the `Dataset` called `name` (see `jaxdd.data.load`)."""
+    if len(raw.class_names) < 2:
+        # Checked here, for every source, before the carve-outs fail on it less clearly.
+        raise ValueError(
+            f"Dataset {name!r} has {len(raw.class_names)} class(es) {list(raw.class_names)}; it "
+            "needs at least 2 classes to train a classifier: add examples of another class."
+        )
     train, test = raw.train, raw.test
     if test is None:
         train, test = stratified_split(train, fraction=test_fraction, seed=seed, held="test")
