@@ -2,6 +2,9 @@
 
 The logic lives in `jaxdd.run` so that it can be imported from notebooks and tests; config
 files load through `jaxdd.config` (no `sys.path` edits, from any working directory).
+
+A person sees a three-line header, the progress bar and the result; logging and errors as
+every jaxdd program (`jaxdd.cli`). Also `jaxdd distill` (the console script).
 """
 
 import pathlib
@@ -9,10 +12,13 @@ import sys
 
 from absl import app, flags
 
+from jaxdd import cli, run
 from jaxdd import config as config_lib
-from jaxdd import run
 
-_CONFIG = config_lib.config_flag()
+try:  # Defining the flag parses the default config file with the command line's overrides.
+    _CONFIG = config_lib.config_flag()
+except cli.FLAG_ERRORS as e:
+    cli.fail(cli.flag_error(e))
 flags.DEFINE_string(
     "workdir", "", "Output directory; default runs/<dataset>-ipc<ipc>-<family>-<risk>."
 )
@@ -27,16 +33,19 @@ def default_workdir(config) -> pathlib.Path:
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        cli.fail(f"unexpected arguments {argv[1:]}; settings are flags such as --config.ipc=1.")
+    cli.quiet()
     config = _CONFIG.value
     if config is None:
-        raise app.UsageError("pass --config=path/to/configs/<name>.py (e.g. configs/digits.py).")
+        cli.fail("pass --config=path/to/configs/<name>.py (e.g. configs/digits.py).")
     workdir = flags.FLAGS.workdir or default_workdir(config)
     try:
         result = run.distill(config, workdir)
     except run.Interrupted as e:
         print(e, file=sys.stderr)
         sys.exit(128 + e.signum)
+    except cli.USER_ERRORS as e:
+        cli.fail(str(e))
     report = result.report
     print(
         f"test accuracy {report['accuracy_mean']:.2f} +- {report['accuracy_std']:.2f} % "
@@ -48,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -32,10 +32,11 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from jaxdd import artifacts, build, data, report, sharding, step
+from jaxdd import artifacts, build, data, errors, report, sharding, step
 from jaxdd import checkpoint as checkpoint_lib
 from jaxdd import config as config_lib
 from jaxdd import groups as groups_lib
+from jaxdd import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,25 @@ def summarize(dataset: data.Dataset, groups: groups_lib.Groups) -> str:
     return "\n".join(lines)
 
 
+def header(run: _Run, mesh, workdir: pathlib.Path, start_step: int) -> str:
+    """The three lines a run prints before its progress bar (the full per-class cluster sizes
+    are logged at INFO, `--verbosity=0`)."""
+    dataset, config = run.dataset, run.config
+    sizes = run.group_sizes
+    shape = "x".join(map(str, dataset.image_shape))
+    resume = f"resuming at iteration {start_step}" if start_step else "starting"
+    return "\n".join(
+        [
+            f"{dataset.name}: {dataset.num_classes} classes, {shape} images; train "
+            f"{len(dataset.train)}, validation {len(dataset.validation)}, test {len(dataset.test)}",
+            f"{sizes.shape[0]}x{sizes.shape[1]} groups (sizes {sizes.min()}-{sizes.max()}), "
+            f"{config.match.family} matching, risk {config.robust.risk}, ipc {config.ipc}; "
+            f"{mesh.size} {mesh.devices.flat[0].platform} device(s)",
+            f"{workdir}: {resume}, {config.num_iterations} iterations",
+        ]
+    )
+
+
 @dataclasses.dataclass
 class _Run:
     """What the loop needs, built once from the config (`_set_up`)."""
@@ -85,6 +105,7 @@ class _Run:
     step_fn: Any
     payload: dict[str, Any]  # The checkpointed pytree: state, root key, selection record.
     fingerprint: dict[str, Any]
+    group_sizes: np.ndarray  # (C, K), on the host.
 
 
 def _set_up(config, dataset, rare, mesh) -> _Run:
@@ -92,9 +113,6 @@ def _set_up(config, dataset, rare, mesh) -> _Run:
     cluster_key, init_key, step_root = jax.random.split(jax.random.key(config.seed), 3)
     groups = build.create_groups(config, dataset, key=cluster_key)
     logging.info("%s", summarize(dataset, groups))
-    logging.info(
-        "the groups are split over %d %s device(s)", mesh.size, mesh.devices.flat[0].platform
-    )
     model = build.create_model(config, dataset.num_classes, dataset.image_shape)
     real = step.RealData(images=jnp.asarray(dataset.train.images), groups=groups)
     state = build.create_state(config, real, key=init_key, train_labels=dataset.train.labels)
@@ -115,6 +133,7 @@ def _set_up(config, dataset, rare, mesh) -> _Run:
         step_fn=build.create_step(config, model, dataset.image_shape, mesh),
         payload=sharding.replicate(payload, mesh),
         fingerprint=config_lib.fingerprint(config, dataset),
+        group_sizes=np.asarray(groups.sizes),
     )
 
 
@@ -268,23 +287,26 @@ def distill(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> R
         checkpoint is kept).
       Interrupted: SIGINT/SIGTERM (after saving a checkpoint).
     """
-    config_lib.validate(config)
+    # The user's input is read and checked before anything is written (errors.user_input).
+    with errors.user_input():
+        config_lib.validate(config)
+        dataset, rare = build.load_data(config)
+        config_lib.validate_against_data(config, dataset)
     sharding.initialize_distributed(config)
     mesh = sharding.create_mesh(config)
     workdir = pathlib.Path(workdir)
     # Checkpoints go to the shared workdir from every process; other files from process 0.
     out = workdir if jax.process_index() == 0 else workdir / f"process_{jax.process_index()}"
-    out.mkdir(parents=True, exist_ok=True)
-    dataset, rare = build.load_data(config)
-    config_lib.validate_against_data(config, dataset)
-
-    run = _set_up(config, dataset, rare, mesh)
-    checkpoints = _Checkpoints(workdir, run.fingerprint)
-    start_step, run.payload = checkpoints.restore(run.payload)
-    with artifacts.MetricsLog(out, start_step=start_step) as log:
-        (out / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-        last = _loop(run, checkpoints, log, workdir, start_step)
-        images, labels, result = _finish(run, out, log)
+    with workdir_lib.lock(out):
+        run = _set_up(config, dataset, rare, mesh)
+        checkpoints = _Checkpoints(workdir, run.fingerprint)
+        start_step, run.payload = checkpoints.restore(run.payload)
+        if jax.process_index() == 0:
+            print(header(run, mesh, workdir, start_step), flush=True)
+        with artifacts.MetricsLog(out, start_step=start_step) as log:
+            (out / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+            last = _loop(run, checkpoints, log, workdir, start_step)
+            images, labels, result = _finish(run, out, log)
     logging.info(
         "test accuracy %.2f +- %.2f, worst group %.2f (selected step %d)",
         result["accuracy_mean"],
