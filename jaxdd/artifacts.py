@@ -1,7 +1,8 @@
 """The files a run writes and reads back: the synthetic set, its image grid, the metrics log.
 
 synthetic.npz     `images` (N, H, W, Ch) in the dataset's normalised space, `labels` (N,),
-                  `mean`, `std`, `class_names` (`save_synthetic` / `load_synthetic`);
+                  `mean`, `std`, `class_names`, `space`='normalized' (`save_synthetic` /
+                  `load_synthetic`; `jaxdd.sets` exports it for PyTorch users);
 synthetic.png     the set as an image grid, one row per class (`save_image_grid`);
 metrics.jsonl     one JSON object per logged step, mirrored to TensorBoard (`MetricsLog`).
 """
@@ -47,6 +48,7 @@ def save_synthetic(path: pathlib.Path, images, labels, dataset: data.Dataset) ->
         mean=dataset.mean,
         std=dataset.std,
         class_names=np.asarray(dataset.class_names),
+        space="normalized",  # How `jaxdd.sets.read` tells it from an npz of pixels.
     )
 
 

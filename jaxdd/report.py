@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxdd import artifacts, build, data, retrain, robustness
+from jaxdd import artifacts, baselines, build, data, retrain, robustness
 from jaxdd import config as config_lib
 
 _CROSS_ARCHITECTURE_KEYS = (
@@ -190,3 +190,45 @@ def evaluate(
             f"{dataset.image_shape}; evaluate with the config the set was distilled with."
         )
     return evaluate_set(config, dataset, rare, images, labels)
+
+
+# What `compare_with_random` reports the gain on.
+_GAIN_KEYS = ("accuracy_mean", "worst_group_accuracy", "worst_class_accuracy")
+
+
+def random_real_like(labels: ArrayLike, dataset: data.Dataset, *, seed: int) -> np.ndarray:
+    """Train indices of a random real subset with `labels`' count per class (class-ordered):
+    `baselines.random_subset` when every class has the same count, as for a distilled set."""
+    counts = np.bincount(np.asarray(labels), minlength=dataset.num_classes)
+    if np.all(counts == counts[0]) and counts[0] > 0:
+        return baselines.random_subset(dataset.train.labels, ipc=int(counts[0]), seed=seed)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c, count in enumerate(counts.tolist()):
+        members = np.flatnonzero(dataset.train.labels == c)
+        if count > len(members):
+            raise ValueError(
+                f"the set has {count} images of class {dataset.class_names[c]!r} but the train "
+                f"split only {len(members)}, so no random real subset of its size exists."
+            )
+        chosen.append(rng.choice(members, size=count, replace=False))
+    return np.concatenate(chosen)
+
+
+def compare_with_random(
+    config: ml_collections.ConfigDict,
+    dataset: data.Dataset,
+    rare: data.RareDataset | None,
+    images: ArrayLike,
+    labels: ArrayLike,
+) -> dict[str, Any]:
+    """The set's test report beside that of a random real subset of the same size per class
+    (seeded by `config.seed`, scored by the same protocol and networks' seeds), and the gain."""
+    indices = random_real_like(labels, dataset, seed=config.seed)
+    ours = evaluate_set(config, dataset, rare, images, labels)
+    random_real = evaluate_set(
+        config, dataset, rare, dataset.train.images[indices], dataset.train.labels[indices]
+    )
+    random_real["train_indices"] = indices.tolist()
+    gain = {k: ours[k] - random_real[k] for k in _GAIN_KEYS if k in ours and k in random_real}
+    return {"set": ours, "random_real": random_real, "gain": gain}
