@@ -13,6 +13,8 @@ data. `fingerprint` is what a checkpoint must agree on to be resumed.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import functools
 import json
 import pathlib
 import sys
@@ -197,6 +199,47 @@ def _check_renamed(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{old} no longer exists; use config.{new}.")
 
 
+# Fields whose value is a mapping of the user's own keys (not checked field by field).
+_MAPPINGS = ("eval.shifts",)
+
+
+def _fields(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:
+    for key, value in config.items():
+        field = prefix + key
+        if isinstance(value, ml_collections.ConfigDict) and field not in _MAPPINGS:
+            yield from _fields(value, field + ".")
+        else:
+            yield field
+
+
+@functools.cache
+def declared_fields() -> frozenset[str]:
+    """Every field `configs/default.py` declares (empty where jaxdd runs without its configs)."""
+    path = REPO_CONFIGS / "default.py"
+    if not path.is_file():
+        return frozenset()
+    with configs_package(path):
+        from configs import default
+
+        return frozenset(_fields(default.get_config()))
+
+
+def _check_unknown(config: ml_collections.ConfigDict) -> None:
+    """A field that configs/default.py does not declare is a typo (Python API configs are
+    unlocked, so nothing else would catch `config.match.num_rael = 8`)."""
+    declared = declared_fields()
+    if not declared:
+        return
+    for field in _fields(config):
+        if field not in declared:
+            close = difflib.get_close_matches(field, declared, n=1)
+            raise ValueError(
+                f"config.{field} is not a jaxdd config field"
+                + (f" (did you mean config.{close[0]}?)" if close else "")
+                + "; configs/default.py declares every field."
+            )
+
+
 def _check_schedule(config: ml_collections.ConfigDict) -> None:
     """DC's loops exist for the ipc; the other families match through a fresh network."""
     outer, inner = config.match.outer_loop, config.match.inner_loop
@@ -273,6 +316,7 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every value that can be checked without data; raises ValueError naming the field."""
     _check_renamed(config)
+    _check_unknown(config)
     _check_numbers(config)
     _check_names(config)
     _check_schedule(config)

@@ -251,3 +251,89 @@ def test_folder_write_then_read_round_trips(shape, labels, seed):
     order = np.argsort(labels, kind="stable")
     np.testing.assert_array_equal(raw.train[0], images[order])
     np.testing.assert_array_equal(raw.train[1], labels[order])
+
+
+# --- config validation ------------------------------------------------------------------------
+
+
+def _leaves(config, prefix=""):
+    """(dotted field, value) of every leaf of a ConfigDict."""
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+_DEFAULT_FIELDS = None
+
+
+def _default_fields():
+    global _DEFAULT_FIELDS
+    if _DEFAULT_FIELDS is None:
+        from configs import default
+
+        _DEFAULT_FIELDS = [(f, v) for f, v in _leaves(default.get_config()) if v is not None]
+    return _DEFAULT_FIELDS
+
+
+def _malformed(value):
+    """Values of the field's own type (what ml_collections lets through) that may be invalid."""
+    if isinstance(value, bool):
+        return st.booleans()
+    if isinstance(value, int):
+        return st.sampled_from([-(2**40), -2, -1, 0, 1, 2, 3, 7, 2**31, 2**62])
+    if isinstance(value, float):
+        return st.one_of(
+            st.sampled_from([float("nan"), float("inf"), -float("inf"), -1.0, 0.0, 1.0, 1.5]),
+            st.floats(-1e9, 1e9),
+        )
+    if isinstance(value, str):
+        special = st.sampled_from(["", " ", "none", "npz:", "x" * 300])
+        return st.one_of(special, st.text(max_size=12))
+    return st.just(value)
+
+
+@hypothesis.settings(max_examples=150, deadline=None)
+@hypothesis.given(st.data())
+def test_config_validation_names_the_field_or_passes(draw):
+    from configs import default
+    from jaxdd import config as config_lib
+
+    config = default.get_config()
+    changed = []
+    for _ in range(draw.draw(st.integers(1, 3))):
+        field, value = draw.draw(st.sampled_from(_default_fields()))
+        new = draw.draw(_malformed(value))
+        section, _, key = field.rpartition(".")
+        (config[section] if section else config)[key] = new
+        changed.append(field)
+    try:
+        config_lib.validate(config)
+    except ValueError as e:
+        # A named error: the field, its value and what is expected.
+        assert re.match(r"config\.[\w.]+", str(e)), str(e)
+        assert str(e).endswith("."), str(e)
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(
+    st.sampled_from(["", "data.", "model.", "match.", "robust.", "syn.", "eval."]),
+    st.from_regex(r"[a-z][a-z_]{0,10}", fullmatch=True),
+)
+def test_an_undeclared_field_is_named(section, key):
+    from configs import default
+    from jaxdd import config as config_lib
+
+    config = default.get_config()
+    field = section + key
+    hypothesis.assume(field not in config_lib.declared_fields() and key not in config)
+    parent = config[section[:-1]] if section else config
+    hypothesis.assume(not hasattr(parent, key))
+    parent[key] = 1
+    try:
+        config_lib.validate(config)
+    except ValueError as e:
+        assert str(e).startswith(f"config.{field} ") or "no longer exists" in str(e), str(e)
+    else:
+        raise AssertionError(f"config.{field} was accepted")

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -140,6 +141,13 @@ def test_cli_with_overrides(tmp_path):
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # A quiet run: the three-line header and the two result lines (no progress bar off a
+    # terminal), no third-party INFO records; room for a warning that matters.
+    lines = (proc.stdout + proc.stderr).splitlines()
+    info = [line for line in lines if re.match(r"I\d{4} ", line) or "orbax" in line]
+    assert len(lines) <= 8 and not info, "\n".join(lines[:40])
+    assert proc.stdout.splitlines()[0].startswith("digits: 10 classes, 8x8x1 images")
+    assert proc.stdout.splitlines()[-1].startswith(f"wrote {tmp_path}")
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["num_iterations"] == 1 and config["robust"]["risk"] == "max"
     assert (tmp_path / "synthetic.npz").is_file()
