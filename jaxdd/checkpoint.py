@@ -15,8 +15,12 @@ import pathlib
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.sharding import Mesh
+
+from jaxdd import sharding
 
 _KEEP = 3  # Checkpoints kept: enough to fall back past a corrupted latest one.
 
@@ -42,11 +46,30 @@ def save(manager: ocp.CheckpointManager, step: int, payload: Any, meta: dict[str
     manager.save(
         step,
         args=ocp.args.Composite(
-            payload=ocp.args.StandardSave(payload), meta=ocp.args.JsonSave(meta)
+            payload=ocp.args.StandardSave(_global_arrays(payload)), meta=ocp.args.JsonSave(meta)
         ),
         force=True,
     )
     manager.wait_until_finished()
+
+
+def _global_arrays(tree: Any) -> Any:
+    """`tree` with its host-local arrays replicated over every device of a multi-process run.
+
+    Orbax saves only global arrays when there are several processes (it refuses host-local
+    ones), while values that every process computes alike outside the mesh, such as the
+    validation-selection record's step and accuracy, are host-local. One process: `tree`.
+    """
+    if jax.process_count() == 1:
+        return tree
+    mesh = Mesh(np.asarray(jax.devices()), (sharding.AXIS,))
+
+    def to_global(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x  # Already global (the state, replicated on the run's mesh).
+        return sharding.replicate(x, mesh)
+
+    return jax.tree.map(to_global, tree)
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], directory: pathlib.Path):
