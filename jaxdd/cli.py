@@ -77,8 +77,10 @@ def main() -> None:
     """The `jaxdd` console script: `jaxdd {distill,evaluate,export} [flags]`."""
     if len(sys.argv) < 2 or sys.argv[1] not in PROGRAMS:
         usage = "usage: jaxdd {" + ",".join(PROGRAMS) + "} [--flags]; jaxdd <command> --help"
-        print(usage if len(sys.argv) < 2 else f"error: unknown command {sys.argv[1]!r}; {usage}")
-        sys.exit(0 if len(sys.argv) < 2 else 2)
+        if len(sys.argv) < 2:
+            print(usage)
+            sys.exit(0)
+        fail(f"unknown command {sys.argv[1]!r}; {usage}")
     module = PROGRAMS[sys.argv[1]]
     sys.argv = [f"jaxdd {sys.argv[1]}", *sys.argv[2:]]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
