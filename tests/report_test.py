@@ -41,3 +41,8 @@ def test_evaluate_rejects_a_set_of_another_shape(config):
         jaxdd.evaluate(config, np.zeros((10, 28, 28, 1)), np.arange(10))
     with pytest.raises(ValueError, match="pass images and labels, or path="):
         jaxdd.evaluate(config)
+
+
+def test_rare_means_are_means_over_classes_skipping_empty_groups():
+    means = report.rare_means([90.0, 10.0, 80.0, None, 100.0, 40.0])
+    assert means == {"majority_accuracy": 90.0, "minority_accuracy": 25.0}
