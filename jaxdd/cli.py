@@ -23,8 +23,18 @@ from typing import NoReturn
 from absl import flags, logging
 
 from jaxdd import checkpoint, errors
+from jaxdd import config as config_lib
 
-__all__ = ["FLAG_ERRORS", "USER_ERRORS", "fail", "flag_error", "main", "parse_flags", "quiet"]
+__all__ = [
+    "FLAG_ERRORS",
+    "USER_ERRORS",
+    "config_flag",
+    "fail",
+    "flag_error",
+    "main",
+    "parse_flags",
+    "quiet",
+]
 
 # Errors of the command line itself: absl's, a config file that does not exist, an override of
 # a field the config does not have (ml_collections raises KeyError / AttributeError for those).
@@ -57,6 +67,15 @@ def flag_error(e: Exception) -> str:
     if isinstance(e, FileNotFoundError):
         return str(e)
     return f"{e}; see --helpfull for the flags."
+
+
+def config_flag() -> flags.FlagHolder:
+    """`--config` with its overrides (`jaxdd.config.config_flag`); defining it parses the default
+    config file with the command line's overrides, so a flag error there is one `error:` line."""
+    try:
+        return config_lib.config_flag()
+    except FLAG_ERRORS as e:
+        fail(flag_error(e))
 
 
 def parse_flags(argv: list[str]) -> list[str]:

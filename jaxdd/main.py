@@ -13,12 +13,8 @@ import sys
 from absl import app, flags
 
 from jaxdd import cli, run
-from jaxdd import config as config_lib
 
-try:  # Defining the flag parses the default config file with the command line's overrides.
-    _CONFIG = config_lib.config_flag()
-except cli.FLAG_ERRORS as e:
-    cli.fail(cli.flag_error(e))
+_CONFIG = cli.config_flag()
 flags.DEFINE_string(
     "workdir", "", "Output directory; default runs/<dataset>-ipc<ipc>-<family>-<risk>."
 )

@@ -21,10 +21,7 @@ from absl import app, flags
 from jaxdd import build, cli, errors, report, sets
 from jaxdd import config as config_lib
 
-try:  # Defining the flag parses the default config file with the command line's overrides.
-    _CONFIG = config_lib.config_flag()
-except cli.FLAG_ERRORS as e:
-    cli.fail(cli.flag_error(e))
+_CONFIG = cli.config_flag()
 flags.DEFINE_string("synthetic", None, "The set: a run's workdir, an .npz or an image folder.")
 flags.DEFINE_string("workdir", "", "Where eval.json goes; default runs/score-<dataset>-<set>.")
 

@@ -30,9 +30,14 @@ import pathlib
 import numpy as np
 
 from jaxdd import artifacts, data
-from jaxdd.data import folder
+from jaxdd.data import folder, npz
 
 __all__ = ["ForeignSet", "export", "read"]
+
+_EXPECTED = (
+    "a set's .npz holds 'images' (N, H, W[, C]) or (N, C, H, W) and 'labels' (N,), optionally "
+    "'mean'/'std' when the images are normalised (see jaxdd.sets)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,22 +133,10 @@ def export(synthetic: artifacts.Synthetic, out: str | pathlib.Path) -> dict[str,
 
 
 def _load_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise ValueError(
-            f"{path} is not a readable .npz ({type(e).__name__}); save the set with "
-            "np.savez(path, images=..., labels=...)."
-        ) from None
-    except Exception as e:  # noqa: BLE001 -- zipfile.BadZipFile and kin: the same user error.
-        raise ValueError(
-            f"{path} is not a readable .npz ({e}); save the set with "
-            "np.savez(path, images=..., labels=...)."
-        ) from None
+    arrays = npz.read_arrays(path, expected=_EXPECTED)
     for key in ("images", "labels"):
         if key not in arrays:
-            raise ValueError(f"{path} has no {key!r} array (has {sorted(arrays)}).")
+            raise ValueError(f"{path} has no {key!r} array (has {sorted(arrays)}); {_EXPECTED}.")
     return arrays
 
 

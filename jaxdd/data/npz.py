@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxdd.data import splits
 
-__all__ = ["read"]
+__all__ = ["read", "read_arrays"]
 
 _NPZ_EXPECTED = (
     "expected arrays 'images' (N, H, W) or (N, H, W, C) with C = 1 or 3 as uint8 0..255 or "
@@ -28,7 +28,7 @@ _UNREADABLE = (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError)
 
 def read(path: pathlib.Path) -> splits.Raw:
     """The checked arrays of the `.npz` file at `path`."""
-    arrays = _arrays(path)
+    arrays = read_arrays(path)
     where = f"The npz file {path}"
     for key in ("images", "labels"):
         if key not in arrays:
@@ -61,16 +61,17 @@ def read(path: pathlib.Path) -> splits.Raw:
     )
 
 
-def _arrays(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """Every array of the archive at `path`, read without pickles, so a data file runs no code."""
+def read_arrays(path: pathlib.Path, expected: str = _NPZ_EXPECTED) -> dict[str, np.ndarray]:
+    """Every array of the archive at `path`, read without pickles, so a data file runs no code;
+    `expected` (what the file should hold) ends the error messages."""
     if not path.exists():
         raise FileNotFoundError(
             f"No npz file at {path}; data.name=npz:<path> needs a file saved with "
-            f"np.savez(path, images=..., labels=...), {_NPZ_EXPECTED}."
+            f"np.savez(path, images=..., labels=...), {expected}."
         )
     if not path.is_file():
         raise ValueError(
-            f"The npz path {path} is not a file; npz:<path> needs a .npz file, {_NPZ_EXPECTED}."
+            f"The npz path {path} is not a file; npz:<path> needs a .npz file, {expected}."
         )
     try:
         loaded = np.load(path, allow_pickle=False)
@@ -84,7 +85,7 @@ def _arrays(path: pathlib.Path) -> dict[str, np.ndarray]:
     except _UNREADABLE as e:
         raise ValueError(
             f"The npz file {path} is not a readable .npz archive of plain arrays ({e}); re-save "
-            f"it with np.savez(path, images=..., labels=...), {_NPZ_EXPECTED}."
+            f"it with np.savez(path, images=..., labels=...), {expected}."
         ) from e
     return arrays
 
