@@ -76,7 +76,9 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     config.robust.alpha = 0.5  # CVaR tail mass in (0, 1]; 1 = mean.
 
     config.syn = ml_collections.ConfigDict()
-    config.syn.init = "real"  # real (random real images) | noise | random | herding | k_center.
+    # real (random real images) | groups (random real images spread over the K subgroups of
+    # each class, jaxdd.synthetic.group_quota) | noise | random | herding | k_center.
+    config.syn.init = "real"
     # lr_img (SGD with momentum 0.5, as DC); the objective is on DC's scale (jaxdd.step).
     config.syn.lr = 0.1
     config.syn.momentum = 0.5

@@ -1,7 +1,8 @@
 """The synthetic set's starting point: random real images, noise, or a real coreset.
 
 `initial_set` is what a run calls (`syn.init`): 'real' (`ipc` random real images per class,
-drawn from the whole class), 'noise' (standard normal in the normalised space) or a coreset of
+drawn from the whole class), 'groups' (random real images spread over the class's K subgroups,
+`group_quota`), 'noise' (standard normal in the normalised space) or a coreset of
 `jaxdd.baselines` chosen on the flattened normalised train pixels (`coreset`, which the
 robustness benchmark also scores as a baseline). Every set is `(C, ipc, H, W, Ch)` images with
 `(C, ipc)` int32 labels, class c in row c. Further parameterisations of the set (factorised
@@ -17,7 +18,7 @@ import numpy as np
 from jaxdd import baselines, step
 
 # `syn.init` choices.
-INITS = ("real", "noise", *baselines.BASELINES)
+INITS = ("real", "groups", "noise", *baselines.BASELINES)
 
 
 def init_synthetic(
@@ -48,6 +49,68 @@ def init_synthetic(
 
     index = jax.vmap(draw)(members, valid, jax.random.split(key, num_classes))
     return real.images[index], labels
+
+
+def group_quota(sizes: np.ndarray, ipc: int) -> np.ndarray:
+    """How many of a class's `ipc` initial images each of its subgroups gets (`syn.init=groups`).
+
+    Every subgroup gets one when `ipc >= K`; the images left over, or all of them when
+    `ipc < K`, go one at a time to the subgroup with the largest `size / (quota + 1)` among those
+    with members to spare (D'Hondt's highest-averages rule: shares proportional to size, no
+    group above its size, ties to the lower index). So for `ipc < K` the `ipc` largest
+    subgroups get one each: with fewer images than subgroups the set cannot cover them all, and
+    starting where most of the class's data is costs the mean least while the objective (CVaR
+    especially) moves images towards the groups it finds hard; the rare groups are covered as
+    soon as `ipc >= K`.
+
+    Args:
+      sizes: (C, K) int group sizes, each >= 1, each row summing to >= ipc.
+      ipc: images per class.
+
+    Returns:
+      (C, K) int quotas; each row sums to `ipc` and no quota exceeds its group's size.
+    """
+    sizes = np.asarray(sizes, np.int64)
+    if np.any(sizes.sum(axis=1) < ipc):
+        c = int(np.argmin(sizes.sum(axis=1)))
+        raise ValueError(
+            f"class {c} has {int(sizes[c].sum())} examples, fewer than ipc={ipc}; lower ipc."
+        )
+    num_clusters = sizes.shape[1]
+    quota = np.full(sizes.shape, 1 if ipc >= num_clusters else 0, np.int64)
+    for c in range(len(sizes)):
+        for _ in range(ipc - int(quota[c].sum())):
+            averages = np.where(quota[c] < sizes[c], sizes[c] / (quota[c] + 1), -1.0)
+            quota[c, np.argmax(averages)] += 1
+    return quota
+
+
+def init_groups(
+    real: step.RealData, *, ipc: int, key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Initial set spread over the subgroups: `group_quota` real members of each group, drawn
+    uniformly without replacement, class c's images ordered by group.
+
+    Returns:
+      images (C, ipc, H, W, Ch) and labels (C, ipc) int32.
+    """
+    sizes = np.asarray(real.groups.sizes)
+    members = np.asarray(real.groups.members)
+    quota = group_quota(sizes, ipc)
+    # A random order of each group's members (padding slots last): the first quota are drawn.
+    scores = jax.random.uniform(key, members.shape)
+    scores = jnp.where(jnp.arange(members.shape[-1]) < real.groups.sizes[..., None], scores, -1.0)
+    order = np.asarray(jnp.argsort(-scores, axis=-1))
+    index = np.stack(
+        [
+            np.concatenate(
+                [members[c, k, order[c, k, : quota[c, k]]] for k in range(sizes.shape[1])]
+            )
+            for c in range(sizes.shape[0])
+        ]
+    )
+    labels = jnp.repeat(jnp.arange(len(sizes), dtype=jnp.int32)[:, None], ipc, axis=1)
+    return real.images[jnp.asarray(index)], labels
 
 
 def coreset(
@@ -91,6 +154,8 @@ def initial_set(
     Returns:
       images (C, ipc, H, W, Ch) and labels (C, ipc) int32.
     """
+    if method == "groups":
+        return init_groups(real, ipc=ipc, key=key)
     if method not in baselines.BASELINES:
         return init_synthetic(real, ipc=ipc, key=key, method=method)
     if train_labels is None:

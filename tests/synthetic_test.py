@@ -70,3 +70,50 @@ def test_state_starts_from_the_configured_coreset():
     np.testing.assert_array_equal(state.labels, labels)
     with pytest.raises(ValueError, match="train labels"):
         build.create_state(config, real, key=jax.random.key(1))
+
+
+@pytest.mark.parametrize(
+    "sizes, ipc, expected",
+    [
+        ([[50, 30, 15, 5]], 10, [[5, 3, 1, 1]]),  # One each, the rest by size (D'Hondt).
+        ([[50, 30, 15, 5]], 4, [[1, 1, 1, 1]]),
+        ([[50, 30, 15, 5]], 2, [[1, 1, 0, 0]]),  # ipc < K: the largest groups.
+        ([[5, 5, 5, 5]], 6, [[2, 2, 1, 1]]),  # Ties to the lower index.
+        ([[1, 1, 100, 1]], 8, [[1, 1, 5, 1]]),  # Never above a group's size.
+        ([[2, 1], [1, 2]], 3, [[2, 1], [1, 2]]),  # Every member, per class.
+    ],
+)
+def test_group_quota_covers_subgroups_then_follows_size(sizes, ipc, expected):
+    quota = synthetic.group_quota(np.array(sizes), ipc)
+    np.testing.assert_array_equal(quota, expected)
+    assert np.all(quota.sum(axis=1) == ipc) and np.all(quota <= np.array(sizes))
+
+
+def test_group_quota_refuses_a_class_smaller_than_ipc():
+    with pytest.raises(ValueError, match="class 1 has 3 examples, fewer than ipc=4"):
+        synthetic.group_quota(np.array([[2, 2], [1, 2]]), 4)
+
+
+def test_init_groups_draws_quota_members_of_each_group():
+    """Unequal groups (class c: sizes 9, 2, 1 -> quota 3, 1, 1 at ipc 5): the right number of
+    distinct real members of each group, class rows ordered by group, deterministic in the key."""
+    num_classes, per_class = 2, 12
+    images = jax.random.normal(jax.random.key(3), (num_classes * per_class, 4, 4, 1))
+    labels = np.repeat(np.arange(num_classes), per_class)
+    assignments = np.tile(np.array([0] * 9 + [1, 1, 2]), num_classes)
+    groups = groups_lib.make_groups(labels, assignments, num_classes=num_classes, num_clusters=3)
+    real = step.RealData(images=images, groups=groups)
+    out, out_labels = synthetic.initial_set("groups", real, ipc=5, key=jax.random.key(0), seed=0)
+    assert out.shape == (2, 5, 4, 4, 1)
+    np.testing.assert_array_equal(out_labels, np.repeat(np.arange(2)[:, None], 5, axis=1))
+    flat = np.asarray(images).reshape(len(images), -1)
+    for c in range(num_classes):
+        rows = [
+            int(np.flatnonzero(np.all(flat == img.reshape(-1), axis=1))[0]) for img in out[c]
+        ]
+        assert len(set(rows)) == 5 and np.all(labels[rows] == c)
+        np.testing.assert_array_equal(assignments[rows], [0, 0, 0, 1, 2])
+    again, _ = synthetic.initial_set("groups", real, ipc=5, key=jax.random.key(0), seed=0)
+    np.testing.assert_array_equal(out, again)
+    other, _ = synthetic.initial_set("groups", real, ipc=5, key=jax.random.key(1), seed=0)
+    assert not np.array_equal(out, other)
