@@ -35,6 +35,7 @@ import ml_collections
 import numpy as np
 
 import jaxdd
+from jaxdd import data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -57,12 +58,14 @@ def protocol_config(
     eval_epochs: int,
     overrides: Sequence[str] = (),
 ) -> ml_collections.ConfigDict:
-    """The robustness protocol's config of `dataset` ('digits', or 'digits+rare' for its
-    rare-subpopulation version): `iterations` DC iterations (DC's schedule for the ipc) with
+    """The robustness protocol's config of `dataset`: a shipped config's name, optionally with a
+    benchmark suffix (`BENCHMARK_SUFFIXES`): '+rare' (inverted minority), '+rare-<transform>'
+    (e.g. '+rare-blur', a minority close to its majority) or '+color' (the spurious-correlation
+    benchmark): `iterations` DC iterations (DC's schedule for the ipc) with
     selection on the validation split twice per run (2 networks), `eval_models` x
     `eval_epochs` test networks; then `overrides` ('field=value'), which win over all of
     these."""
-    name, _, rare = dataset.partition("+")
+    name, _, suffix = dataset.partition("+")
     protocol = [
         f"ipc={ipc}",
         f"seed={seed}",
@@ -73,9 +76,27 @@ def protocol_config(
         "eval.select_num_models=2",
         f"checkpoint.every={iterations}",
     ]
-    if rare:
-        protocol.append("data.rare=invert")
+    if suffix:
+        protocol.append(benchmark_override(suffix))
     return load_config(name, *protocol, *overrides)
+
+
+# The benchmark suffixes of a dataset name ('digits+color') -> the config field they set.
+BENCHMARK_SUFFIXES = {"rare": "data.rare=invert", "color": "data.spurious=color"}
+
+
+def benchmark_override(suffix: str) -> str:
+    """The override of a dataset name's benchmark suffix: `BENCHMARK_SUFFIXES`, or
+    'rare-<transform>' -> data.rare=<transform>."""
+    if suffix in BENCHMARK_SUFFIXES:
+        return BENCHMARK_SUFFIXES[suffix]
+    kind, _, transform = suffix.partition("-")
+    if kind == "rare" and transform in data.RARE_TRANSFORMS:
+        return f"data.rare={transform}"
+    raise ValueError(
+        f"unknown benchmark suffix {suffix!r}: use one of {sorted(BENCHMARK_SUFFIXES)} or "
+        f"rare-<transform> with a transform in {sorted(data.RARE_TRANSFORMS)}."
+    )
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, object]:
@@ -209,6 +230,18 @@ def with_rare_means(report: dict[str, Any]) -> dict[str, Any]:
         return report
     groups = np.asarray(groups, float)
     return {**report, "majority_mean": groups[0::2].mean(), "minority_mean": groups[1::2].mean()}
+
+
+def paired_interval(differences: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean of paired differences and the half-width of its two-sided Student-t interval
+    (`level`, n - 1 degrees of freedom); the half-width is nan for fewer than 2 pairs."""
+    import scipy.stats  # scikit-learn's dependency; only the summaries need it.
+
+    values = np.asarray(differences, float)
+    if len(values) < 2:
+        return float(values.mean()) if len(values) else float("nan"), float("nan")
+    sem = values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean()), float(scipy.stats.t.ppf(0.5 + level / 2, len(values) - 1) * sem)
 
 
 # --- results files --------------------------------------------------------------------------

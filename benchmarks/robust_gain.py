@@ -37,6 +37,8 @@ METHODS = (
     "k_center",
     "erm",
     "robust",
+    "erm+groups",
+    "robust+groups",
     "erm+k_center",
     "robust+k_center",
     "full",
@@ -46,9 +48,17 @@ COLUMNS = {
     "accuracy_mean": "accuracy",
     "worst_group_accuracy": "worst group (test K-means)",
     "worst_class_accuracy": "worst class",
-    "worst_group_accuracy_rare": "minority (rare) worst group",
-    "minority_mean": "minority (rare), mean over classes",
+    "worst_group_accuracy_rare": "minority worst class",
+    "majority_mean": "majority, mean over classes",
+    "minority_mean": "minority, mean over classes",
 }
+# Paired robust - ERM differences: (eval.json key after `harness.with_rare_means`, label).
+PAIRED = (
+    ("minority_mean", "minority"),
+    ("majority_mean", "majority"),
+    ("accuracy_mean", "accuracy"),
+    ("worst_group_accuracy", "worst test K-means group"),
+)
 
 
 def record_key(record: dict) -> tuple:
@@ -112,6 +122,7 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
                 cells.append(f"{values.mean():.1f} ± {values.std():.1f}" if len(values) else "")
             lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
         lines.append("")
+        lines += paired_lines(rows)
         settings = sorted({json.dumps(r.get("settings", {}), sort_keys=True) for r in rows})
         for text in settings:
             used = [
@@ -122,6 +133,38 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
             lines.append(f"Settings of {', '.join(sorted(set(used)))}: `{text}`  ")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def paired_lines(rows: list[dict]) -> list[str]:
+    """Robust - ERM per seed at the same initialisation (robust vs erm, robust+X vs erm+X):
+    the mean difference with its 95 % Student-t interval, and the per-seed differences."""
+    lines = []
+    for init in ("", "+groups", "+k_center"):
+        by_seed = {
+            r["seed"]: harness.with_rare_means(r["report"])
+            for r in rows
+            if r["method"] == "erm" + init
+        }
+        pairs = [
+            (by_seed[r["seed"]], harness.with_rare_means(r["report"]))
+            for r in sorted(rows, key=lambda r: r["seed"])
+            if r["method"] == "robust" + init and r["seed"] in by_seed
+        ]
+        if not pairs:
+            continue
+        lines.append(
+            f"Paired robust{init} − erm{init} ({len(pairs)} seeds, mean ± 95 % t-interval "
+            "half-width; per seed):  "
+        )
+        for key, label in PAIRED:
+            differences = [robust[key] - erm[key] for erm, robust in pairs if key in erm]
+            if not differences:
+                continue
+            mean, half = harness.paired_interval(differences)
+            per_seed = ", ".join(f"{d:+.1f}" for d in differences)
+            lines.append(f"- {label}: **{mean:+.1f} ± {half:.1f}** ({per_seed})  ")
+        lines.append("")
+    return lines
 
 
 def _tables(records: list[dict]) -> list[tuple[str, int | None]]:

@@ -35,6 +35,11 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     config.data.test_fraction = 0.2  # Carved from the data only where no test split exists.
     config.data.rare = ""  # Rare-subpopulation benchmark: invert | rotate90 | blur; '' = off.
     config.data.rare_fraction = 0.05  # Share of each class's train images in its minority.
+    # Spurious-correlation benchmark (Colored-MNIST style, jaxdd.data.spurious): color | '' = off.
+    # Train/validation images wear their class's colour but for a conflict_fraction of each
+    # class (another class's colour); test colours are uniformly random.
+    config.data.spurious = ""
+    config.data.conflict_fraction = 0.05
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "convnet"  # convnet | mlp | resnet18 | vgg11.

@@ -19,7 +19,8 @@ from jaxdd import groups as groups_lib
 
 
 def load_data(config: ml_collections.ConfigDict) -> tuple[data.Dataset, data.RareDataset | None]:
-    """The configured dataset, with its rare-subpopulation version when `data.rare` is set."""
+    """The configured dataset, with its rare-subpopulation version when `data.rare` is set (or
+    its spurious-correlation version when `data.spurious` is: a `RareDataset` as well)."""
     dataset = data.load(
         config.data.name,
         data_dir=config.data.dir or None,
@@ -28,6 +29,14 @@ def load_data(config: ml_collections.ConfigDict) -> tuple[data.Dataset, data.Rar
         seed=config.seed,
         image_size=config.data.image_size,
     )
+    if config.data.spurious:
+        spurious = data.make_spurious(
+            dataset,
+            attribute=config.data.spurious,
+            conflict_fraction=config.data.conflict_fraction,
+            seed=config.seed,
+        )
+        return spurious.dataset, spurious
     if not config.data.rare:
         return dataset, None
     rare = data.make_rare(

@@ -272,6 +272,10 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     for field in ("data.validation_fraction", "data.test_fraction"):
         if not 0.0 < _get(config, field) < 1.0:
             _fail(field, _get(config, field), "a fraction in (0, 1)")
+    for field in ("data.rare_fraction", "data.conflict_fraction"):
+        value = _get(config, field)
+        if isinstance(value, bool) or not isinstance(value, float | int) or not 0 < value < 0.5:
+            _fail(field, value, "a fraction in (0, 0.5): the minority must stay a minority")
     alpha = config.robust.alpha
     if isinstance(alpha, bool) or not isinstance(alpha, float | int) or not 0.0 < alpha <= 1.0:
         _fail("robust.alpha", alpha, "a tail mass in (0, 1]")
@@ -286,6 +290,15 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
         _fail("data.name", name, f"one of {data.NAME_FORMS}")
     if config.data.rare:
         _check_choice(config, "data.rare", data.RARE_TRANSFORMS)
+    if config.data.spurious:
+        _check_choice(config, "data.spurious", data.SPURIOUS_ATTRIBUTES)
+        if config.data.rare:
+            _fail(
+                "data.spurious",
+                config.data.spurious,
+                f"'' while data.rare={config.data.rare!r} is set (one benchmark per run: its "
+                "groups are the minority of one)",
+            )
     _check_choice(config, "model.name", models.MODELS)
     for name in filter(None, config.eval.architectures.split(",")):
         if name.strip() not in models.MODELS:
@@ -346,7 +359,7 @@ _FINGERPRINT_FIELDS = ("seed", "ipc", "data", "model", "cluster", "match", "robu
 
 # Fields added to fingerprinted sections after runs were checkpointed: at their default they
 # are left out of the fingerprint, so that those runs still resume.
-_ADDED_FIELDS = {"data.image_size": 0}
+_ADDED_FIELDS = {"data.image_size": 0, "data.spurious": "", "data.conflict_fraction": 0.05}
 
 
 def fingerprint(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, Any]:

@@ -92,6 +92,9 @@ def test_installed_copy_loads_configs_from_another_directory(tmp_path):
         ("model.stem_pad", -3, "config.model.stem_pad=-3"),
         ("model.init", "xavier", "config.model.init"),
         ("num_iterations", 0, "config.num_iterations=0"),
+        ("data.spurious", "texture", "config.data.spurious"),
+        ("data.conflict_fraction", 0.5, "config.data.conflict_fraction=0.5 .* \\(0, 0.5\\)"),
+        ("data.rare_fraction", 0.0, "config.data.rare_fraction=0.0"),
     ],
 )
 def test_validation_names_the_field(field, value, message):
@@ -157,4 +160,11 @@ def test_methods_take_their_papers_settings():
 def test_distribution_matching_refuses_a_trained_network():
     config = config_lib.load(REPO / "configs" / "digits.py:dm", "match.inner_loop=5")
     with pytest.raises(ValueError, match="fresh random network for every update"):
+        config_lib.validate(config)
+
+
+def test_spurious_and_rare_benchmarks_are_exclusive():
+    config = smoke.get_config()
+    config.data.rare, config.data.spurious = "invert", "color"
+    with pytest.raises(ValueError, match="config.data.spurious='color' .* data.rare='invert'"):
         config_lib.validate(config)

@@ -24,7 +24,8 @@ one is carved out first, and validation is always carved from train, so the test
 ever returned.
 
 `make_rare` (`rare`) turns a `Dataset` into the rare-subpopulation benchmark of SPEC's evaluation
-protocol (a `RareDataset`).
+protocol (a `RareDataset`); `make_spurious` (`spurious`) into the spurious-correlation
+(Colored-MNIST) benchmark, a `RareDataset` whose minority is the bias-conflicting images.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from jaxdd.data import digits, folder, idx, npz, splits, tfds
 from jaxdd.data.idx import FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_DIR
 from jaxdd.data.rare import RARE_TRANSFORMS, RareDataset, make_rare
 from jaxdd.data.splits import SPLIT_NAMES, Dataset, Split
+from jaxdd.data.spurious import SPURIOUS_ATTRIBUTES, make_spurious
 from jaxdd.data.tfds import TFDS_ALIASES
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "NAME_FORMS",
     "RARE_TRANSFORMS",
     "SPLIT_NAMES",
+    "SPURIOUS_ATTRIBUTES",
     "TFDS_ALIASES",
     "Dataset",
     "RareDataset",
@@ -53,6 +56,7 @@ __all__ = [
     "is_known_name",
     "load",
     "make_rare",
+    "make_spurious",
 ]
 
 # The names `load` accepts, as the "unknown dataset" message lists them.

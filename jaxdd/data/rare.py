@@ -20,7 +20,7 @@ from jax.typing import ArrayLike
 from jaxdd import shifts
 from jaxdd.data import splits
 
-__all__ = ["RARE_TRANSFORMS", "RareDataset", "make_rare", "rare_count"]
+__all__ = ["RARE_TRANSFORMS", "RareDataset", "make_rare", "minority_mask", "rare_count"]
 
 # Each transform maps float32 `(N, H, W, C)` pixels in [0, 1] to the same shape and range, and is
 # a fixed, seed-free function, so "the minority" is one well-defined subpopulation. Read-only:
@@ -41,7 +41,8 @@ class RareDataset:
     Attributes:
       dataset: the `Dataset` with the minority transformed, renormalised with the statistics of
         its own train split; rows keep the order and labels of the source dataset.
-      transform: the `RARE_TRANSFORMS` name applied to the minority.
+      transform: the `RARE_TRANSFORMS` name applied to the minority (or, for the
+        spurious-correlation benchmark of `jaxdd.data.spurious`, its attribute: 'color').
       fraction: the target minority share of each class in train and validation.
       train_minority, validation_minority, test_minority: `(N,)` read-only bool arrays aligned
         with the rows of the split, True where the example was transformed.
@@ -122,7 +123,7 @@ def make_rare(
     masks, pixels = {}, {}
     for name, rng in zip(splits.SPLIT_NAMES, rngs, strict=True):
         split = dataset.split(name)
-        masks[name] = _minority_mask(split.labels, dataset.num_classes, num_minority[name], rng)
+        masks[name] = minority_mask(split.labels, dataset.num_classes, num_minority[name], rng)
         pixels[name] = dataset.denormalize(split.images)  # A fresh float32 copy.
         pixels[name][masks[name]] = np.asarray(apply(pixels[name][masks[name]]))
     mean, std = splits.channel_stats(pixels["train"])
@@ -183,7 +184,7 @@ def rare_count(num_examples: int, fraction: float) -> int:
     return min(max(1, math.floor(fraction * num_examples + 0.5)), num_examples // 2)
 
 
-def _minority_mask(
+def minority_mask(
     labels: np.ndarray,
     num_classes: int,
     num_minority: Callable[[int], int],
