@@ -55,6 +55,11 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     config.cluster.num_clusters = 4  # K subgroups per class (C*K groups in all).
     config.cluster.features = "pixels"  # pixels | random_net: the K-means feature space.
     config.cluster.num_iters = 50  # Lloyd iterations.
+    # kmeans (K-means groups, computed once) | voronoi (the reference code's: the Voronoi cells of
+    # each class's ipc synthetic images among cluster.pool real images of the class, in the
+    # matched network's embedding, recomputed every update; num_clusters is then unused).
+    config.cluster.assign = "kmeans"
+    config.cluster.pool = 256  # voronoi: real images per class per update (DC's batch_real).
 
     config.match = ml_collections.ConfigDict()
     config.match.family = "gradient"  # gradient | distribution | risk.
@@ -71,6 +76,11 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     config.match.outer_loop = -1
     config.match.inner_loop = -1
     config.match.inner_batch = 256  # DC's batch_train for those epochs.
+    # What the matched network trains on between updates: synthetic (DC) | real_robust (the
+    # reference code's, fixed: one step per inner epoch on the update's real pool with mean CE +
+    # mean and max over the Voronoi cells of each cell's CVaR(robust.alpha); needs
+    # cluster.assign=voronoi).
+    config.match.net_train = "synthetic"
     config.match.net_lr = 0.01  # DC's lr_net (plain SGD).
     config.match.unroll_steps = 10  # risk family: T unrolled SGD steps.
     config.match.unroll_lr = 0.01  # risk family: learning rate of the unrolled steps.

@@ -83,7 +83,10 @@ def loops(config: ml_collections.ConfigDict) -> tuple[int, int]:
 def create_groups(
     config: ml_collections.ConfigDict, dataset: data.Dataset, *, key: jax.Array
 ) -> groups_lib.Groups:
-    """Per-class K-means of the train split in the configured feature space."""
+    """Per-class K-means of the train split in the configured feature space; for
+    `cluster.assign=voronoi`, whole classes (each update draws its pools from them)."""
+    if config.cluster.assign == "voronoi":
+        return groups_lib.class_groups(dataset.train.labels, num_classes=dataset.num_classes)
     return groups_lib.cluster_groups(
         dataset.train.images,
         dataset.train.labels,
@@ -146,6 +149,9 @@ def create_step(
         inner_loop=inner_loop,
         inner_batch=config.match.inner_batch,
         mesh=mesh,
+        assign=config.cluster.assign,
+        pool_size=config.cluster.pool,
+        net_train=config.match.net_train,
     )
     # `fast_compile`: the step's time goes to library GEMMs and convolutions (see jaxdd.xla).
     if mesh is None:

@@ -165,7 +165,7 @@ def _check_choice(config: ml_collections.ConfigDict, field: str, choices) -> Non
 
 _POSITIVE = (
     "ipc", "num_iterations", "log.every", "model.width", "model.depth",
-    "cluster.num_clusters", "cluster.num_iters", "match.num_real", "match.inner_batch",
+    "cluster.num_clusters", "cluster.num_iters", "cluster.pool", "match.num_real", "match.inner_batch",
     "match.unroll_steps", "eval.num_models", "eval.epochs", "eval.batch_size",
     "eval.select_num_models", "eval.global_k", "eval.per_class_k", "checkpoint.every",
 )  # fmt: skip
@@ -243,6 +243,21 @@ def _check_unknown(config: ml_collections.ConfigDict) -> None:
 def _check_schedule(config: ml_collections.ConfigDict) -> None:
     """DC's loops exist for the ipc; the other families match through a fresh network."""
     outer, inner = config.match.outer_loop, config.match.inner_loop
+    if config.match.net_train == "real_robust":
+        if config.cluster.assign != "voronoi":
+            _fail(
+                "match.net_train",
+                "real_robust",
+                "'synthetic' unless cluster.assign='voronoi' (the robust network loss is over "
+                "the Voronoi cells)",
+            )
+        if config.match.family != "gradient":
+            _fail(
+                "match.net_train",
+                "real_robust",
+                f"'synthetic' with match.family={config.match.family!r}, whose network is never "
+                "trained (only the gradient family trains it between updates)",
+            )
     if config.match.family == "gradient":
         if -1 in (outer, inner):
             step.dc_loops(config.ipc)  # Raises, saying what to set, for an ipc DC lacks.
@@ -315,6 +330,8 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "model.norm", models.NORMS)
     _check_choice(config, "model.init", models.INIT_SCHEMES)
     _check_choice(config, "cluster.features", groups_lib.FEATURES)
+    _check_choice(config, "cluster.assign", groups_lib.ASSIGNMENTS)
+    _check_choice(config, "match.net_train", step.NET_TRAINING)
     _check_choice(config, "match.family", matching.FAMILIES)
     _check_choice(config, "robust.risk", risk.RISKS)
     _check_choice(config, "syn.init", synthetic.INITS)
@@ -339,7 +356,7 @@ def validate_against_data(config: ml_collections.ConfigDict, dataset: data.Datas
     """Checks the fields that depend on the data, before any clustering or distillation."""
     counts = np.bincount(dataset.train.labels, minlength=dataset.num_classes)
     smallest = int(np.argmin(counts))
-    if config.cluster.num_clusters > counts[smallest]:
+    if config.cluster.assign == "kmeans" and config.cluster.num_clusters > counts[smallest]:
         raise ValueError(
             f"config.cluster.num_clusters={config.cluster.num_clusters} exceeds the smallest "
             f"class of the train split (class {smallest} has {counts[smallest]} examples); "
@@ -359,7 +376,14 @@ _FINGERPRINT_FIELDS = ("seed", "ipc", "data", "model", "cluster", "match", "robu
 
 # Fields added to fingerprinted sections after runs were checkpointed: at their default they
 # are left out of the fingerprint, so that those runs still resume.
-_ADDED_FIELDS = {"data.image_size": 0, "data.spurious": "", "data.conflict_fraction": 0.05}
+_ADDED_FIELDS = {
+    "data.image_size": 0,
+    "data.spurious": "",
+    "data.conflict_fraction": 0.05,
+    "cluster.assign": "kmeans",
+    "cluster.pool": 256,
+    "match.net_train": "synthetic",
+}
 
 
 def fingerprint(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, Any]:

@@ -82,12 +82,15 @@ def header(run: _Run, mesh, workdir: pathlib.Path, start_step: int) -> str:
     sizes = run.group_sizes
     shape = "x".join(map(str, dataset.image_shape))
     resume = f"resuming at iteration {start_step}" if start_step else "starting"
+    if config.cluster.assign == "voronoi":
+        groups = f"{sizes.shape[0]}x{config.ipc} Voronoi cells of the synthetic images"
+    else:
+        groups = f"{sizes.shape[0]}x{sizes.shape[1]} groups (sizes {sizes.min()}-{sizes.max()})"
     return "\n".join(
         [
             f"{dataset.name}: {dataset.num_classes} classes, {shape} images; train "
             f"{len(dataset.train)}, validation {len(dataset.validation)}, test {len(dataset.test)}",
-            f"{sizes.shape[0]}x{sizes.shape[1]} groups (sizes {sizes.min()}-{sizes.max()}), "
-            f"{config.match.family} matching, risk {config.robust.risk}, ipc {config.ipc}; "
+            f"{groups}, {config.match.family} matching, risk {config.robust.risk}, ipc {config.ipc}; "
             f"{mesh.size} {mesh.devices.flat[0].platform} device(s)",
             f"{workdir}: {resume}, {config.num_iterations} iterations",
         ]

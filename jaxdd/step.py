@@ -16,6 +16,15 @@ The objective of an update is `C *` the risk of the (C, K) group losses (`robust
 with K = 1 and the mean that is DC's (and DM's) sum of per-class losses, and for every risk the
 group weights sum to C, so one image learning rate (DC's 0.1, DM's 1.0) serves all of them.
 
+The reference code's mode (`assign="voronoi"`, `net_train="real_robust"`; SPEC "Subgroups,
+second mode"): every update draws a pool of real images per class and its groups are the
+Voronoi cells of the class's synthetic images in the matched network's embedding
+(`groups.voronoi_groups`); and instead of the synthetic set the matched network trains on that
+pool, with mean cross-entropy plus the mean and the max over cells of each cell's CVaR of its
+per-image losses (`robust_network_loss`): with gradient, the upper tail and every cell, where
+`Mming11/RobustDatasetDistillation` (`utils.py` 483-590, `epoch_mix`) detaches it, takes the
+lower tail and drops zero-loss cells, so that its robust term never reaches the network.
+
 Multi-device: given a `jax.sharding.Mesh`, the per-group losses are split over its devices
 (`jaxdd.sharding.compute_group_losses`); the risk then reduces the gathered (C, K) losses.
 
@@ -38,7 +47,10 @@ from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
 from jaxdd import groups as groups_lib
-from jaxdd import matching, risk, sharding
+from jaxdd import matching, models, risk, sharding
+
+# `net_train`: what the matched network trains on between updates.
+NET_TRAINING = ("synthetic", "real_robust")
 
 # DC's `get_loops` (`utils.py` 275-294): ipc -> (outer_loop, inner_loop).
 DC_LOOPS: dict[int, tuple[int, int]] = {
@@ -134,6 +146,62 @@ def _train_network(
     return jax.lax.fori_loop(0, num_epochs, epoch, (params, opt_state))
 
 
+def robust_network_loss(
+    apply_fn: matching.ApplyFn,
+    params: Any,
+    images: jax.Array,
+    labels: jax.Array,
+    cells: jax.Array,
+    *,
+    alpha: float,
+) -> jax.Array:
+    """The reference mode's network loss on a real pool: mean CE + mean and max over the cells
+    of the cell's CVaR_alpha of its per-image cross-entropies (upper tail, with gradient).
+
+    Args:
+      apply_fn: network apply. params: its parameters.
+      images: (C, B, H, W, Ch) each class's pool. labels: (C,) their classes.
+      cells: (C, K, B) bool, cell k of class c holds pool image b; every cell non-empty.
+      alpha: the cells' CVaR tail mass.
+    """
+    num_classes, size = images.shape[:2]
+    logits, _ = apply_fn(params, images.reshape(num_classes * size, *images.shape[2:]))
+    per_image = models.cross_entropy(logits, jnp.repeat(labels, size)).reshape(num_classes, size)
+    weights = cells / jnp.sum(cells, axis=-1, keepdims=True)
+    cell_cvar = jax.vmap(
+        jax.vmap(lambda w, losses: risk.cvar(losses, alpha, weights=w), in_axes=(0, None))
+    )(weights, per_image)
+    return jnp.mean(per_image) + jnp.mean(cell_cvar) + jnp.max(cell_cvar)
+
+
+def _train_network_robust(
+    params: Any,
+    opt_state: optax.OptState,
+    images: jax.Array,
+    labels: jax.Array,
+    cells: jax.Array,
+    *,
+    key: jax.Array,
+    num_steps: ArrayLike,
+    apply_fn: matching.ApplyFn,
+    optimizer: optax.GradientTransformation,
+    augment_fn: matching.AugmentFn,
+    alpha: float,
+) -> tuple[Any, optax.OptState]:
+    """`num_steps` full-pool steps of `robust_network_loss` (per-image augmentation)."""
+    grad_fn = jax.grad(functools.partial(robust_network_loss, apply_fn), argnums=0)
+    shape = images.shape
+
+    def body(i, carry):
+        params, opt_state = carry
+        flat = augment_fn(images.reshape(-1, *shape[2:]), jax.random.fold_in(key, i))
+        grads = grad_fn(params, flat.reshape(shape), labels, cells, alpha=alpha)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return jax.lax.fori_loop(0, num_steps, body, (params, opt_state))
+
+
 def robust_objective(
     images: jax.Array,
     *,
@@ -166,6 +234,7 @@ def _update_images(
     loss_key: jax.Array,
     labels: jax.Array,
     real: RealData,
+    groups: groups_lib.Groups,
     losses_fn: Callable[..., jax.Array],
     syn_optimizer: optax.GradientTransformation,
     risk_name: str,
@@ -174,7 +243,7 @@ def _update_images(
     mesh: Mesh | None,
 ) -> tuple[jax.Array, optax.OptState, dict[str, jax.Array]]:
     """One update of the synthetic set through the network `net_params`: sample m real images
-    per group (`sample_key`), the (C, K) group losses (`loss_key`: augmentation), the
+    per group of `groups` (`sample_key`), the (C, K) group losses (`loss_key`: augmentation), the
     objective, an optimiser step; and its metrics."""
     objective = functools.partial(
         robust_objective,
@@ -184,7 +253,7 @@ def _update_images(
             net_params,
             labels=labels,
             images=real.images,
-            index=groups_lib.sample_groups(real.groups, num_real, key=sample_key),
+            index=groups_lib.sample_groups(groups, num_real, key=sample_key),
             key=loss_key,
             mesh=mesh,
         ),
@@ -226,6 +295,9 @@ def train_step(
     inner_loop: int,
     inner_batch: int,
     mesh: Mesh | None = None,
+    assign: str = "kmeans",
+    pool_size: int = 256,
+    net_train: str = "synthetic",
 ) -> tuple[State, dict[str, jax.Array]]:
     """One DC iteration; pure, so `fold_in(run_key, step)` keys make runs reproducible.
 
@@ -241,14 +313,27 @@ def train_step(
       mesh: split the groups' losses over this mesh's devices (`sharding.compute_group_losses`);
         None: one device. The state and `real` should be replicated on it
         (`sharding.replicate`).
+      assign: 'kmeans' (the groups of `real`) or 'voronoi' (`real.groups` are whole classes,
+        `groups.class_groups`; each update's groups are the Voronoi cells of the synthetic
+        images among `pool_size` real images per class, in the matched network's embedding).
+      net_train: 'synthetic' (DC) or 'real_robust' (the network trains on the update's real
+        pool with `robust_network_loss`, one full-pool step per inner epoch; needs 'voronoi').
 
     Returns:
       The new state and scalar metrics averaged over the iteration's updates (plus the
       (C, K) `group_losses`, averaged too).
     """
+    if assign not in groups_lib.ASSIGNMENTS or net_train not in NET_TRAINING:
+        raise ValueError(
+            f"assign={assign!r} / net_train={net_train!r}: expected one of "
+            f"{groups_lib.ASSIGNMENTS} / {NET_TRAINING}."
+        )
+    if net_train == "real_robust" and assign != "voronoi":
+        raise ValueError("net_train='real_robust' trains on the Voronoi cells: use assign='voronoi'.")
     init_key, loop_key = jax.random.split(key)
     net_params = init_net(init_key)
     flat_labels = state.labels.reshape(-1, *state.labels.shape[2:])
+    num_classes = state.labels.shape[0]
     update_images = functools.partial(
         _update_images,
         labels=state.labels,
@@ -265,22 +350,45 @@ def train_step(
         images, opt_state, net_params, net_opt_state = carry
         index, update_key = inputs
         sample_key, loss_key, train_key = jax.random.split(update_key, 3)
+        groups, cells, pool = real.groups, None, None
+        if assign == "voronoi":
+            pool_key = jax.random.fold_in(update_key, 3)  # K-means runs keep their keys.
+            pool = groups_lib.sample_groups(real.groups, pool_size, key=pool_key)[:, 0]
+            groups, cells = groups_lib.voronoi_groups(
+                lambda x: apply_fn(net_params, x)[1], images, real.images, pool
+            )
         images, opt_state, metrics = update_images(
-            images, opt_state, net_params, sample_key=sample_key, loss_key=loss_key
+            images, opt_state, net_params, groups=groups, sample_key=sample_key, loss_key=loss_key
         )
-        net_params, net_opt_state = _train_network(
-            net_params,
-            net_opt_state,
-            jax.lax.stop_gradient(images.reshape(-1, *images.shape[2:])),
-            flat_labels,
-            key=train_key,
-            # DC trains the network after every update of the iteration but the last.
-            num_epochs=jnp.where(index == outer_loop - 1, 0, inner_loop),
-            apply_fn=apply_fn,
-            optimizer=net_optimizer,
-            augment_fn=net_augment_fn,
-            batch_size=inner_batch,
-        )
+        # DC trains the network after every update of the iteration but the last.
+        num_epochs = jnp.where(index == outer_loop - 1, 0, inner_loop)
+        if net_train == "real_robust":
+            net_params, net_opt_state = _train_network_robust(
+                net_params,
+                net_opt_state,
+                real.images[pool],
+                jnp.arange(num_classes),
+                cells,
+                key=train_key,
+                num_steps=num_epochs,
+                apply_fn=apply_fn,
+                optimizer=net_optimizer,
+                augment_fn=net_augment_fn,
+                alpha=alpha,
+            )
+        else:
+            net_params, net_opt_state = _train_network(
+                net_params,
+                net_opt_state,
+                jax.lax.stop_gradient(images.reshape(-1, *images.shape[2:])),
+                flat_labels,
+                key=train_key,
+                num_epochs=num_epochs,
+                apply_fn=apply_fn,
+                optimizer=net_optimizer,
+                augment_fn=net_augment_fn,
+                batch_size=inner_batch,
+            )
         return (images, opt_state, net_params, net_opt_state), metrics
 
     carry = (state.images, state.opt_state, net_params, net_optimizer.init(net_params))

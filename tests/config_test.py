@@ -95,6 +95,10 @@ def test_installed_copy_loads_configs_from_another_directory(tmp_path):
         ("data.spurious", "texture", "config.data.spurious"),
         ("data.conflict_fraction", 0.5, "config.data.conflict_fraction=0.5 .* \\(0, 0.5\\)"),
         ("data.rare_fraction", 0.0, "config.data.rare_fraction=0.0"),
+        ("cluster.assign", "dbscan", "config.cluster.assign"),
+        ("cluster.pool", 0, "config.cluster.pool=0"),
+        ("match.net_train", "real", "config.match.net_train"),
+        ("match.net_train", "real_robust", "unless cluster.assign='voronoi'"),
     ],
 )
 def test_validation_names_the_field(field, value, message):
@@ -167,4 +171,14 @@ def test_spurious_and_rare_benchmarks_are_exclusive():
     config = smoke.get_config()
     config.data.rare, config.data.spurious = "invert", "color"
     with pytest.raises(ValueError, match="config.data.spurious='color' .* data.rare='invert'"):
+        config_lib.validate(config)
+
+
+def test_reference_mode_config_is_valid_and_needs_the_gradient_family():
+    config = config_lib.load(config_lib.REPO_CONFIGS / "rdd_reference.py:smoke")
+    config_lib.validate(config)
+    assert (config.cluster.assign, config.match.net_train) == ("voronoi", "real_robust")
+    assert config.robust.risk == "mean" and config.ipc == smoke.get_config().ipc
+    config.match.family = "distribution"
+    with pytest.raises(ValueError, match="whose network is never trained"):
         config_lib.validate(config)

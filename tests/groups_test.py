@@ -123,3 +123,37 @@ def test_cluster_groups_is_per_class_kmeans_of_the_chosen_features():
             images, labels, features="sift", model=model, num_classes=3, num_clusters=2,
             num_iters=10, key=key,
         )  # fmt: skip
+
+
+def test_voronoi_groups_are_same_class_nearest_cells_and_keep_empty_ones():
+    """1-pixel images, identity embedding: pool images go to the nearest synthetic image of
+    their own class; a cell nothing falls into holds its nearest pool image."""
+    embed = lambda x: x.reshape(x.shape[0], -1)
+    # Class 0's synthetic images at 0 and 10, class 1's at 5 and 100 (empty cell).
+    syn = jnp.array([[0.0, 10.0], [5.0, 100.0]]).reshape(2, 2, 1, 1, 1)
+    real = jnp.array([1.0, 9.0, 4.0, 6.0, 4.5, 7.0, 3.0, 8.0]).reshape(8, 1, 1, 1)
+    pool = jnp.array([[0, 1, 2, 6], [3, 4, 5, 7]])  # Class 0: 1, 9, 4, 3; class 1: 6, 4.5, 7, 8.
+    groups, cells = groups_lib.voronoi_groups(embed, syn, real, pool)
+    # Class 0: 1, 4, 3 nearer 0 than 10; 9 nearer 10. Not 5 (class 1's image) for 4 and 6.
+    np.testing.assert_array_equal(
+        cells,
+        [
+            [[1, 0, 1, 1], [0, 1, 0, 0]],
+            [[1, 1, 1, 1], [0, 0, 0, 1]],  # 100's cell is empty: its nearest pool image, 8.
+        ],
+    )
+    np.testing.assert_array_equal(groups.sizes, [[3, 1], [4, 1]])
+    np.testing.assert_array_equal(groups.members[0, 0, :3], [0, 2, 6])  # Cell members first.
+    np.testing.assert_array_equal(groups.members[0, 1], [1, 1, 1, 1])  # Padding repeats.
+    np.testing.assert_array_equal(groups.members[1, 1, :1], [7])
+    index = groups_lib.sample_groups(groups, 5, key=jax.random.key(0))
+    assert set(np.asarray(index[0, 0]).tolist()) <= {0, 2, 6}
+    assert set(np.asarray(index[1, 1]).tolist()) == {7}
+    jitted = jax.jit(groups_lib.voronoi_groups, static_argnums=0)(embed, syn, real, pool)
+    np.testing.assert_array_equal(jitted[1], cells)
+
+
+def test_class_groups_is_one_group_per_class():
+    groups = groups_lib.class_groups(np.array([1, 0, 1, 1]), num_classes=2)
+    np.testing.assert_array_equal(groups.sizes, [[1], [3]])
+    np.testing.assert_array_equal(groups.members[1, 0], [0, 2, 3])

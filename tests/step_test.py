@@ -316,3 +316,58 @@ def test_distribution_objective_is_dms_summed_loss(run):
         rtol=1e-4,
         atol=1e-7,
     )
+
+
+def test_robust_network_loss_is_ce_plus_mean_and_max_of_cell_cvars(run):
+    """The reference mode's network loss, against numpy: upper-tail CVaR of each cell, every
+    cell kept, and a gradient of its own (the reference detaches it)."""
+    _, _, model, real, _, labels = run
+    apply_fn = lambda p, x: model.apply({"params": p}, x)
+    params = _net(model)
+    images = real.images.reshape(3, 12, 8, 8, 1)
+    cells = jnp.asarray(np.tile(np.arange(12) % 3, (3, 1))[:, None, :] == np.arange(3)[:, None])
+    loss = step.robust_network_loss(
+        apply_fn, params, images, jnp.arange(3), cells, alpha=0.5
+    )
+    logits, _ = apply_fn(params, real.images)
+    per_image = np.asarray(models.cross_entropy(logits, labels)).reshape(3, 12)
+    cvars = np.array(
+        [
+            [np.sort(per_image[c][np.asarray(cells[c, k])])[::-1][:2].mean() for k in range(3)]
+            for c in range(3)
+        ]
+    )  # 4 members per cell, alpha 0.5: the mean of the 2 largest.
+    np.testing.assert_allclose(
+        float(loss), per_image.mean() + cvars.mean() + cvars.max(), rtol=1e-5
+    )
+    ce_grad = jax.grad(lambda p: 3 * matching.mean_cross_entropy(apply_fn, p, real.images, labels))
+    robust_grad = jax.grad(
+        lambda p: step.robust_network_loss(apply_fn, p, images, jnp.arange(3), cells, alpha=0.5)
+    )
+    difference = optax.global_norm(
+        jax.tree.map(lambda a, b: a - b, robust_grad(params), ce_grad(params))
+    )
+    assert float(difference) > 1e-3  # Not the reference's (detached) gradient of CE alone.
+
+
+@pytest.mark.parametrize("net_train", ["synthetic", "real_robust"])
+def test_voronoi_step_is_deterministic_with_one_group_per_synthetic_image(run, net_train):
+    config, image_shape, model, real, state, labels = run
+    config = config.copy_and_resolve_references()
+    config.cluster.assign, config.cluster.pool = "voronoi", 8
+    config.match.net_train = net_train
+    classes = step.RealData(
+        images=real.images, groups=groups_lib.class_groups(labels, num_classes=3)
+    )
+    step_fn = build.create_step(config, model, image_shape)
+    s1, m1 = step_fn(state, jax.random.key(7), classes)
+    again, _ = step_fn(state, jax.random.key(7), classes)
+    np.testing.assert_array_equal(s1.images, again.images)
+    assert m1["group_losses"].shape == state.labels.shape  # (C, ipc) cells.
+    assert np.isfinite(float(m1["loss"])) and not np.array_equal(s1.images, state.images)
+    with pytest.raises(ValueError, match="use assign='voronoi'"):
+        step.train_step(
+            state, jax.random.key(0), real, **{
+                **step_fn.__wrapped__.keywords, "assign": "kmeans", "net_train": "real_robust"
+            }
+        )  # fmt: skip
