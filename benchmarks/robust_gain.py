@@ -5,7 +5,10 @@ Every method is evaluated with the same protocol and the same evaluation seeds
 (`jaxdd.synthetic.coreset`, flattened normalised pixels), ERM distillation (robust.risk=mean),
 robust distillation (robust.risk=cvar) and the full real training set. `erm+k_center` and
 `robust+k_center` distill from a k-center coreset (`syn.init=k_center`) instead of random real
-images. Synthetic sets are selected on the validation split only. The full-data baseline
+images, `erm+groups` and `robust+groups` from random real images spread over the subgroups
+(`syn.init=groups`); `reference` is the robust-DD reference algorithm's mode, fixed
+(configs/rdd_reference.py: Voronoi cells, the matched network trained on real data with the
+cells' CVaR, ERM matching), from random real images as erm and robust. Synthetic sets are selected on the validation split only. The full-data baseline
 depends on neither IPC nor the distillation seed: it runs once per dataset and is shown in each
 of its IPC tables. Run from the repository root:
 
@@ -41,8 +44,14 @@ METHODS = (
     "robust+groups",
     "erm+k_center",
     "robust+k_center",
+    "reference",
     "full",
 )
+# `reference`: the robust-DD reference algorithm's mode (configs/rdd_reference.py) on the
+# dataset's protocol: these fields of `rdd_reference.py:<config>` replace the protocol's.
+REFERENCE_FIELDS = (
+    "cluster.assign", "cluster.pool", "match.net_train", "robust.risk", "robust.alpha"
+)  # fmt: skip
 # Reported columns: eval.json key -> table header.
 COLUMNS = {
     "accuracy_mean": "accuracy",
@@ -68,6 +77,14 @@ def record_key(record: dict) -> tuple:
 def run_method(method: str, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     """The test report (eval.json's) of `method`'s set under `config`."""
     risk, _, init = method.partition("+")
+    if method == "reference":
+        reference = jaxdd.load_config(
+            harness.REPO / "configs" / f"rdd_reference.py:{config.data.name}"
+        )
+        for field in REFERENCE_FIELDS:
+            section, key = field.split(".")
+            config[section][key] = reference[section][key]
+        return jaxdd.distill(config, workdir).report
     if risk in ("erm", "robust"):
         config.robust.risk = "mean" if risk == "erm" else "cvar"
         if init:
@@ -135,25 +152,38 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+# (method, baseline) pairs compared seed by seed, each at the same initialisation.
+PAIRS = (
+    ("robust", "erm"),
+    ("robust+groups", "erm+groups"),
+    ("robust+k_center", "erm+k_center"),
+    ("reference", "erm"),
+    ("robust", "reference"),
+    ("erm+groups", "erm"),
+    ("robust+groups", "robust"),
+)
+
+
 def paired_lines(rows: list[dict]) -> list[str]:
-    """Robust - ERM per seed at the same initialisation (robust vs erm, robust+X vs erm+X):
-    the mean difference with its 95 % Student-t interval, and the per-seed differences."""
+    """`PAIRS` differences per seed (same seed, so the same initial set for the same
+    initialisation): the mean difference with its 95 % Student-t interval, and the per-seed
+    differences."""
     lines = []
-    for init in ("", "+groups", "+k_center"):
+    for method, baseline in PAIRS:
         by_seed = {
             r["seed"]: harness.with_rare_means(r["report"])
             for r in rows
-            if r["method"] == "erm" + init
+            if r["method"] == baseline
         }
         pairs = [
             (by_seed[r["seed"]], harness.with_rare_means(r["report"]))
             for r in sorted(rows, key=lambda r: r["seed"])
-            if r["method"] == "robust" + init and r["seed"] in by_seed
+            if r["method"] == method and r["seed"] in by_seed
         ]
         if not pairs:
             continue
         lines.append(
-            f"Paired robust{init} − erm{init} ({len(pairs)} seeds, mean ± 95 % t-interval "
+            f"Paired {method} − {baseline} ({len(pairs)} seeds, mean ± 95 % t-interval "
             "half-width; per seed):  "
         )
         for key, label in PAIRED:
