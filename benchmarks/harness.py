@@ -224,12 +224,21 @@ def compiled_memory_bytes(compiled: jax.stages.Compiled) -> int:
 def with_rare_means(report: dict[str, Any]) -> dict[str, Any]:
     """`report` (an eval.json) plus `majority_mean` / `minority_mean`, the rare benchmark's
     majority and minority accuracy as means over classes (group 2c + 1 is class c's
-    minority): the min over classes alone stays at 0 while the mean moves."""
+    minority): the min over classes alone stays at 0 while the mean moves; and eval.json's
+    `validation` figures as `validation_<key>`."""
+    validation = {
+        f"validation_{key}": value for key, value in report.get("validation", {}).items()
+    }  # The same networks on the validation split (eval.json's `validation`).
     groups = report.get("group_accuracy_rare")
     if groups is None:
-        return report
-    groups = np.asarray(groups, float)
-    return {**report, "majority_mean": groups[0::2].mean(), "minority_mean": groups[1::2].mean()}
+        return {**report, **validation}
+    groups = np.asarray([np.nan if g is None else g for g in groups], float)
+    return {
+        **report,
+        **validation,
+        "majority_mean": np.nanmean(groups[0::2]),
+        "minority_mean": np.nanmean(groups[1::2]),
+    }
 
 
 def paired_interval(differences: Sequence[float], level: float = 0.95) -> tuple[float, float]:

@@ -60,6 +60,8 @@ COLUMNS = {
     "worst_group_accuracy_rare": "minority worst class",
     "majority_mean": "majority, mean over classes",
     "minority_mean": "minority, mean over classes",
+    "validation_accuracy_mean": "validation accuracy",
+    "validation_minority_accuracy": "validation minority",
 }
 # Paired robust - ERM differences: (eval.json key after `harness.with_rare_means`, label).
 PAIRED = (
@@ -67,6 +69,7 @@ PAIRED = (
     ("majority_mean", "majority"),
     ("accuracy_mean", "accuracy"),
     ("worst_group_accuracy", "worst test K-means group"),
+    ("validation_minority_accuracy", "validation minority (what settings are chosen on)"),
 )
 
 

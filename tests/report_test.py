@@ -46,3 +46,19 @@ def test_evaluate_rejects_a_set_of_another_shape(config):
 def test_rare_means_are_means_over_classes_skipping_empty_groups():
     means = report.rare_means([90.0, 10.0, 80.0, None, 100.0, 40.0])
     assert means == {"majority_accuracy": 90.0, "minority_accuracy": 25.0}
+
+
+def test_validation_report_scores_every_network_and_the_rare_groups():
+    # 2 networks x 4 images of 2 classes; groups 2c + minority: image 1 and 3 are minorities.
+    predictions = np.array([[0, 0, 1, 1], [0, 1, 1, 0]])
+    labels = np.array([0, 0, 1, 1])
+    groups = np.array([0, 1, 2, 3])
+    result = report.validation_report(predictions, labels, groups, num_classes=2)
+    assert result == {
+        "accuracy_mean": 75.0,  # 4 + 2 of 8 correct.
+        "majority_accuracy": 100.0,
+        "minority_accuracy": 50.0,
+    }
+    assert report.validation_report(predictions, labels, None, num_classes=2) == {
+        "accuracy_mean": 75.0
+    }

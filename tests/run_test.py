@@ -49,6 +49,10 @@ def test_rare_subpopulation_run_reports_minority_groups(tmp_path):
     # Means over classes of each kind of group (eval.json, beside the worst minority group).
     assert result.report["majority_accuracy"] == pytest.approx(np.nanmean(groups[0::2]))
     assert result.report["minority_accuracy"] == pytest.approx(np.nanmean(groups[1::2]))
+    # The same networks on the validation split, where settings are chosen.
+    validation = result.report["validation"]
+    assert set(validation) == {"accuracy_mean", "majority_accuracy", "minority_accuracy"}
+    assert all(0.0 <= v <= 100.0 for v in validation.values())
 
 
 def test_smoke_run_writes_every_file(tmp_path):
