@@ -8,9 +8,10 @@ robust distillation (robust.risk=cvar) and the full real training set. `erm+k_ce
 images, `erm+groups` and `robust+groups` from random real images spread over the subgroups
 (`syn.init=groups`); `reference` is the robust-DD reference algorithm's mode, fixed
 (configs/rdd_reference.py: Voronoi cells, the matched network trained on real data with the
-cells' CVaR, ERM matching), from random real images as erm and robust. Synthetic sets are selected on the validation split only. The full-data baseline
-depends on neither IPC nor the distillation seed: it runs once per dataset and is shown in each
-of its IPC tables. Run from the repository root:
+cells' CVaR, ERM matching), from random real images as erm and robust. Synthetic sets are
+selected on the validation split only. The full-data baseline depends on neither IPC nor the
+distillation seed: it runs once per dataset and is shown in each of its IPC tables. Run from
+the repository root:
 
   python -m benchmarks.robust_gain --datasets=digits,digits+rare --ipcs=1,10 --seeds=0
 
@@ -174,9 +175,7 @@ def paired_lines(rows: list[dict]) -> list[str]:
     lines = []
     for method, baseline in PAIRS:
         by_seed = {
-            r["seed"]: harness.with_rare_means(r["report"])
-            for r in rows
-            if r["method"] == baseline
+            r["seed"]: harness.with_rare_means(r["report"]) for r in rows if r["method"] == baseline
         }
         pairs = [
             (by_seed[r["seed"]], harness.with_rare_means(r["report"]))

@@ -1,4 +1,4 @@
-"""The robust-DD reference algorithm's mode, with its defects fixed: `--config=configs/rdd_reference.py:digits`.
+"""The robust-DD reference algorithm's mode, its defects fixed: `configs/rdd_reference.py:digits`.
 
 `Mming11/RobustDatasetDistillation` (`distill_rdd.py` 160-262, `new_strategy.py`
 `Cluster_Strategy`, `utils.py` 483-590) keeps DC's per-class gradient matching and puts its

@@ -165,8 +165,8 @@ def _check_choice(config: ml_collections.ConfigDict, field: str, choices) -> Non
 
 _POSITIVE = (
     "ipc", "num_iterations", "log.every", "model.width", "model.depth",
-    "cluster.num_clusters", "cluster.num_iters", "cluster.pool", "match.num_real", "match.inner_batch",
-    "match.unroll_steps", "eval.num_models", "eval.epochs", "eval.batch_size",
+    "cluster.num_clusters", "cluster.num_iters", "cluster.pool", "match.num_real",
+    "match.inner_batch", "match.unroll_steps", "eval.num_models", "eval.epochs", "eval.batch_size",
     "eval.select_num_models", "eval.global_k", "eval.per_class_k", "checkpoint.every",
 )  # fmt: skip
 _NON_NEGATIVE = (

@@ -90,8 +90,8 @@ def header(run: _Run, mesh, workdir: pathlib.Path, start_step: int) -> str:
         [
             f"{dataset.name}: {dataset.num_classes} classes, {shape} images; train "
             f"{len(dataset.train)}, validation {len(dataset.validation)}, test {len(dataset.test)}",
-            f"{groups}, {config.match.family} matching, risk {config.robust.risk}, ipc {config.ipc}; "
-            f"{mesh.size} {mesh.devices.flat[0].platform} device(s)",
+            f"{groups}, {config.match.family} matching, risk {config.robust.risk}, "
+            f"ipc {config.ipc}; {mesh.size} {mesh.devices.flat[0].platform} device(s)",
             f"{workdir}: {resume}, {config.num_iterations} iterations",
         ]
     )

@@ -329,7 +329,9 @@ def train_step(
             f"{groups_lib.ASSIGNMENTS} / {NET_TRAINING}."
         )
     if net_train == "real_robust" and assign != "voronoi":
-        raise ValueError("net_train='real_robust' trains on the Voronoi cells: use assign='voronoi'.")
+        raise ValueError(
+            "net_train='real_robust' trains on the Voronoi cells: use assign='voronoi'."
+        )
     init_key, loop_key = jax.random.split(key)
     net_params = init_net(init_key)
     flat_labels = state.labels.reshape(-1, *state.labels.shape[2:])

@@ -85,9 +85,7 @@ def group_quota(sizes: np.ndarray, ipc: int) -> np.ndarray:
     return quota
 
 
-def init_groups(
-    real: step.RealData, *, ipc: int, key: jax.Array
-) -> tuple[jax.Array, jax.Array]:
+def init_groups(real: step.RealData, *, ipc: int, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Initial set spread over the subgroups: `group_quota` real members of each group, drawn
     uniformly without replacement, class c's images ordered by group.
 

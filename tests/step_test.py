@@ -326,9 +326,7 @@ def test_robust_network_loss_is_ce_plus_mean_and_max_of_cell_cvars(run):
     params = _net(model)
     images = real.images.reshape(3, 12, 8, 8, 1)
     cells = jnp.asarray(np.tile(np.arange(12) % 3, (3, 1))[:, None, :] == np.arange(3)[:, None])
-    loss = step.robust_network_loss(
-        apply_fn, params, images, jnp.arange(3), cells, alpha=0.5
-    )
+    loss = step.robust_network_loss(apply_fn, params, images, jnp.arange(3), cells, alpha=0.5)
     logits, _ = apply_fn(params, real.images)
     per_image = np.asarray(models.cross_entropy(logits, labels)).reshape(3, 12)
     cvars = np.array(

@@ -108,9 +108,7 @@ def test_init_groups_draws_quota_members_of_each_group():
     np.testing.assert_array_equal(out_labels, np.repeat(np.arange(2)[:, None], 5, axis=1))
     flat = np.asarray(images).reshape(len(images), -1)
     for c in range(num_classes):
-        rows = [
-            int(np.flatnonzero(np.all(flat == img.reshape(-1), axis=1))[0]) for img in out[c]
-        ]
+        rows = [int(np.flatnonzero(np.all(flat == img.reshape(-1), axis=1))[0]) for img in out[c]]
         assert len(set(rows)) == 5 and np.all(labels[rows] == c)
         np.testing.assert_array_equal(assignments[rows], [0, 0, 0, 1, 2])
     again, _ = synthetic.initial_set("groups", real, ipc=5, key=jax.random.key(0), seed=0)
