@@ -93,7 +93,11 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     config.syn = ml_collections.ConfigDict()
     # real (random real images) | groups (random real images spread over the K subgroups of
     # each class, jaxdd.synthetic.group_quota) | noise | random | herding | k_center.
-    config.syn.init = "real"
+    config.syn.init = "real"  # mix: IDC's initialisation for syn.param=factorized.
+    # How stored images become training images: pixels (one each) | factorized (IDC's
+    # multi-formation: syn.factor x syn.factor crops of each, upsampled; ipc counts stored images).
+    config.syn.param = "pixels"
+    config.syn.factor = 1
     # lr_img (SGD with momentum 0.5, as DC); the objective is on DC's scale (jaxdd.step).
     config.syn.lr = 0.1
     config.syn.momentum = 0.5
@@ -106,6 +110,9 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     config.eval.momentum = 0.9
     config.eval.weight_decay = 5e-4
     config.eval.augment = DSA_STRATEGY  # DSA while training; 'none'.
+    # IDC's same_compute: a factorized set trains eval.epochs / factor^2 epochs (as many steps
+    # as its stored images would take).
+    config.eval.same_compute = False
     config.eval.architectures = ""  # Extra comma-separated models for cross-architecture eval.
     config.eval.select_every = 0  # Validation eval every N iterations to select the set; 0 = last.
     config.eval.select_num_models = 2  # Networks per validation eval.

@@ -39,8 +39,22 @@ class Synthetic:
         return self.images * self.std + self.mean
 
 
-def save_synthetic(path: pathlib.Path, images, labels, dataset: data.Dataset) -> None:
-    """Writes `synthetic.npz`: normalised images, labels and the dataset's normalisation."""
+def save_synthetic(
+    path: pathlib.Path,
+    images,
+    labels,
+    dataset: data.Dataset,
+    *,
+    stored=None,
+    param: str = "pixels",
+    factor: int = 1,
+) -> None:
+    """Writes `synthetic.npz`: the normalised training images (what a network trains on),
+    labels and the dataset's normalisation; for a factorized set also `stored`, the learned
+    `(C, ipc, H, W, Ch)` images they decode from, with `param` and `factor`."""
+    extra = {}
+    if param != "pixels":
+        extra = {"stored": np.asarray(stored, np.float32), "param": param, "factor": factor}
     np.savez(
         path,
         images=np.asarray(images, np.float32),
@@ -49,6 +63,7 @@ def save_synthetic(path: pathlib.Path, images, labels, dataset: data.Dataset) ->
         std=dataset.std,
         class_names=np.asarray(dataset.class_names),
         space="normalized",  # How `jaxdd.sets.read` tells it from an npz of pixels.
+        **extra,
     )
 
 

@@ -99,6 +99,13 @@ def create_groups(
     )
 
 
+def create_decoder(config: ml_collections.ConfigDict) -> step.DecodeFn:
+    """(stored images, labels) -> the training set they decode to (`syn.param`, `syn.factor`)."""
+    if config.syn.param == "pixels":
+        return step.identity_decode
+    return functools.partial(synthetic.decode, param=config.syn.param, factor=config.syn.factor)
+
+
 def create_syn_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     return optax.sgd(config.syn.lr, momentum=config.syn.momentum)
 
@@ -152,6 +159,7 @@ def create_step(
         assign=config.cluster.assign,
         pool_size=config.cluster.pool,
         net_train=config.match.net_train,
+        decode_fn=create_decoder(config),
     )
     # `fast_compile`: the step's time goes to library GEMMs and convolutions (see jaxdd.xla).
     if mesh is None:
@@ -180,5 +188,6 @@ def create_state(
         key=syn_key,
         seed=config.seed,
         train_labels=train_labels,
+        factor=config.syn.factor,
     )
     return step.init_state(images=images, labels=labels, syn_optimizer=create_syn_optimizer(config))

@@ -166,7 +166,8 @@ def _check_choice(config: ml_collections.ConfigDict, field: str, choices) -> Non
 _POSITIVE = (
     "ipc", "num_iterations", "log.every", "model.width", "model.depth",
     "cluster.num_clusters", "cluster.num_iters", "cluster.pool", "match.num_real",
-    "match.inner_batch", "match.unroll_steps", "eval.num_models", "eval.epochs", "eval.batch_size",
+    "match.inner_batch", "match.unroll_steps", "syn.factor", "eval.num_models", "eval.epochs",
+    "eval.batch_size",
     "eval.select_num_models", "eval.global_k", "eval.per_class_k", "checkpoint.every",
 )  # fmt: skip
 _NON_NEGATIVE = (
@@ -332,6 +333,11 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "cluster.features", groups_lib.FEATURES)
     _check_choice(config, "cluster.assign", groups_lib.ASSIGNMENTS)
     _check_choice(config, "match.net_train", step.NET_TRAINING)
+    _check_choice(config, "syn.param", synthetic.PARAMS)
+    if config.syn.param == "pixels" and config.syn.factor != 1:
+        _fail("syn.factor", config.syn.factor, "1 with syn.param='pixels' (or use factorized)")
+    if config.syn.init == "mix" and config.syn.param != "factorized":
+        _fail("syn.init", "mix", "another init with syn.param='pixels' (mix tiles factorized sets)")
     _check_choice(config, "match.family", matching.FAMILIES)
     _check_choice(config, "robust.risk", risk.RISKS)
     _check_choice(config, "syn.init", synthetic.INITS)
@@ -362,11 +368,19 @@ def validate_against_data(config: ml_collections.ConfigDict, dataset: data.Datas
             f"class of the train split (class {smallest} has {counts[smallest]} examples); "
             "lower it."
         )
-    if config.syn.init != "noise" and config.ipc > counts[smallest]:
+    height, width = dataset.image_shape[:2]
+    if height % config.syn.factor or width % config.syn.factor:
         raise ValueError(
-            f"config.ipc={config.ipc} exceeds the smallest class of the train split "
-            f"({counts[smallest]} examples) with syn.init={config.syn.init!r}; lower ipc or use "
-            "syn.init=noise."
+            f"config.syn.factor={config.syn.factor} must divide the image size "
+            f"{height}x{width} (each stored image is cut into factor x factor crops); pick a "
+            "divisor."
+        )
+    needed = config.ipc * (config.syn.factor**2 if config.syn.init == "mix" else 1)
+    if config.syn.init != "noise" and needed > counts[smallest]:
+        raise ValueError(
+            f"config.ipc={config.ipc} needs {needed} real images per class, more than the "
+            f"smallest class of the train split ({counts[smallest]} examples) with "
+            f"syn.init={config.syn.init!r}; lower ipc or use syn.init=noise."
         )
 
 
@@ -383,6 +397,8 @@ _ADDED_FIELDS = {
     "cluster.assign": "kmeans",
     "cluster.pool": 256,
     "match.net_train": "synthetic",
+    "syn.param": "pixels",
+    "syn.factor": 1,
 }
 
 

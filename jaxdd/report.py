@@ -51,12 +51,15 @@ def train_networks(
 ):
     """Networks trained from scratch on (images, labels) with the eval protocol; (model, params)."""
     model = build.create_model(config, num_classes, np.shape(images)[1:], architecture)
+    epochs = config.eval.epochs
+    if config.eval.same_compute and config.syn.param == "factorized":
+        epochs = max(1, epochs // config.syn.factor**2)  # IDC's same_compute.
     params = retrain.train_models(
         model,
         images,
         labels,
         keys=jax.vmap(jax.random.key)(jnp.asarray(seeds)),
-        epochs=config.eval.epochs,
+        epochs=epochs,
         batch_size=config.eval.batch_size,
         learning_rate=config.eval.lr,
         momentum=config.eval.momentum,

@@ -109,6 +109,7 @@ class _Run:
     payload: dict[str, Any]  # The checkpointed pytree: state, root key, selection record.
     fingerprint: dict[str, Any]
     group_sizes: np.ndarray  # (C, K), on the host.
+    decode: step.DecodeFn  # Stored set -> training set (`syn.param`).
 
 
 def _set_up(config, dataset, rare, mesh) -> _Run:
@@ -137,6 +138,7 @@ def _set_up(config, dataset, rare, mesh) -> _Run:
         payload=sharding.replicate(payload, mesh),
         fingerprint=config_lib.fingerprint(config, dataset),
         group_sizes=np.asarray(groups.sizes),
+        decode=build.create_decoder(config),
     )
 
 
@@ -199,7 +201,7 @@ def _log_step(log: artifacts.MetricsLog, metrics, done: int, elapsed: float) -> 
 
 def _select(run: _Run, state: step.State, best: dict, done: int, log) -> dict[str, Any]:
     """Scores the current set on validation; the new selection record (best so far)."""
-    images, labels = step.synthetic_arrays(state)
+    images, labels = step.synthetic_arrays(state, run.decode)
     accuracy = report.validation_accuracy(
         run.config, run.dataset, images, labels, seeds=report.select_seeds(run.config)
     )
@@ -214,7 +216,7 @@ def _select(run: _Run, state: step.State, best: dict, done: int, log) -> dict[st
 
 
 def _log_grid(run: _Run, log: artifacts.MetricsLog, state: step.State, done: int) -> None:
-    pixels = run.dataset.denormalize(step.synthetic_arrays(state)[0])
+    pixels = run.dataset.denormalize(step.synthetic_arrays(state, run.decode)[0])
     grid = artifacts.image_grid(pixels, run.dataset.num_classes)
     log.writer.add_image("synthetic", grid, done, dataformats="HWC")
 
@@ -255,10 +257,17 @@ def _loop(run: _Run, checkpoints: _Checkpoints, log, workdir, start_step: int) -
 def _finish(run: _Run, out: pathlib.Path, log: artifacts.MetricsLog):
     """Writes the last and the selected set, the grid and eval.json; (images, labels, report)."""
     config, dataset, best = run.config, run.dataset, run.payload["best"]
-    images, labels = step.synthetic_arrays(run.payload["state"])
-    best_images = np.asarray(best["images"]).reshape(images.shape)
-    artifacts.save_synthetic(out / "synthetic_last.npz", images, labels, dataset)
-    artifacts.save_synthetic(out / "synthetic.npz", best_images, labels, dataset)
+    state = run.payload["state"]
+    best_state = state.replace(images=best["images"])
+    images, labels = step.synthetic_arrays(state, run.decode)
+    best_images, _ = step.synthetic_arrays(best_state, run.decode)
+    stored = {"param": config.syn.param, "factor": config.syn.factor}
+    artifacts.save_synthetic(
+        out / "synthetic_last.npz", images, labels, dataset, stored=state.images, **stored
+    )
+    artifacts.save_synthetic(
+        out / "synthetic.npz", best_images, labels, dataset, stored=best_state.images, **stored
+    )
     artifacts.save_image_grid(
         out / "synthetic.png", dataset.denormalize(best_images), dataset.num_classes
     )

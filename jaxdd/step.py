@@ -49,6 +49,15 @@ from jax.typing import ArrayLike
 from jaxdd import groups as groups_lib
 from jaxdd import matching, models, risk, sharding
 
+# (stored images, labels) -> the training images and labels they decode to
+# (`jaxdd.synthetic.decode`: identity for pixels, IDC's multi-formation for factorized).
+DecodeFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def identity_decode(images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return images, labels
+
+
 # `net_train`: what the matched network trains on between updates.
 NET_TRAINING = ("synthetic", "real_robust")
 
@@ -241,22 +250,25 @@ def _update_images(
     alpha: float,
     num_real: int,
     mesh: Mesh | None,
+    decode_fn: DecodeFn,
 ) -> tuple[jax.Array, optax.OptState, dict[str, jax.Array]]:
     """One update of the synthetic set through the network `net_params`: sample m real images
     per group of `groups` (`sample_key`), the (C, K) group losses (`loss_key`: augmentation), the
     objective, an optimiser step; and its metrics."""
+    group_losses_fn = functools.partial(
+        sharding.compute_group_losses,
+        losses_fn,
+        net_params,
+        labels=decode_fn(images, labels)[1],
+        images=real.images,
+        index=groups_lib.sample_groups(groups, num_real, key=sample_key),
+        key=loss_key,
+        mesh=mesh,
+    )
     objective = functools.partial(
         robust_objective,
-        losses_fn=functools.partial(
-            sharding.compute_group_losses,
-            losses_fn,
-            net_params,
-            labels=labels,
-            images=real.images,
-            index=groups_lib.sample_groups(groups, num_real, key=sample_key),
-            key=loss_key,
-            mesh=mesh,
-        ),
+        # The stored set is what is learned; the losses see the images it decodes to.
+        losses_fn=lambda stored: group_losses_fn(decode_fn(stored, labels)[0]),
         risk_name=risk_name,
         alpha=alpha,
     )
@@ -298,6 +310,7 @@ def train_step(
     assign: str = "kmeans",
     pool_size: int = 256,
     net_train: str = "synthetic",
+    decode_fn: DecodeFn = identity_decode,
 ) -> tuple[State, dict[str, jax.Array]]:
     """One DC iteration; pure, so `fold_in(run_key, step)` keys make runs reproducible.
 
@@ -318,6 +331,9 @@ def train_step(
         images among `pool_size` real images per class, in the matched network's embedding).
       net_train: 'synthetic' (DC) or 'real_robust' (the network trains on the update's real
         pool with `robust_network_loss`, one full-pool step per inner epoch; needs 'voronoi').
+      decode_fn: stored set -> training images (`DecodeFn`); the state holds the stored set,
+        gradients reach it through the decoding, and the matching, the Voronoi cells and the
+        network's training see the decoded images.
 
     Returns:
       The new state and scalar metrics averaged over the iteration's updates (plus the
@@ -334,7 +350,8 @@ def train_step(
         )
     init_key, loop_key = jax.random.split(key)
     net_params = init_net(init_key)
-    flat_labels = state.labels.reshape(-1, *state.labels.shape[2:])
+    decoded_labels = decode_fn(state.images, state.labels)[1]
+    flat_labels = decoded_labels.reshape(-1, *decoded_labels.shape[2:])
     num_classes = state.labels.shape[0]
     update_images = functools.partial(
         _update_images,
@@ -346,6 +363,7 @@ def train_step(
         alpha=alpha,
         num_real=num_real,
         mesh=mesh,
+        decode_fn=decode_fn,
     )
 
     def update(carry, inputs):
@@ -357,7 +375,10 @@ def train_step(
             pool_key = jax.random.fold_in(update_key, 3)  # K-means runs keep their keys.
             pool = groups_lib.sample_groups(real.groups, pool_size, key=pool_key)[:, 0]
             groups, cells = groups_lib.voronoi_groups(
-                lambda x: apply_fn(net_params, x)[1], images, real.images, pool
+                lambda x: apply_fn(net_params, x)[1],
+                decode_fn(images, state.labels)[0],
+                real.images,
+                pool,
             )
         images, opt_state, metrics = update_images(
             images, opt_state, net_params, groups=groups, sample_key=sample_key, loss_key=loss_key
@@ -379,10 +400,11 @@ def train_step(
                 alpha=alpha,
             )
         else:
+            decoded = jax.lax.stop_gradient(decode_fn(images, state.labels)[0])
             net_params, net_opt_state = _train_network(
                 net_params,
                 net_opt_state,
-                jax.lax.stop_gradient(images.reshape(-1, *images.shape[2:])),
+                decoded.reshape(-1, *decoded.shape[2:]),
                 flat_labels,
                 key=train_key,
                 num_epochs=num_epochs,
@@ -403,7 +425,11 @@ def train_step(
     return state.replace(step=state.step + 1, images=images, opt_state=opt_state), metrics
 
 
-def synthetic_arrays(state: State) -> tuple[np.ndarray, np.ndarray]:
-    """The synthetic set as flat host arrays: images (C*ipc, H, W, Ch), labels (C*ipc,)."""
-    images = np.asarray(state.images)  # Replicated arrays read on every host, too.
-    return images.reshape(-1, *images.shape[2:]), np.asarray(state.labels).reshape(-1)
+def synthetic_arrays(
+    state: State, decode_fn: DecodeFn = identity_decode
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training set the state decodes to, as flat host arrays: images (C*n, H, W, Ch),
+    labels (C*n,) (n = ipc for pixels)."""
+    images, labels = decode_fn(state.images, state.labels)
+    images = np.asarray(images)  # Replicated arrays read on every host, too.
+    return images.reshape(-1, *images.shape[2:]), np.asarray(labels).reshape(-1)

@@ -5,8 +5,14 @@ drawn from the whole class), 'groups' (random real images spread over the class'
 `group_quota`), 'noise' (standard normal in the normalised space) or a coreset of
 `jaxdd.baselines` chosen on the flattened normalised train pixels (`coreset`, which the
 robustness benchmark also scores as a baseline). Every set is `(C, ipc, H, W, Ch)` images with
-`(C, ipc)` int32 labels, class c in row c. Further parameterisations of the set (factorised
-images, generator latents) belong in this module.
+`(C, ipc)` int32 labels, class c in row c.
+
+How the stored set becomes training images (`syn.param`, `decode`): 'pixels' (each stored
+image is one), or 'factorized' (IDC's multi-formation, `snu-mllab/Efficient-Dataset-
+Condensation` `condense.py` 102-122: each stored image is cut into f x f crops, each upsampled
+bilinearly to full size, so ipc stored images decode to f^2 * ipc; IPC counts stored images,
+as IDC does). `syn.init=mix` is IDC's initialisation for it (`condense.py` 54-73): f^2 real
+images per stored image, each downsampled to a crop and tiled.
 """
 
 from __future__ import annotations
@@ -18,7 +24,51 @@ import numpy as np
 from jaxdd import baselines, step
 
 # `syn.init` choices.
-INITS = ("real", "groups", "noise", *baselines.BASELINES)
+INITS = ("real", "groups", "mix", "noise", *baselines.BASELINES)
+# `syn.param` choices: how stored images decode to training images.
+PARAMS = ("pixels", "factorized")
+
+
+def decode(
+    images: jax.Array, labels: jax.Array, *, param: str = "pixels", factor: int = 1
+) -> tuple[jax.Array, jax.Array]:
+    """The training images of a stored set: `(C, n, H, W, Ch)`, `(C, n)` -> `(C, n', H, W, Ch)`,
+    `(C, n')`, with n' = n for 'pixels' and f^2 n for 'factorized' (crop (i, j) of every stored
+    image, for i, j in row-major order, as IDC's `decode_zoom`). Differentiable and jittable;
+    H and W must be multiples of `factor`."""
+    if param == "pixels":
+        return images, labels
+    if param != "factorized":
+        raise ValueError(f"unknown syn.param {param!r}; expected one of {PARAMS}.")
+    num_classes, n, height, width, channels = images.shape
+    if height % factor or width % factor:
+        raise ValueError(
+            f"syn.factor={factor} must divide the image size {height}x{width}: pick a divisor."
+        )
+    h, w = height // factor, width // factor
+    crops = images.reshape(num_classes, n, factor, h, factor, w, channels)
+    crops = crops.transpose(0, 2, 4, 1, 3, 5, 6).reshape(num_classes, factor**2 * n, h, w, -1)
+    decoded = jax.image.resize(crops, (*crops.shape[:2], height, width, channels), "bilinear")
+    return decoded, jnp.tile(labels, (1, factor**2))
+
+
+def mix_init(
+    real: step.RealData, *, ipc: int, factor: int, key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """IDC's `mix` initialisation: per class f^2 * ipc random real images, image k * ipc + j
+    downsampled to an (H/f, W/f) crop and tiled at crop k of stored image j (so `decode` gives
+    back upsampled versions of the f^2 * ipc real images). IDC downsamples with nearest
+    neighbours; here with antialiased linear interpolation (jax.image.resize), which keeps
+    thin strokes that nearest sampling can drop."""
+    real_images, labels = init_synthetic(real, ipc=factor**2 * ipc, key=key)
+    num_classes, _, height, width, channels = real_images.shape
+    h, w = height // factor, width // factor
+    small = jax.image.resize(
+        real_images, (num_classes, factor**2 * ipc, h, w, channels), "linear", antialias=True
+    )
+    tiles = small.reshape(num_classes, factor, factor, ipc, h, w, channels)
+    stored = tiles.transpose(0, 3, 1, 4, 2, 5, 6).reshape(num_classes, ipc, height, width, -1)
+    return stored, labels[:, :ipc]
 
 
 def init_synthetic(
@@ -141,6 +191,7 @@ def initial_set(
     key: jax.Array,
     seed: int,
     train_labels: np.ndarray | None = None,
+    factor: int = 1,
 ) -> tuple[jax.Array, jax.Array]:
     """The initial synthetic set of `syn.init=method` (one of `INITS`).
 
@@ -148,12 +199,15 @@ def initial_set(
       method: 'real', 'noise' or a coreset name. real: the real training data.
       ipc: images per class. key: the draw of 'real' and 'noise'. seed: the coreset's seed.
       train_labels: (N,) labels of `real.images`; needed by the coresets.
+      factor: 'mix''s f (`syn.factor`).
 
     Returns:
       images (C, ipc, H, W, Ch) and labels (C, ipc) int32.
     """
     if method == "groups":
         return init_groups(real, ipc=ipc, key=key)
+    if method == "mix":
+        return mix_init(real, ipc=ipc, factor=factor, key=key)
     if method not in baselines.BASELINES:
         return init_synthetic(real, ipc=ipc, key=key, method=method)
     if train_labels is None:

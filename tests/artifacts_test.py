@@ -49,3 +49,22 @@ def test_metrics_log_drops_lines_past_the_resumed_step(tmp_path):
         log.log({"step": 6, "loss": 60.0})
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(line["step"], line["loss"]) for line in lines] == [(2, 2.0), (4, 4.0), (6, 60.0)]
+
+
+def test_factorized_set_keeps_its_stored_images(tmp_path, dataset):
+    """A factorized set's npz holds the decoded training images (what `jaxdd evaluate` scores)
+    and the stored images they decode from."""
+    decoded = dataset.train.images[:40]
+    stored = dataset.train.images[:10].reshape(10, 1, 8, 8, 1)
+    labels = np.repeat(np.arange(10), 4)
+    path = tmp_path / "synthetic.npz"
+    artifacts.save_synthetic(
+        path, decoded, labels, dataset, stored=stored, param="factorized", factor=2
+    )
+    with np.load(path) as f:
+        np.testing.assert_array_equal(f["stored"], stored)
+        assert str(f["param"]) == "factorized" and int(f["factor"]) == 2
+    np.testing.assert_array_equal(artifacts.load_synthetic(path).images, decoded)
+    artifacts.save_synthetic(path, decoded, labels, dataset)  # Pixels: no extra arrays.
+    with np.load(path) as f:
+        assert "stored" not in f.files and "param" not in f.files

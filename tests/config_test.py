@@ -99,6 +99,9 @@ def test_installed_copy_loads_configs_from_another_directory(tmp_path):
         ("cluster.pool", 0, "config.cluster.pool=0"),
         ("match.net_train", "real", "config.match.net_train"),
         ("match.net_train", "real_robust", "unless cluster.assign='voronoi'"),
+        ("syn.param", "latent", "config.syn.param"),
+        ("syn.factor", 2, "config.syn.factor=2 .* 1 with syn.param='pixels'"),
+        ("syn.init", "mix", "config.syn.init='mix' .* \\(mix tiles factorized sets\\)"),
     ],
 )
 def test_validation_names_the_field(field, value, message):
@@ -182,3 +185,12 @@ def test_reference_mode_config_is_valid_and_needs_the_gradient_family():
     config.match.family = "distribution"
     with pytest.raises(ValueError, match="whose network is never trained"):
         config_lib.validate(config)
+
+
+def test_factor_must_divide_the_image_size():
+    config = smoke.get_config()
+    config.syn.param, config.syn.factor = "factorized", 3
+    config_lib.validate(config)
+    dataset, _ = build.load_data(config)
+    with pytest.raises(ValueError, match="syn.factor=3 must divide the image size 8x8"):
+        config_lib.validate_against_data(config, dataset)

@@ -62,3 +62,19 @@ def test_validation_report_scores_every_network_and_the_rare_groups():
     assert report.validation_report(predictions, labels, None, num_classes=2) == {
         "accuracy_mean": 75.0
     }
+
+
+@pytest.mark.parametrize(
+    "param, factor, same_compute, epochs",
+    [("pixels", 1, True, 12), ("factorized", 2, False, 12), ("factorized", 2, True, 3)],
+)
+def test_same_compute_divides_the_epochs_of_a_factorized_set(
+    monkeypatch, param, factor, same_compute, epochs
+):
+    config = jaxdd.load_config(CONFIGS / "smoke.py")
+    config.eval.epochs, config.eval.same_compute = 12, same_compute
+    config.syn.param, config.syn.factor = param, factor
+    seen = {}
+    monkeypatch.setattr(report.retrain, "train_models", lambda *args, **kwargs: seen.update(kwargs))
+    report.train_networks(config, np.zeros((4, 8, 8, 1)), np.arange(4), num_classes=4, seeds=[0])
+    assert seen["epochs"] == epochs

@@ -369,3 +369,21 @@ def test_voronoi_step_is_deterministic_with_one_group_per_synthetic_image(run, n
                 **step_fn.__wrapped__.keywords, "assign": "kmeans", "net_train": "real_robust"
             }
         )  # fmt: skip
+
+
+def test_factorized_step_learns_the_stored_images_through_their_decoding(run):
+    """The state keeps ipc stored images; the losses see their f^2 * ipc decoded crops, and the
+    update's gradient reaches every stored pixel through the upsampling."""
+    config, image_shape, model, real, state, _ = run
+    config = config.copy_and_resolve_references()
+    config.syn.param, config.syn.factor = "factorized", 2
+    config.robust.risk = "mean"  # Every class gets a gradient (CVaR's tail may skip one).
+    step_fn = build.create_step(config, model, image_shape)
+    new, metrics = step_fn(state, jax.random.key(7), real)
+    assert new.images.shape == state.images.shape and new.labels.shape == state.labels.shape
+    assert np.all(np.asarray(new.images != state.images))
+    assert np.isfinite(float(metrics["loss"]))
+    again, _ = step_fn(state, jax.random.key(7), real)
+    np.testing.assert_array_equal(again.images, new.images)  # Deterministic.
+    decoded, labels = step.synthetic_arrays(new, build.create_decoder(config))
+    assert decoded.shape == (3 * 2 * 4, *image_shape) and labels.shape == (24,)

@@ -115,3 +115,68 @@ def test_init_groups_draws_quota_members_of_each_group():
     np.testing.assert_array_equal(out, again)
     other, _ = synthetic.initial_set("groups", real, ipc=5, key=jax.random.key(1), seed=0)
     assert not np.array_equal(out, other)
+
+
+def _upsample_bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    """torch's `interpolate(mode='bilinear', align_corners=False)` of a (h, w) image, in numpy:
+    half-pixel centres, source coordinates clamped at the edges."""
+
+    def axis(n_in):
+        src = np.clip((np.arange(size) + 0.5) * n_in / size - 0.5, 0, n_in - 1)
+        low = np.floor(src).astype(int)
+        return low, np.minimum(low + 1, n_in - 1), src - low
+
+    (r0, r1, rw), (c0, c1, cw) = axis(image.shape[0]), axis(image.shape[1])
+    rows = image[r0] * (1 - rw)[:, None] + image[r1] * rw[:, None]
+    return rows[:, c0] * (1 - cw) + rows[:, c1] * cw
+
+
+def test_factorized_decode_is_idcs_decode_zoom():
+    """Crop (i, j) of every stored image, upsampled bilinearly as IDC's `nn.Upsample`, crops in
+    row-major order, labels repeated (IDC `condense.py` 102-122)."""
+    stored = np.asarray(jax.random.normal(jax.random.key(0), (2, 3, 8, 8, 1)))
+    labels = np.repeat(np.arange(2)[:, None], 3, axis=1).astype(np.int32)
+    decoded, decoded_labels = synthetic.decode(stored, labels, param="factorized", factor=2)
+    assert decoded.shape == (2, 12, 8, 8, 1)
+    np.testing.assert_array_equal(decoded_labels, np.repeat(np.arange(2)[:, None], 12, axis=1))
+    for c in range(2):
+        for i in range(2):
+            for j in range(2):
+                for n in range(3):
+                    crop = stored[c, n, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4, 0]
+                    np.testing.assert_allclose(
+                        decoded[c, (2 * i + j) * 3 + n, :, :, 0],
+                        _upsample_bilinear(crop, 8),
+                        atol=1e-5,
+                    )
+
+
+def test_pixels_decode_is_the_identity_and_factors_must_divide():
+    stored = jax.random.normal(jax.random.key(0), (2, 3, 6, 6, 1))
+    labels = np.zeros((2, 3), np.int32)
+    images, same = synthetic.decode(stored, labels)
+    assert images is stored and same is labels
+    with pytest.raises(ValueError, match="syn.factor=4 must divide the image size 6x6"):
+        synthetic.decode(stored, labels, param="factorized", factor=4)
+    with pytest.raises(ValueError, match="unknown syn.param"):
+        synthetic.decode(stored, labels, param="latent")
+
+
+def test_mix_init_tiles_real_images_that_decode_back(real):
+    """Each crop of a mix-initialised image is a downsampled real image of its class:
+    decoding gives back the real images blurred by the down- and upsampling."""
+    real, labels_all = real
+    stored, labels = synthetic.initial_set(
+        "mix", real, ipc=2, key=jax.random.key(4), seed=0, factor=2
+    )
+    assert stored.shape == (3, 2, 8, 8, 1)
+    np.testing.assert_array_equal(labels, np.repeat(np.arange(3)[:, None], 2, axis=1))
+    decoded, _ = synthetic.decode(stored, labels, param="factorized", factor=2)
+    originals, _ = synthetic.init_synthetic(real, ipc=8, key=jax.random.key(4))
+    # Each class's images are offset by its label (the fixture): a decoded image is closer to
+    # its own real image than to any other class's images.
+    np.testing.assert_allclose(
+        decoded.mean(axis=(2, 3, 4)), originals.mean(axis=(2, 3, 4)), atol=0.35
+    )
+    for c in range(3):
+        assert np.all(np.abs(np.asarray(decoded[c]).mean(axis=(1, 2, 3)) - c) < 1.0)
