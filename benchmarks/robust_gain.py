@@ -6,7 +6,9 @@ Every method is evaluated with the same protocol and the same evaluation seeds
 robust distillation (robust.risk=cvar) and the full real training set. `erm+k_center` and
 `robust+k_center` distill from a k-center coreset (`syn.init=k_center`) instead of random real
 images, `erm+groups` and `robust+groups` from random real images spread over the subgroups
-(`syn.init=groups`); `reference` is the robust-DD reference algorithm's mode, fixed
+(`syn.init=groups`), `erm+mix` and `robust+mix` from IDC's tiled initialisation of factorized
+sets (`syn.init=mix`, with `--set=syn.param=factorized --set=syn.factor=2`); `reference` is
+the robust-DD reference algorithm's mode, fixed
 (configs/rdd_reference.py: Voronoi cells, the matched network trained on real data with the
 cells' CVaR, ERM matching), from random real images as erm and robust. Synthetic sets are
 selected on the validation split only. The full-data baseline depends on neither IPC nor the
@@ -43,6 +45,8 @@ METHODS = (
     "robust",
     "erm+groups",
     "robust+groups",
+    "erm+mix",
+    "robust+mix",
     "erm+k_center",
     "robust+k_center",
     "reference",
@@ -160,6 +164,7 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
 PAIRS = (
     ("robust", "erm"),
     ("robust+groups", "erm+groups"),
+    ("robust+mix", "erm+mix"),
     ("robust+k_center", "erm+k_center"),
     ("reference", "erm"),
     ("robust", "reference"),
