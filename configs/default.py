@@ -98,6 +98,11 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     # multi-formation: syn.factor x syn.factor crops of each, upsampled; ipc counts stored images).
     config.syn.param = "pixels"
     config.syn.factor = 1
+    # Learned soft labels: per stored image C logits (initially the log of its one-hot label
+    # smoothed by 0.1), trained with the images at their own learning rate (SGD, syn.momentum;
+    # not tuned yet); every network trains on their softmax. Gradient and risk families only.
+    config.syn.learn_labels = False
+    config.syn.label_lr = 0.1
     # lr_img (SGD with momentum 0.5, as DC); the objective is on DC's scale (jaxdd.step).
     config.syn.lr = 0.1
     config.syn.momentum = 0.5

@@ -55,10 +55,12 @@ def save_synthetic(
     extra = {}
     if param != "pixels":
         extra = {"stored": np.asarray(stored, np.float32), "param": param, "factor": factor}
+    labels = np.asarray(labels)
     np.savez(
         path,
         images=np.asarray(images, np.float32),
-        labels=np.asarray(labels, np.int32),
+        # (N,) int32 classes, or (N, C) float32 probabilities of learned labels.
+        labels=labels.astype(np.float32 if labels.ndim == 2 else np.int32),
         mean=dataset.mean,
         std=dataset.std,
         class_names=np.asarray(dataset.class_names),

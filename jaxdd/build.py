@@ -107,7 +107,15 @@ def create_decoder(config: ml_collections.ConfigDict) -> step.DecodeFn:
 
 
 def create_syn_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    return optax.sgd(config.syn.lr, momentum=config.syn.momentum)
+    """SGD with momentum on the images (DC's); with learned labels, on {'images', 'labels'},
+    the labels at `syn.label_lr`."""
+    images = optax.sgd(config.syn.lr, momentum=config.syn.momentum)
+    if not config.syn.learn_labels:
+        return images
+    labels = optax.sgd(config.syn.label_lr, momentum=config.syn.momentum)
+    return optax.multi_transform(
+        {"images": images, "labels": labels}, lambda trained: {k: k for k in trained}
+    )
 
 
 def create_net_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -190,4 +198,6 @@ def create_state(
         train_labels=train_labels,
         factor=config.syn.factor,
     )
+    if config.syn.learn_labels:
+        labels = step.soft_label_logits(labels, num_classes=labels.shape[0])
     return step.init_state(images=images, labels=labels, syn_optimizer=create_syn_optimizer(config))

@@ -295,7 +295,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     alpha = config.robust.alpha
     if isinstance(alpha, bool) or not isinstance(alpha, float | int) or not 0.0 < alpha <= 1.0:
         _fail("robust.alpha", alpha, "a tail mass in (0, 1]")
-    for field in ("syn.lr", "match.net_lr", "match.unroll_lr", "eval.lr"):
+    for field in ("syn.lr", "syn.label_lr", "match.net_lr", "match.unroll_lr", "eval.lr"):
         if not _get(config, field) > 0:
             _fail(field, _get(config, field), "a positive learning rate")
 
@@ -336,6 +336,15 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "syn.param", synthetic.PARAMS)
     if config.syn.param == "pixels" and config.syn.factor != 1:
         _fail("syn.factor", config.syn.factor, "1 with syn.param='pixels' (or use factorized)")
+    if not isinstance(config.syn.learn_labels, bool):
+        _fail("syn.learn_labels", config.syn.learn_labels, "True or False")
+    if config.syn.learn_labels and config.match.family == "distribution":
+        _fail(
+            "syn.learn_labels",
+            True,
+            "False with match.family='distribution' (matching mean embeddings does not depend "
+            "on the labels, so they would never move)",
+        )
     if config.syn.init == "mix" and config.syn.param != "factorized":
         _fail("syn.init", "mix", "another init with syn.param='pixels' (mix tiles factorized sets)")
     _check_choice(config, "match.family", matching.FAMILIES)
@@ -399,6 +408,8 @@ _ADDED_FIELDS = {
     "match.net_train": "synthetic",
     "syn.param": "pixels",
     "syn.factor": 1,
+    "syn.learn_labels": False,
+    "syn.label_lr": 0.1,
 }
 
 

@@ -253,9 +253,12 @@ _GAIN_KEYS = (
 
 
 def random_real_like(labels: ArrayLike, dataset: data.Dataset, *, seed: int) -> np.ndarray:
-    """Train indices of a random real subset with `labels`' count per class (class-ordered):
-    `baselines.random_subset` when every class has the same count, as for a distilled set."""
-    counts = np.bincount(np.asarray(labels), minlength=dataset.num_classes)
+    """Train indices of a random real subset with `labels`' count per class (class-ordered;
+    soft labels count by their most likely class): `baselines.random_subset` when every class
+    has the same count, as for a distilled set."""
+    labels = np.asarray(labels)
+    hard = labels.argmax(axis=1) if labels.ndim == 2 else labels  # Soft: the likeliest class.
+    counts = np.bincount(hard, minlength=dataset.num_classes)
     if np.all(counts == counts[0]) and counts[0] > 0:
         return baselines.random_subset(dataset.train.labels, ipc=int(counts[0]), seed=seed)
     rng = np.random.default_rng(seed)

@@ -277,6 +277,7 @@ def _finish(run: _Run, out: pathlib.Path, log: artifacts.MetricsLog):
         validation_accuracy=float(best["accuracy"]),
         dataset=dataset.name,
         ipc=config.ipc,
+        label_type="soft" if config.syn.learn_labels else "hard",
     )
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     for name in ("accuracy_mean", "worst_group_accuracy", "worst_class_accuracy"):

@@ -7,7 +7,9 @@ space, ready for `report.evaluate_set`:
   normalised with; converted through pixels, so a set scored under another config's data is
   renormalised, not misread);
 * an `.npz` of pixels: `images` (N, H, W), (N, H, W, C) or PyTorch's (N, C, H, W), uint8
-  0..255 or float in [0, 1], and `labels` (N,) integers; with `mean` and `std` (per channel,
+  0..255 or float in [0, 1], and `labels` (N,) integers or (N, num_classes) soft labels
+  (probabilities, rows summing to 1; scored as soft labels and reported as such); with `mean`
+  and `std` (per channel,
   [0, 1] scale) the float images are taken as normalised with them (DC/DSA/DM save their sets
   normalised, as tensors: `np.savez(path, images=x.numpy(), labels=y.numpy(), mean=..., std=...)`);
   a `space` entry ('normalized' or 'unit') says which, where present (`export` writes it);
@@ -17,9 +19,10 @@ space, ready for `report.evaluate_set`:
 `export(synthetic, out)` writes a run's set for people who do not use jaxdd:
 `out/images/<class>/<index>.png` and `out/synthetic.npz` with `images` (N, C, H, W) float32 in
 [0, 1] (PyTorch's layout, clipped to the valid range: distillation can push pixels past it, and
-the fraction clipped is stored and printed), `labels` int64, the per-channel `mean`/`std` of the
-data it was distilled from ([0, 1] scale, for `transforms.Normalize`), `class_names`, `space` =
-'unit' and `layout` = 'NCHW'. Labels are hard (one class per image) until learned labels exist.
+the fraction clipped is stored and printed), `labels` int64 (or, for learned labels, (N, C)
+float32 probabilities, `label_type` = 'soft'; the PNG folders then sort images by their most
+likely class), the per-channel `mean`/`std` of the data it was distilled from ([0, 1] scale,
+for `transforms.Normalize`), `class_names`, `space` = 'unit' and `layout` = 'NCHW'.
 """
 
 from __future__ import annotations
@@ -45,13 +48,21 @@ class ForeignSet:
     """A set read by `read`, in the dataset's normalised space."""
 
     images: np.ndarray  # (N, H, W, C) float32, normalised with the dataset's mean/std.
-    labels: np.ndarray  # (N,) int32 class indices of the dataset.
+    # (N,) int32 class indices of the dataset, or (N, C) float32 probabilities (soft labels).
+    labels: np.ndarray
     source: str  # What was read: 'jaxdd run', 'npz (pixels)', 'npz (normalised)', 'folder'.
-    label_type: str  # 'hard': one class per image.
+    label_type: str  # 'hard': one class per image; 'soft': a distribution over classes.
 
     @property
     def per_class(self) -> np.ndarray:
-        return np.bincount(self.labels)
+        """Images per class (soft labels: by their most likely class)."""
+        return np.bincount(hard_labels(self.labels))
+
+
+def hard_labels(labels: np.ndarray) -> np.ndarray:
+    """(N,) class indices: the labels themselves, or the most likely class of soft labels."""
+    labels = np.asarray(labels)
+    return labels.argmax(axis=1).astype(np.int32) if labels.ndim == 2 else labels
 
 
 def read(path: str | pathlib.Path, dataset: data.Dataset) -> ForeignSet:
@@ -112,16 +123,18 @@ def export(synthetic: artifacts.Synthetic, out: str | pathlib.Path) -> dict[str,
     pixels = synthetic.pixels.astype(np.float32)
     clipped = np.clip(pixels, 0.0, 1.0)
     fraction = float(np.mean(clipped != pixels))
+    labels = np.asarray(synthetic.labels)
     folder.write(
         out / "images",
         (clipped * 255).round().astype(np.uint8),
-        synthetic.labels,
+        hard_labels(labels),
         synthetic.class_names,
     )
     np.savez(
         out / "synthetic.npz",
         images=clipped.transpose(0, 3, 1, 2),
-        labels=synthetic.labels.astype(np.int64),
+        labels=labels.astype(np.float32) if labels.ndim == 2 else labels.astype(np.int64),
+        label_type="soft" if labels.ndim == 2 else "hard",
         mean=np.asarray(synthetic.mean, np.float32),
         std=np.asarray(synthetic.std, np.float32),
         class_names=np.asarray(synthetic.class_names),
@@ -143,10 +156,7 @@ def _load_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
 def _labels(arrays: dict[str, np.ndarray], dataset: data.Dataset, path: pathlib.Path):
     labels = arrays["labels"]
     if labels.ndim == 2:
-        raise ValueError(
-            f"{path}: 'labels' has shape {labels.shape}: soft labels are not supported by the "
-            "evaluation yet; score the hard set with labels=labels.argmax(1) and say so."
-        )
+        return _soft_labels(labels, dataset, path)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
             f"{path}: 'labels' must be (N,) integers; got {labels.dtype} {labels.shape}."
@@ -216,6 +226,23 @@ def _folder_labels(raw, dataset: data.Dataset, path: pathlib.Path) -> np.ndarray
     return mapping[raw.train[1]]
 
 
+def _soft_labels(labels: np.ndarray, dataset: data.Dataset, path: pathlib.Path) -> np.ndarray:
+    """(N, C) probabilities, checked: one column per class, finite, non-negative, rows summing
+    to 1."""
+    if labels.shape[1] != dataset.num_classes or not np.issubdtype(labels.dtype, np.floating):
+        raise ValueError(
+            f"{path}: soft 'labels' must be (N, {dataset.num_classes}) floats (one probability "
+            f"per class of {dataset.name}); got {labels.dtype} {labels.shape}."
+        )
+    sums = labels.sum(axis=1)
+    if not np.all(np.isfinite(labels)) or labels.min() < 0 or np.abs(sums - 1).max() > 1e-3:
+        raise ValueError(
+            f"{path}: soft 'labels' must be probabilities (finite, >= 0, rows summing to 1); "
+            "pass softmax(logits), not logits."
+        )
+    return labels.astype(np.float32)
+
+
 def _fit(pixels, labels, dataset: data.Dataset, path: pathlib.Path, *, source: str) -> ForeignSet:
     if pixels.shape[1:] != dataset.image_shape:
         raise ValueError(
@@ -227,5 +254,8 @@ def _fit(pixels, labels, dataset: data.Dataset, path: pathlib.Path, *, source: s
         raise ValueError(f"{path} holds no images.")
     images = (pixels - dataset.mean) / dataset.std
     return ForeignSet(
-        images=images.astype(np.float32), labels=labels, source=source, label_type="hard"
+        images=images.astype(np.float32),
+        labels=labels,
+        source=source,
+        label_type="soft" if labels.ndim == 2 else "hard",
     )

@@ -93,19 +93,46 @@ class State:
 
     step: jax.Array  # () int32, number of iterations done.
     images: jax.Array  # (C, ipc, H, W, Ch) synthetic images, in the dataset's normalised space.
-    labels: jax.Array  # (C, ipc) int32 synthetic labels.
-    opt_state: optax.OptState  # Optimiser state of the synthetic images.
+    # (C, ipc) int32 hard labels, or (C, ipc, C) float32 logits of learned soft labels.
+    labels: jax.Array
+    # Optimiser state of the images, or of {'images', 'labels'} when the labels are learned.
+    opt_state: optax.OptState
+
+
+def learned(labels: jax.Array) -> bool:
+    """Whether `labels` are learned (float logits) rather than hard class indices."""
+    return jnp.issubdtype(labels.dtype, jnp.floating)
+
+
+def label_targets(labels: jax.Array) -> jax.Array:
+    """What the networks train on: hard labels as they are, learned logits as softmax
+    probabilities `(C, ipc, C)`."""
+    return jax.nn.softmax(labels, axis=-1) if learned(labels) else labels
+
+
+def soft_label_logits(labels: jax.Array, num_classes: int, smoothing: float = 0.1) -> jax.Array:
+    """Initial logits of learned labels: the log of `labels` one-hot, smoothed by `smoothing`
+    (0.9 + 0.01 on the class at C = 10), so the softmax starts near the hard labels with a
+    gradient that is not vanishing (a one-hot limit would saturate it)."""
+    target = jax.nn.one_hot(labels, num_classes) * (1 - smoothing) + smoothing / num_classes
+    return jnp.log(target).astype(jnp.float32)
+
+
+def _trained(images: jax.Array, labels: jax.Array) -> Any:
+    """The pytree the synthetic optimiser updates: the images, and learned labels with them."""
+    return {"images": images, "labels": labels} if learned(labels) else images
 
 
 def init_state(
     *, images: jax.Array, labels: jax.Array, syn_optimizer: optax.GradientTransformation
 ) -> State:
-    """The step-0 `State`: the synthetic set and a fresh optimiser state."""
+    """The step-0 `State`: the synthetic set and a fresh optimiser state (`labels` float: the
+    logits of learned labels, `soft_label_logits`)."""
     return State(
         step=jnp.zeros((), jnp.int32),
         images=images,
         labels=labels,
-        opt_state=syn_optimizer.init(images),
+        opt_state=syn_optimizer.init(_trained(images, labels)),
     )
 
 
@@ -212,13 +239,14 @@ def _train_network_robust(
 
 
 def robust_objective(
-    images: jax.Array,
+    images: Any,
     *,
     losses_fn: Callable[[jax.Array], jax.Array],
     risk_name: str,
     alpha: float,
 ) -> tuple[jax.Array, jax.Array]:
-    """R(S) = C * risk of the (C, K) group losses of the synthetic images `images`.
+    """R(S) = C * risk of the (C, K) group losses of the synthetic set `images` (the images,
+    or {'images', 'labels'} where the labels are learned: whatever `losses_fn` takes).
 
     The factor C (the number of classes) puts every risk on DC's scale: DC sums its per-class
     matching distances (`main.py` 178-199), and C * mean over C groups is that sum. For any
@@ -236,12 +264,12 @@ def robust_objective(
 
 def _update_images(
     images: jax.Array,
+    labels: jax.Array,
     opt_state: optax.OptState,
     net_params: Any,
     *,
     sample_key: jax.Array,
     loss_key: jax.Array,
-    labels: jax.Array,
     real: RealData,
     groups: groups_lib.Groups,
     losses_fn: Callable[..., jax.Array],
@@ -251,30 +279,39 @@ def _update_images(
     num_real: int,
     mesh: Mesh | None,
     decode_fn: DecodeFn,
-) -> tuple[jax.Array, optax.OptState, dict[str, jax.Array]]:
+) -> tuple[jax.Array, jax.Array, optax.OptState, dict[str, jax.Array]]:
     """One update of the synthetic set through the network `net_params`: sample m real images
     per group of `groups` (`sample_key`), the (C, K) group losses (`loss_key`: augmentation), the
-    objective, an optimiser step; and its metrics."""
+    objective, an optimiser step (of the labels too where they are learned); and its
+    metrics."""
     group_losses_fn = functools.partial(
         sharding.compute_group_losses,
         losses_fn,
         net_params,
-        labels=decode_fn(images, labels)[1],
         images=real.images,
         index=groups_lib.sample_groups(groups, num_real, key=sample_key),
         key=loss_key,
         mesh=mesh,
     )
-    objective = functools.partial(
-        robust_objective,
+
+    def losses(trained):
         # The stored set is what is learned; the losses see the images it decodes to.
-        losses_fn=lambda stored: group_losses_fn(decode_fn(stored, labels)[0]),
-        risk_name=risk_name,
-        alpha=alpha,
+        stored, stored_labels = (
+            (trained["images"], trained["labels"]) if learned(labels) else (trained, labels)
+        )
+        decoded, targets = decode_fn(stored, label_targets(stored_labels))
+        return group_losses_fn(decoded, labels=targets)
+
+    objective = functools.partial(
+        robust_objective, losses_fn=losses, risk_name=risk_name, alpha=alpha
     )
-    (value, group_losses), grads = jax.value_and_grad(objective, has_aux=True)(images)
-    updates, opt_state = syn_optimizer.update(grads, opt_state, images)
-    images = optax.apply_updates(images, updates)
+    trained = _trained(images, labels)
+    (value, group_losses), grads = jax.value_and_grad(objective, has_aux=True)(trained)
+    updates, opt_state = syn_optimizer.update(grads, opt_state, trained)
+    trained = optax.apply_updates(trained, updates)
+    images, labels = (
+        (trained["images"], trained["labels"]) if learned(labels) else (trained, labels)
+    )
     flat = group_losses.reshape(-1)
     metrics = {
         "loss": value,
@@ -286,7 +323,7 @@ def _update_images(
         "finite": jnp.isfinite(value) & jnp.all(jnp.isfinite(images)),
         "group_losses": group_losses,
     }
-    return images, opt_state, metrics
+    return images, labels, opt_state, metrics
 
 
 def train_step(
@@ -350,12 +387,9 @@ def train_step(
         )
     init_key, loop_key = jax.random.split(key)
     net_params = init_net(init_key)
-    decoded_labels = decode_fn(state.images, state.labels)[1]
-    flat_labels = decoded_labels.reshape(-1, *decoded_labels.shape[2:])
     num_classes = state.labels.shape[0]
     update_images = functools.partial(
         _update_images,
-        labels=state.labels,
         real=real,
         losses_fn=losses_fn,
         syn_optimizer=syn_optimizer,
@@ -367,7 +401,7 @@ def train_step(
     )
 
     def update(carry, inputs):
-        images, opt_state, net_params, net_opt_state = carry
+        images, labels, opt_state, net_params, net_opt_state = carry
         index, update_key = inputs
         sample_key, loss_key, train_key = jax.random.split(update_key, 3)
         groups, cells, pool = real.groups, None, None
@@ -376,12 +410,18 @@ def train_step(
             pool = groups_lib.sample_groups(real.groups, pool_size, key=pool_key)[:, 0]
             groups, cells = groups_lib.voronoi_groups(
                 lambda x: apply_fn(net_params, x)[1],
-                decode_fn(images, state.labels)[0],
+                decode_fn(images, labels)[0],
                 real.images,
                 pool,
             )
-        images, opt_state, metrics = update_images(
-            images, opt_state, net_params, groups=groups, sample_key=sample_key, loss_key=loss_key
+        images, labels, opt_state, metrics = update_images(
+            images,
+            labels,
+            opt_state,
+            net_params,
+            groups=groups,
+            sample_key=sample_key,
+            loss_key=loss_key,
         )
         # DC trains the network after every update of the iteration but the last.
         num_epochs = jnp.where(index == outer_loop - 1, 0, inner_loop)
@@ -400,12 +440,12 @@ def train_step(
                 alpha=alpha,
             )
         else:
-            decoded = jax.lax.stop_gradient(decode_fn(images, state.labels)[0])
+            decoded, targets = jax.lax.stop_gradient(decode_fn(images, label_targets(labels)))
             net_params, net_opt_state = _train_network(
                 net_params,
                 net_opt_state,
                 decoded.reshape(-1, *decoded.shape[2:]),
-                flat_labels,
+                targets.reshape(-1, *targets.shape[2:]),
                 key=train_key,
                 num_epochs=num_epochs,
                 apply_fn=apply_fn,
@@ -413,23 +453,29 @@ def train_step(
                 augment_fn=net_augment_fn,
                 batch_size=inner_batch,
             )
-        return (images, opt_state, net_params, net_opt_state), metrics
+        return (images, labels, opt_state, net_params, net_opt_state), metrics
 
-    carry = (state.images, state.opt_state, net_params, net_optimizer.init(net_params))
+    carry = (
+        state.images, state.labels, state.opt_state, net_params, net_optimizer.init(net_params)
+    )  # fmt: skip
     inputs = (jnp.arange(outer_loop), jax.random.split(loop_key, outer_loop))
-    (images, opt_state, _, _), per_update = jax.lax.scan(update, carry, inputs)
+    (images, labels, opt_state, _, _), per_update = jax.lax.scan(update, carry, inputs)
     metrics = {
         name: jnp.all(value, axis=0) if name == "finite" else jnp.mean(value, axis=0)
         for name, value in per_update.items()
     }
-    return state.replace(step=state.step + 1, images=images, opt_state=opt_state), metrics
+    return (
+        state.replace(step=state.step + 1, images=images, labels=labels, opt_state=opt_state),
+        metrics,
+    )
 
 
 def synthetic_arrays(
     state: State, decode_fn: DecodeFn = identity_decode
 ) -> tuple[np.ndarray, np.ndarray]:
     """The training set the state decodes to, as flat host arrays: images (C*n, H, W, Ch),
-    labels (C*n,) (n = ipc for pixels)."""
-    images, labels = decode_fn(state.images, state.labels)
+    labels (C*n,) or, learned, (C*n, C) probabilities (n = ipc for pixels)."""
+    images, labels = decode_fn(state.images, label_targets(state.labels))
     images = np.asarray(images)  # Replicated arrays read on every host, too.
-    return images.reshape(-1, *images.shape[2:]), np.asarray(labels).reshape(-1)
+    labels = np.asarray(labels)
+    return images.reshape(-1, *images.shape[2:]), labels.reshape(-1, *labels.shape[2:])

@@ -49,7 +49,8 @@ def decode(
     crops = images.reshape(num_classes, n, factor, h, factor, w, channels)
     crops = crops.transpose(0, 2, 4, 1, 3, 5, 6).reshape(num_classes, factor**2 * n, h, w, -1)
     decoded = jax.image.resize(crops, (*crops.shape[:2], height, width, channels), "bilinear")
-    return decoded, jnp.tile(labels, (1, factor**2))
+    # Along the image axis, for (C, n) hard and (C, n, C) soft labels alike.
+    return decoded, jnp.concatenate([labels] * factor**2, axis=1)
 
 
 def mix_init(

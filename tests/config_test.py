@@ -100,6 +100,7 @@ def test_installed_copy_loads_configs_from_another_directory(tmp_path):
         ("match.net_train", "real", "config.match.net_train"),
         ("match.net_train", "real_robust", "unless cluster.assign='voronoi'"),
         ("syn.param", "latent", "config.syn.param"),
+        ("syn.label_lr", 0.0, "config.syn.label_lr=0.0"),
         ("syn.factor", 2, "config.syn.factor=2 .* 1 with syn.param='pixels'"),
         ("syn.init", "mix", "config.syn.init='mix' .* \\(mix tiles factorized sets\\)"),
     ],
@@ -194,3 +195,10 @@ def test_factor_must_divide_the_image_size():
     dataset, _ = build.load_data(config)
     with pytest.raises(ValueError, match="syn.factor=3 must divide the image size 8x8"):
         config_lib.validate_against_data(config, dataset)
+
+
+def test_learned_labels_need_a_family_that_depends_on_them():
+    config = smoke.get_config()
+    config.syn.learn_labels, config.match.family = True, "distribution"
+    with pytest.raises(ValueError, match="does not depend on the labels"):
+        config_lib.validate(config)

@@ -37,6 +37,25 @@ def test_a_runs_synthetic_npz_reads_back_exactly(tmp_path, digits, pixels):
         assert (got.source, got.label_type) == ("jaxdd run", "hard")
 
 
+def test_learned_soft_labels_are_read_exported_and_counted_by_their_likeliest_class(
+    tmp_path, digits, pixels
+):
+    images, hard = _normalised(digits, pixels[0]), pixels[1]
+    soft = np.full((20, 10), 0.02, np.float32)
+    soft[np.arange(20), hard] = 0.82
+    artifacts.save_synthetic(tmp_path / "synthetic.npz", images, soft, digits)
+    got = sets.read(tmp_path, digits)
+    np.testing.assert_allclose(got.labels, soft)
+    assert got.label_type == "soft" and np.all(got.per_class == 2)
+    synthetic = artifacts.load_synthetic(tmp_path)
+    sets.export(synthetic, tmp_path / "out")
+    with np.load(tmp_path / "out" / "synthetic.npz") as saved:
+        np.testing.assert_allclose(saved["labels"], soft)
+        assert str(saved["label_type"]) == "soft"
+    from_png = sets.read(tmp_path / "out" / "images", digits)  # Folders by likeliest class.
+    np.testing.assert_array_equal(np.sort(from_png.labels), np.sort(hard))
+
+
 def test_pixels_in_either_layout_and_dtype(tmp_path, digits, pixels):
     x, y = pixels
     want = _normalised(digits, np.round(x * 255) / 255)
@@ -92,7 +111,8 @@ def test_export_round_trips_through_npz_and_folder(tmp_path, digits, pixels):
     [
         ({"images": np.zeros((4, 9, 9, 1)), "labels": np.arange(4)}, "do not|images' have shape"),
         ({"images": np.zeros((4, 8, 8, 1)), "labels": np.arange(4) + 8}, "labels span 8..11"),
-        ({"images": np.zeros((4, 8, 8, 1)), "labels": np.eye(10)[:4]}, "soft labels"),
+        ({"images": np.zeros((4, 8, 8, 1)), "labels": 3 * np.eye(10)[:4]}, "not logits"),
+        ({"images": np.zeros((4, 8, 8, 1)), "labels": np.eye(4)}, "must be \\(N, 10\\) floats"),
         ({"images": np.full((4, 8, 8, 1), 3.0), "labels": np.arange(4)}, "look normalised"),
         ({"images": np.full((4, 8, 8, 1), np.nan), "labels": np.arange(4)}, "NaN"),
         ({"labels": np.arange(4)}, "no 'images' array"),

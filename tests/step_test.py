@@ -387,3 +387,26 @@ def test_factorized_step_learns_the_stored_images_through_their_decoding(run):
     np.testing.assert_array_equal(again.images, new.images)  # Deterministic.
     decoded, labels = step.synthetic_arrays(new, build.create_decoder(config))
     assert decoded.shape == (3 * 2 * 4, *image_shape) and labels.shape == (24,)
+
+
+def test_learned_labels_start_near_the_hard_ones_and_move_with_the_images(run):
+    config, image_shape, model, real, state, _ = run
+    config = config.copy_and_resolve_references()
+    config.syn.learn_labels, config.syn.label_lr = True, 1.0
+    config.robust.risk = "mean"
+    soft = build.create_state(config, real, key=jax.random.key(1))
+    np.testing.assert_array_equal(soft.images, state.images)  # Same initial images.
+    targets = np.asarray(step.label_targets(soft.labels))
+    assert targets.shape == (3, 2, 3)
+    np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(targets.argmax(-1), state.labels)
+    np.testing.assert_allclose(targets.max(-1), 0.9 + 0.1 / 3, rtol=1e-5)
+    step_fn = build.create_step(config, model, image_shape)
+    new, metrics = step_fn(soft, jax.random.key(7), real)
+    assert np.isfinite(float(metrics["loss"]))
+    assert not np.allclose(new.labels, soft.labels)  # The objective's gradient reached them.
+    assert not np.array_equal(new.images, soft.images)
+    images, labels = step.synthetic_arrays(new)
+    assert images.shape == (6, *image_shape) and labels.shape == (6, 3)
+    # Hard labels keep their dtype, state layout and optimiser state (old checkpoints resume).
+    assert not step.learned(state.labels) and step.learned(soft.labels)
