@@ -10,6 +10,7 @@ import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -99,11 +100,34 @@ def create_groups(
     )
 
 
-def create_decoder(config: ml_collections.ConfigDict) -> step.DecodeFn:
-    """(stored images, labels) -> the training set they decode to (`syn.param`, `syn.factor`)."""
+def create_decoder(
+    config: ml_collections.ConfigDict, image_shape=None
+) -> tuple[step.DecodeFn, Any]:
+    """The set's decoder (`syn.param`) and its parameters (`RealData.decoder`): identity for
+    pixels, IDC's multi-formation for factorized (no parameters), and for a generator the
+    user's module and checkpoint (`synthetic.load_generator`), checked to produce images of
+    `image_shape` when given."""
     if config.syn.param == "pixels":
-        return step.identity_decode
-    return functools.partial(synthetic.decode, param=config.syn.param, factor=config.syn.factor)
+        return step.identity_decode, None
+    if config.syn.param == "factorized":
+        decode = functools.partial(
+            synthetic.decode, param=config.syn.param, factor=config.syn.factor
+        )
+        return decode, None
+    module, params = synthetic.load_generator(
+        config.syn.generator, config.syn.generator_checkpoint, config.syn.latent_dim
+    )
+    decode = synthetic.generator_decoder(module)
+    if image_shape is not None:
+        latent = jnp.zeros((1, 1, config.syn.latent_dim))
+        shape = tuple(jax.eval_shape(decode, latent, jnp.zeros((1, 1)), params)[0].shape[2:])
+        if shape != tuple(image_shape):
+            raise ValueError(
+                f"syn.generator={config.syn.generator!r} makes {shape} images "
+                f"from latents of size {config.syn.latent_dim}, but the data's are "
+                f"{tuple(image_shape)}; use a generator for this dataset's image size."
+            )
+    return decode, params
 
 
 def create_syn_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -139,14 +163,21 @@ def create_losses_fn(config: ml_collections.ConfigDict, apply_fn: matching.Apply
 
 
 def create_step(
-    config: ml_collections.ConfigDict, model, image_shape, mesh: jax.sharding.Mesh | None = None
+    config: ml_collections.ConfigDict,
+    model,
+    image_shape,
+    mesh: jax.sharding.Mesh | None = None,
+    decode_fn: step.DecodeFn | None = None,
 ):
     """The jitted `(state, key, real) -> (state, metrics)` step with hyperparameters bound.
 
     With `mesh`, the groups are split over its devices (`sharding.compute_group_losses`) and
     every output is replicated on it; pass the state and real data replicated on it too
-    (`sharding.replicate`).
+    (`sharding.replicate`). `decode_fn`: the set's decoder (None: `create_decoder`'s; a
+    generator's parameters travel in `RealData.decoder`).
     """
+    if decode_fn is None:
+        decode_fn = create_decoder(config)[0]
     apply_fn = lambda params, x: model.apply({"params": params}, x)
     outer_loop, inner_loop = loops(config)
     train_step = functools.partial(
@@ -167,7 +198,7 @@ def create_step(
         assign=config.cluster.assign,
         pool_size=config.cluster.pool,
         net_train=config.match.net_train,
-        decode_fn=create_decoder(config),
+        decode_fn=decode_fn,
     )
     # `fast_compile`: the step's time goes to library GEMMs and convolutions (see jaxdd.xla).
     if mesh is None:
@@ -198,6 +229,8 @@ def create_state(
         train_labels=train_labels,
         factor=config.syn.factor,
     )
+    if config.syn.param == "generator":  # The stored set is latents, drawn N(0, 1).
+        images = jax.random.normal(syn_key, (*labels.shape[:2], config.syn.latent_dim))
     if config.syn.learn_labels:
         labels = step.soft_label_logits(labels, num_classes=labels.shape[0])
     return step.init_state(images=images, labels=labels, syn_optimizer=create_syn_optimizer(config))

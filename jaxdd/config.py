@@ -171,8 +171,8 @@ _POSITIVE = (
     "eval.select_num_models", "eval.global_k", "eval.per_class_k", "checkpoint.every",
 )  # fmt: skip
 _NON_NEGATIVE = (
-    "seed", "data.image_size", "match.group_batch", "eval.select_every", "distributed.num_devices",
-    "distributed.process_id",
+    "seed", "data.image_size", "syn.latent_dim", "match.group_batch", "eval.select_every",
+    "distributed.num_devices", "distributed.process_id",
 )  # fmt: skip
 # Fields that may also be -1 ("as DC": see configs/default.py), else at least the minimum.
 _AUTO = {"model.stem_pad": 0, "match.outer_loop": 1, "match.inner_loop": 0}
@@ -345,6 +345,17 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
             "False with match.family='distribution' (matching mean embeddings does not depend "
             "on the labels, so they would never move)",
         )
+    if config.syn.param == "generator":
+        if not config.syn.generator or not config.syn.generator_checkpoint:
+            _fail(
+                "syn.param",
+                "generator",
+                "syn.generator ('package.module:Name') and syn.generator_checkpoint set with it",
+            )
+        if config.syn.latent_dim < 1:
+            _fail("syn.latent_dim", config.syn.latent_dim, "the generator's latent size (>= 1)")
+        if config.syn.init != "noise":
+            _fail("syn.init", config.syn.init, "'noise' with a generator (latents drawn N(0, 1))")
     if config.syn.init == "mix" and config.syn.param != "factorized":
         _fail("syn.init", "mix", "another init with syn.param='pixels' (mix tiles factorized sets)")
     _check_choice(config, "match.family", matching.FAMILIES)
@@ -410,6 +421,9 @@ _ADDED_FIELDS = {
     "syn.factor": 1,
     "syn.learn_labels": False,
     "syn.label_lr": 0.1,
+    "syn.generator": "",
+    "syn.generator_checkpoint": "",
+    "syn.latent_dim": 0,
 }
 
 

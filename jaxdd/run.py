@@ -109,16 +109,21 @@ class _Run:
     payload: dict[str, Any]  # The checkpointed pytree: state, root key, selection record.
     fingerprint: dict[str, Any]
     group_sizes: np.ndarray  # (C, K), on the host.
-    decode: step.DecodeFn  # Stored set -> training set (`syn.param`).
+    decode_fn: step.DecodeFn  # Stored set -> training set (`syn.param`).
+    decoder: Any  # The decoder's parameters (a generator's), or None.
 
 
-def _set_up(config, dataset, rare, mesh) -> _Run:
-    """Groups, model, initial state and the jitted step; the initial checkpoint payload."""
+def _set_up(config, dataset, rare, mesh, decoder) -> _Run:
+    """Groups, model, initial state and the jitted step; the initial checkpoint payload.
+    `decoder`: `build.create_decoder`'s (decode function, parameters)."""
+    decode_fn, decoder_params = decoder
     cluster_key, init_key, step_root = jax.random.split(jax.random.key(config.seed), 3)
     groups = build.create_groups(config, dataset, key=cluster_key)
     logging.info("%s", summarize(dataset, groups))
     model = build.create_model(config, dataset.num_classes, dataset.image_shape)
-    real = step.RealData(images=jnp.asarray(dataset.train.images), groups=groups)
+    real = step.RealData(
+        images=jnp.asarray(dataset.train.images), groups=groups, decoder=decoder_params
+    )
     state = build.create_state(config, real, key=init_key, train_labels=dataset.train.labels)
     payload = {
         "state": state,
@@ -134,11 +139,12 @@ def _set_up(config, dataset, rare, mesh) -> _Run:
         dataset=dataset,
         rare=rare,
         real=sharding.replicate(real, mesh),  # The state is replicated with the payload.
-        step_fn=build.create_step(config, model, dataset.image_shape, mesh),
+        step_fn=build.create_step(config, model, dataset.image_shape, mesh, decode_fn),
         payload=sharding.replicate(payload, mesh),
         fingerprint=config_lib.fingerprint(config, dataset),
         group_sizes=np.asarray(groups.sizes),
-        decode=build.create_decoder(config),
+        decode_fn=decode_fn,
+        decoder=decoder_params,
     )
 
 
@@ -201,7 +207,7 @@ def _log_step(log: artifacts.MetricsLog, metrics, done: int, elapsed: float) -> 
 
 def _select(run: _Run, state: step.State, best: dict, done: int, log) -> dict[str, Any]:
     """Scores the current set on validation; the new selection record (best so far)."""
-    images, labels = step.synthetic_arrays(state, run.decode)
+    images, labels = step.synthetic_arrays(state, run.decode_fn, run.decoder)
     accuracy = report.validation_accuracy(
         run.config, run.dataset, images, labels, seeds=report.select_seeds(run.config)
     )
@@ -216,7 +222,7 @@ def _select(run: _Run, state: step.State, best: dict, done: int, log) -> dict[st
 
 
 def _log_grid(run: _Run, log: artifacts.MetricsLog, state: step.State, done: int) -> None:
-    pixels = run.dataset.denormalize(step.synthetic_arrays(state, run.decode)[0])
+    pixels = run.dataset.denormalize(step.synthetic_arrays(state, run.decode_fn, run.decoder)[0])
     grid = artifacts.image_grid(pixels, run.dataset.num_classes)
     log.writer.add_image("synthetic", grid, done, dataformats="HWC")
 
@@ -259,8 +265,8 @@ def _finish(run: _Run, out: pathlib.Path, log: artifacts.MetricsLog):
     config, dataset, best = run.config, run.dataset, run.payload["best"]
     state = run.payload["state"]
     best_state = state.replace(images=best["images"])
-    images, labels = step.synthetic_arrays(state, run.decode)
-    best_images, _ = step.synthetic_arrays(best_state, run.decode)
+    images, labels = step.synthetic_arrays(state, run.decode_fn, run.decoder)
+    best_images, _ = step.synthetic_arrays(best_state, run.decode_fn, run.decoder)
     stored = {"param": config.syn.param, "factor": config.syn.factor}
     artifacts.save_synthetic(
         out / "synthetic_last.npz", images, labels, dataset, stored=state.images, **stored
@@ -305,13 +311,14 @@ def distill(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> R
         config_lib.validate(config)
         dataset, rare = build.load_data(config)
         config_lib.validate_against_data(config, dataset)
+        decoder = build.create_decoder(config, dataset.image_shape)
     sharding.initialize_distributed(config)
     mesh = sharding.create_mesh(config)
     workdir = pathlib.Path(workdir)
     # Checkpoints go to the shared workdir from every process; other files from process 0.
     out = workdir if jax.process_index() == 0 else workdir / f"process_{jax.process_index()}"
     with workdir_lib.lock(out):
-        run = _set_up(config, dataset, rare, mesh)
+        run = _set_up(config, dataset, rare, mesh, decoder)
         checkpoints = _Checkpoints(workdir, run.fingerprint)
         start_step, run.payload = checkpoints.restore(run.payload)
         if jax.process_index() == 0:

@@ -49,12 +49,16 @@ from jax.typing import ArrayLike
 from jaxdd import groups as groups_lib
 from jaxdd import matching, models, risk, sharding
 
-# (stored images, labels) -> the training images and labels they decode to
-# (`jaxdd.synthetic.decode`: identity for pixels, IDC's multi-formation for factorized).
-DecodeFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+# (stored set, labels, decoder parameters) -> the training images and labels they decode to
+# (`jaxdd.synthetic`: identity for pixels, IDC's multi-formation for factorized, G(latents) for
+# a generator, whose parameters are `RealData.decoder`).
+DecodeFn = Callable[[jax.Array, jax.Array, Any], tuple[jax.Array, jax.Array]]
 
 
-def identity_decode(images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+def identity_decode(
+    images: jax.Array, labels: jax.Array, params: Any = None
+) -> tuple[jax.Array, jax.Array]:
+    del params
     return images, labels
 
 
@@ -85,6 +89,8 @@ class RealData:
 
     images: jax.Array  # (N, H, W, Ch) normalised.
     groups: groups_lib.Groups  # (C, K, Gmax) member indices and (C, K) sizes.
+    # Parameters of the set's decoder (a generator's), passed like the data; None otherwise.
+    decoder: Any = None
 
 
 @flax.struct.dataclass
@@ -278,7 +284,7 @@ def _update_images(
     alpha: float,
     num_real: int,
     mesh: Mesh | None,
-    decode_fn: DecodeFn,
+    decode_fn: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
 ) -> tuple[jax.Array, jax.Array, optax.OptState, dict[str, jax.Array]]:
     """One update of the synthetic set through the network `net_params`: sample m real images
     per group of `groups` (`sample_key`), the (C, K) group losses (`loss_key`: augmentation), the
@@ -388,6 +394,7 @@ def train_step(
     init_key, loop_key = jax.random.split(key)
     net_params = init_net(init_key)
     num_classes = state.labels.shape[0]
+    decode = lambda stored, labels: decode_fn(stored, labels, real.decoder)
     update_images = functools.partial(
         _update_images,
         real=real,
@@ -397,7 +404,7 @@ def train_step(
         alpha=alpha,
         num_real=num_real,
         mesh=mesh,
-        decode_fn=decode_fn,
+        decode_fn=decode,
     )
 
     def update(carry, inputs):
@@ -410,7 +417,7 @@ def train_step(
             pool = groups_lib.sample_groups(real.groups, pool_size, key=pool_key)[:, 0]
             groups, cells = groups_lib.voronoi_groups(
                 lambda x: apply_fn(net_params, x)[1],
-                decode_fn(images, labels)[0],
+                decode(images, labels)[0],
                 real.images,
                 pool,
             )
@@ -440,7 +447,7 @@ def train_step(
                 alpha=alpha,
             )
         else:
-            decoded, targets = jax.lax.stop_gradient(decode_fn(images, label_targets(labels)))
+            decoded, targets = jax.lax.stop_gradient(decode(images, label_targets(labels)))
             net_params, net_opt_state = _train_network(
                 net_params,
                 net_opt_state,
@@ -471,11 +478,12 @@ def train_step(
 
 
 def synthetic_arrays(
-    state: State, decode_fn: DecodeFn = identity_decode
+    state: State, decode_fn: DecodeFn = identity_decode, decoder: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The training set the state decodes to, as flat host arrays: images (C*n, H, W, Ch),
-    labels (C*n,) or, learned, (C*n, C) probabilities (n = ipc for pixels)."""
-    images, labels = decode_fn(state.images, label_targets(state.labels))
+    """The training set the state decodes to (with the `decoder` parameters), as flat host
+    arrays: images (C*n, H, W, Ch), labels (C*n,) or, learned, (C*n, C) probabilities (n = ipc
+    for pixels)."""
+    images, labels = decode_fn(state.images, label_targets(state.labels), decoder)
     images = np.asarray(images)  # Replicated arrays read on every host, too.
     labels = np.asarray(labels)
     return images.reshape(-1, *images.shape[2:]), labels.reshape(-1, *labels.shape[2:])

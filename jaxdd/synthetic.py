@@ -12,11 +12,18 @@ image is one), or 'factorized' (IDC's multi-formation, `snu-mllab/Efficient-Data
 Condensation` `condense.py` 102-122: each stored image is cut into f x f crops, each upsampled
 bilinearly to full size, so ipc stored images decode to f^2 * ipc; IPC counts stored images,
 as IDC does). `syn.init=mix` is IDC's initialisation for it (`condense.py` 54-73): f^2 real
-images per stored image, each downsampled to a crop and tiled.
+images per stored image, each downsampled to a crop and tiled. 'generator' (GLaD's interface):
+the stored set is latents `(C, ipc, Z)` and the images are G(latents) for a user-supplied Flax
+module and its parameters (`load_generator`); G is fixed, the latents learned.
 """
 
 from __future__ import annotations
 
+import importlib
+import pathlib
+
+import flax.linen as nn
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,18 +33,27 @@ from jaxdd import baselines, step
 # `syn.init` choices.
 INITS = ("real", "groups", "mix", "noise", *baselines.BASELINES)
 # `syn.param` choices: how stored images decode to training images.
-PARAMS = ("pixels", "factorized")
+PARAMS = ("pixels", "factorized", "generator")
 
 
 def decode(
-    images: jax.Array, labels: jax.Array, *, param: str = "pixels", factor: int = 1
+    images: jax.Array,
+    labels: jax.Array,
+    params: object = None,
+    *,
+    param: str = "pixels",
+    factor: int = 1,
 ) -> tuple[jax.Array, jax.Array]:
     """The training images of a stored set: `(C, n, H, W, Ch)`, `(C, n)` -> `(C, n', H, W, Ch)`,
     `(C, n')`, with n' = n for 'pixels' and f^2 n for 'factorized' (crop (i, j) of every stored
     image, for i, j in row-major order, as IDC's `decode_zoom`). Differentiable and jittable;
-    H and W must be multiples of `factor`."""
+    H and W must be multiples of `factor`. `params` (a `step.DecodeFn`'s decoder parameters) is
+    unused."""
+    del params
     if param == "pixels":
         return images, labels
+    if param == "generator":
+        raise ValueError("syn.param='generator' decodes with its module: use generator_decoder.")
     if param != "factorized":
         raise ValueError(f"unknown syn.param {param!r}; expected one of {PARAMS}.")
     num_classes, n, height, width, channels = images.shape
@@ -51,6 +67,69 @@ def decode(
     decoded = jax.image.resize(crops, (*crops.shape[:2], height, width, channels), "bilinear")
     # Along the image axis, for (C, n) hard and (C, n, C) soft labels alike.
     return decoded, jnp.concatenate([labels] * factor**2, axis=1)
+
+
+def load_generator(spec: str, checkpoint: str, latent_dim: int) -> tuple[nn.Module, object]:
+    """The user's generator: `spec` = 'package.module:Name' names a flax.linen Module class (or
+    a function returning a Module) built without arguments, mapping `(n, latent_dim)` latents
+    to `(n, H, W, Ch)` images in the dataset's normalised space; `checkpoint` is its parameters
+    as written by `flax.serialization.to_bytes(params)` (the structure is read from
+    `module.init` on one latent).
+
+    Raises:
+      ValueError: a malformed spec, a module that cannot be imported or built, or a checkpoint
+        that does not hold this module's parameters; FileNotFoundError: no checkpoint file.
+    """
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(
+            f"syn.generator={spec!r}: expected 'package.module:Name', a flax Module class "
+            "importable from the Python path."
+        )
+    try:
+        module = getattr(importlib.import_module(module_name), attribute)()
+    except (ImportError, AttributeError, TypeError) as e:
+        raise ValueError(f"syn.generator={spec!r} could not be built: {e}") from e
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"syn.generator={spec!r} built a {type(module).__name__}, not a Module.")
+    path = pathlib.Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"syn.generator_checkpoint={checkpoint!r} does not exist; write the generator's "
+            "parameters with flax.serialization.to_bytes(params)."
+        )
+    template = module.init(jax.random.key(0), jnp.zeros((1, latent_dim)))["params"]
+    try:
+        params = flax.serialization.from_bytes(template, path.read_bytes())
+        restored = dict(jax.tree_util.tree_leaves_with_path(params))
+        mismatched = [
+            jax.tree_util.keystr(where)
+            for where, want in jax.tree_util.tree_leaves_with_path(template)
+            if where not in restored or np.shape(restored[where]) != want.shape
+        ]  # from_bytes restores whatever shapes the file holds.
+    except (ValueError, KeyError, TypeError) as e:
+        mismatched = [str(e)]
+    if mismatched:
+        raise ValueError(
+            f"{path} does not hold {spec}'s parameters for latent_dim={latent_dim} "
+            f"(mismatched: {', '.join(mismatched[:3])})."
+        )
+    return module, params
+
+
+def generator_decoder(module: nn.Module):
+    """The `step.DecodeFn` of 'generator': `(C, n, Z)` latents, labels and G's parameters ->
+    `(C, n, H, W, Ch)` = G(latents), labels unchanged. The parameters are an argument (the
+    step's `RealData.decoder`), never closed over, so XLA does not fold them into the program."""
+
+    def decode_latents(
+        latents: jax.Array, labels: jax.Array, params: object
+    ) -> tuple[jax.Array, jax.Array]:
+        num_classes, n = latents.shape[:2]
+        images = module.apply({"params": params}, latents.reshape(num_classes * n, -1))
+        return images.reshape(num_classes, n, *images.shape[1:]), labels
+
+    return decode_latents
 
 
 def mix_init(

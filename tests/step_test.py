@@ -385,7 +385,7 @@ def test_factorized_step_learns_the_stored_images_through_their_decoding(run):
     assert np.isfinite(float(metrics["loss"]))
     again, _ = step_fn(state, jax.random.key(7), real)
     np.testing.assert_array_equal(again.images, new.images)  # Deterministic.
-    decoded, labels = step.synthetic_arrays(new, build.create_decoder(config))
+    decoded, labels = step.synthetic_arrays(new, build.create_decoder(config)[0])
     assert decoded.shape == (3 * 2 * 4, *image_shape) and labels.shape == (24,)
 
 
