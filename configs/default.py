@@ -85,6 +85,10 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     config.match.unroll_steps = 10  # risk family: T unrolled SGD steps.
     config.match.unroll_lr = 0.01  # risk family: learning rate of the unrolled steps.
     config.match.unroll_remat = "nested"  # risk family: nested (O(sqrt T) memory) | step | none.
+    # risk family, truncated (RaT-BPTT): back-propagate only the last unroll_window steps of an
+    # unroll whose length is drawn in [window, unroll_steps] every update; 0 = all steps.
+    config.match.unroll_window = 0
+    config.match.unroll_optimizer = "sgd"  # risk family: inner optimiser, sgd | adam.
 
     config.robust = ml_collections.ConfigDict()
     config.robust.risk = "cvar"  # mean (ERM) | cvar | max | mean+max.

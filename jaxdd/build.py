@@ -158,6 +158,8 @@ def create_losses_fn(config: ml_collections.ConfigDict, apply_fn: matching.Apply
             num_steps=config.match.unroll_steps,
             learning_rate=config.match.unroll_lr,
             remat=config.match.unroll_remat,
+            window=config.match.unroll_window,
+            optimizer=config.match.unroll_optimizer,
         )
     return functools.partial(matching.FAMILIES[config.match.family], **kwargs)
 

@@ -171,7 +171,8 @@ _POSITIVE = (
     "eval.select_num_models", "eval.global_k", "eval.per_class_k", "checkpoint.every",
 )  # fmt: skip
 _NON_NEGATIVE = (
-    "seed", "data.image_size", "syn.latent_dim", "match.group_batch", "eval.select_every",
+    "seed", "data.image_size", "syn.latent_dim", "match.group_batch", "match.unroll_window",
+    "eval.select_every",
     "distributed.num_devices", "distributed.process_id",
 )  # fmt: skip
 # Fields that may also be -1 ("as DC": see configs/default.py), else at least the minimum.
@@ -362,6 +363,13 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "robust.risk", risk.RISKS)
     _check_choice(config, "syn.init", synthetic.INITS)
     _check_choice(config, "match.unroll_remat", matching.REMATS)
+    _check_choice(config, "match.unroll_optimizer", matching.UNROLL_OPTIMIZERS)
+    if config.match.unroll_window > config.match.unroll_steps:
+        _fail(
+            "match.unroll_window",
+            config.match.unroll_window,
+            f"at most match.unroll_steps={config.match.unroll_steps} (0: all steps)",
+        )
     for field in ("match.augment", "eval.augment"):
         try:
             augment.parse_strategy(_get(config, field))
@@ -424,6 +432,8 @@ _ADDED_FIELDS = {
     "syn.generator": "",
     "syn.generator_checkpoint": "",
     "syn.latent_dim": 0,
+    "match.unroll_window": 0,
+    "match.unroll_optimizer": "sgd",
 }
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.typing import ArrayLike
 
 from jaxdd import augment as augment_lib
@@ -218,6 +219,9 @@ def distribution(
 
 
 REMATS = ("nested", "step", "none")
+# The unrolled inner training's optimiser (`match.unroll_optimizer`): plain SGD, or Adam as
+# RaT-BPTT's inner loop.
+UNROLL_OPTIMIZERS = ("sgd", "adam")
 
 
 def _nested_remat_scan(body: Callable, carry: Any, xs: jax.Array, *, segment: int) -> Any:
@@ -255,8 +259,17 @@ def unrolled_training(
     augment_fn: AugmentFn = no_augment,
     remat: str = "nested",
     unroll: int | bool = 1,
+    window: int = 0,
+    optimizer: str = "sgd",
 ) -> Any:
     """T full-batch SGD steps on (images, labels) inside the graph, differentiable in `images`.
+
+    Truncated (`0 < window < T`, RaT-BPTT: Feng, Vedantam and Kempe, ICLR 2024,
+    `fengyzpku/RaT-BPTT`): each call draws an unroll length N uniformly in [window, T] (from
+    `key`), runs the first N - window steps without gradient and back-propagates through the
+    last `window` only; the trained network is the one after N steps. `optimizer` 'adam' runs
+    Adam (optax defaults, `learning_rate`) instead of SGD, its state carried through the
+    unroll.
 
     `remat` sets what the backward pass stores (`REMATS`):
       - "nested" (default): segments of ceil(sqrt(T)) steps, each rematerialised
@@ -277,6 +290,16 @@ def unrolled_training(
     """
     if remat not in REMATS:
         raise ValueError(f"unknown remat {remat!r}; expected one of {REMATS}.")
+    if optimizer not in UNROLL_OPTIMIZERS:
+        raise ValueError(f"unknown unroll optimizer {optimizer!r}; expected {UNROLL_OPTIMIZERS}.")
+    if not 0 <= window <= num_steps:
+        raise ValueError(f"window={window} must lie in [0, num_steps={num_steps}] (0: all).")
+    if optimizer != "sgd" or 0 < window < num_steps:
+        return _truncated_training(
+            params, images, labels, key=key, apply_fn=apply_fn, num_steps=num_steps,
+            learning_rate=learning_rate, augment_fn=augment_fn, remat=remat,
+            window=window or num_steps, optimizer=optimizer,
+        )  # fmt: skip
 
     def sgd_step(params, step_key):
         grads = jax.grad(functools.partial(mean_cross_entropy, apply_fn))(
@@ -293,6 +316,51 @@ def unrolled_training(
     return params
 
 
+def _truncated_training(
+    params: Any,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    key: jax.Array,
+    apply_fn: ApplyFn,
+    num_steps: int,
+    learning_rate: ArrayLike,
+    augment_fn: AugmentFn,
+    remat: str,
+    window: int,
+    optimizer: str,
+) -> Any:
+    """`unrolled_training` with an optax inner optimiser and a random back-propagated window."""
+    inner = optax.sgd(learning_rate) if optimizer == "sgd" else optax.adam(learning_rate)
+    grad_fn = jax.grad(functools.partial(mean_cross_entropy, apply_fn))
+
+    def train_step(train_images):
+        def body(carry, step_key):
+            params, opt_state = carry
+            grads = grad_fn(params, augment_fn(train_images, step_key), labels)
+            updates, opt_state = inner.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), None
+
+        return body
+
+    length_key, prefix_key, window_key = jax.random.split(key, 3)
+    prefix = jax.random.randint(length_key, (), 0, num_steps - window + 1)
+    carry = (params, inner.init(params))
+    # The prefix runs without gradient: nothing of it is stored for the backward pass.
+    prefix_step = train_step(jax.lax.stop_gradient(images))
+    carry = jax.lax.fori_loop(
+        0, prefix, lambda i, c: prefix_step(c, jax.random.fold_in(prefix_key, i))[0], carry
+    )
+    carry = jax.lax.stop_gradient(carry)
+    keys = jax.random.split(window_key, window)
+    step = train_step(images)
+    if remat == "nested":
+        segment = max(1, int(np.ceil(np.sqrt(window))))
+        return _nested_remat_scan(step, carry, keys, segment=segment)[0]
+    body = jax.checkpoint(step) if remat == "step" else step
+    return jax.lax.scan(body, carry, keys)[0][0]
+
+
 def risk(
     params: Any,
     syn_images: jax.Array,
@@ -307,13 +375,16 @@ def risk(
     remat: str = "nested",
     unroll: int | bool = 1,
     group_batch: int = 0,
+    window: int = 0,
+    optimizer: str = "sgd",
 ) -> jax.Array:
     """Risk matching: cross-entropy on each group of a network trained on S for T steps.
 
     `params` is the initialisation (fresh per step); training runs on the whole synthetic set
     with `unrolled_training`, then every group's real batch is scored by the trained network.
-    The gradient w.r.t. `syn_images` flows back through the whole unroll. The groups are
-    scored `group_batch` at a time (0 = all in one vmap).
+    The gradient w.r.t. `syn_images` flows back through the whole unroll, or its last
+    `window` steps of a random-length unroll (truncated, RaT-BPTT; `unrolled_training`). The
+    groups are scored `group_batch` at a time (0 = all in one vmap).
 
     Returns:
       (C, K) losses.
@@ -331,6 +402,8 @@ def risk(
         augment_fn=augment_fn,
         remat=remat,
         unroll=unroll,
+        window=window,
+        optimizer=optimizer,
     )
 
     def group_loss(args) -> jax.Array:

@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxdd import matching, models
@@ -237,3 +238,81 @@ def test_nested_remat_peak_memory_grows_sublinearly(setup):
     # less than 4x the memory, and less than per-step remat at T=64.
     assert nested[64] < step[64]
     assert nested[64] - nested[16] < 0.5 * (step[64] - step[16])
+
+
+def _optax_loop(apply_fn, params, images, labels, *, steps, optimizer, lr):
+    """Reference: a plain Python loop of optax steps (no augmentation)."""
+    inner = optax.adam(lr) if optimizer == "adam" else optax.sgd(lr)
+    grad = jax.jit(jax.grad(functools.partial(matching.mean_cross_entropy, apply_fn)))
+    state = inner.init(params)
+    for _ in range(steps):
+        updates, state = inner.update(grad(params, images, labels), state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def test_unrolled_adam_is_a_loop_of_adam_steps(setup):
+    _, _, syn, _, labels = setup
+    images, flat_labels = syn.reshape(-1, HW, HW, 1), labels.reshape(-1)
+    # No normalisation: instance norm gives the conv biases an exactly-zero gradient whose float
+    # noise Adam scales to +-lr steps, differently in an eager loop and a compiled scan.
+    model = models.instantiate("convnet", num_classes=C, width=8, depth=2, norm="none")
+    params = models.init_params(model, jax.random.key(0), (HW, HW, 1))
+    apply_fn = lambda p, x: model.apply({"params": p}, x)
+    for remat in matching.REMATS:
+        trained = matching.unrolled_training(
+            params, images, flat_labels, key=jax.random.key(0), apply_fn=apply_fn,
+            num_steps=4, learning_rate=0.01, remat=remat, optimizer="adam",
+        )  # fmt: skip
+        expected = _optax_loop(
+            apply_fn, params, images, flat_labels, steps=4, optimizer="adam", lr=0.01
+        )
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), trained, expected
+        )
+
+
+def test_truncated_unroll_backpropagates_only_its_window(setup):
+    """RaT-BPTT: N ~ U[window, T] steps, the gradient through the last `window` only; the
+    forward equals N plain steps, the gradient that of the window from the prefix's result."""
+    apply_fn, params, syn, _, labels = setup
+    images, flat_labels = syn.reshape(-1, HW, HW, 1), labels.reshape(-1)
+    key, total, window = jax.random.key(3), 6, 2
+    train = lambda x: matching.unrolled_training(
+        params, x, flat_labels, key=key, apply_fn=apply_fn, num_steps=total,
+        learning_rate=0.1, window=window, remat="step",
+    )  # fmt: skip
+    prefix = int(jax.random.randint(jax.random.split(key, 3)[0], (), 0, total - window + 1))
+    forward = _optax_loop(
+        apply_fn, params, images, flat_labels, steps=prefix + window, optimizer="sgd", lr=0.1
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), train(images), forward
+    )
+    start = _optax_loop(
+        apply_fn, params, images, flat_labels, steps=prefix, optimizer="sgd", lr=0.1
+    )
+    through_window = lambda x: sum(
+        jnp.sum(leaf)
+        for leaf in jax.tree.leaves(
+            matching.unrolled_training(
+                start,
+                x,
+                flat_labels,
+                key=key,
+                apply_fn=apply_fn,
+                num_steps=window,
+                learning_rate=0.1,
+                remat="none",
+            )  # fmt: skip
+        )
+    )
+    total_sum = lambda x: sum(jnp.sum(leaf) for leaf in jax.tree.leaves(train(x)))
+    np.testing.assert_allclose(
+        jax.grad(total_sum)(images), jax.grad(through_window)(images), rtol=1e-3, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="window=7 must lie in"):
+        matching.unrolled_training(
+            params, images, flat_labels, key=key, apply_fn=apply_fn, num_steps=6,
+            learning_rate=0.1, window=7,
+        )  # fmt: skip
