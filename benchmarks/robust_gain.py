@@ -134,8 +134,10 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
         reports = [harness.with_rare_means(r["report"]) for r in rows]
         columns = [c for c in COLUMNS if any(c in rep for rep in reports)]
         lines += [f"## {dataset}, " + (f"IPC {ipc}" if ipc else "full data only"), ""]
-        lines.append("| method | seeds | " + " | ".join(COLUMNS[c] for c in columns) + " |")
-        lines.append("|---" * (len(columns) + 2) + "|")
+        lines.append(
+            "| method | seeds | labels | " + " | ".join(COLUMNS[c] for c in columns) + " |"
+        )
+        lines.append("|---" * (len(columns) + 3) + "|")
         for method in METHODS:
             runs = [r for r in rows if r["method"] == method]
             if not runs:
@@ -145,7 +147,9 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
             for c in columns:
                 values = np.array([rep[c] for rep in method_reports if c in rep], float)
                 cells.append(f"{values.mean():.1f} ± {values.std():.1f}" if len(values) else "")
-            lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
+            # Hard and soft labels are never mixed in a comparison: every row says which.
+            label_types = "/".join(sorted({r["report"].get("label_type", "hard") for r in runs}))
+            lines.append(f"| {method} | {len(runs)} | {label_types} | " + " | ".join(cells) + " |")
         lines.append("")
         lines += paired_lines(rows)
         settings = sorted({json.dumps(r.get("settings", {}), sort_keys=True) for r in rows})
