@@ -120,7 +120,8 @@ def compute_group_losses(
         # inside shard_map would psum its gradient over devices, so the per-group real
         # gradients (w.r.t. params) and this device's share of the synthetic-set gradient
         # are taken w.r.t. per-device copies. shard_map's transpose sums the latter.
-        params, syn_images = _to_varying((params, syn_images), axis)
+        # Learned (soft) labels are differentiated too, so they get per-device copies as well.
+        params, syn_images, labels = _to_varying((params, syn_images, labels), axis)
         return losses_fn(params, syn_images, labels=labels, real=images[index], key=key)
 
     losses = jax.shard_map(

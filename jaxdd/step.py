@@ -98,7 +98,9 @@ class State:
     """Everything a distillation run evolves; a checkpoint is exactly this pytree."""
 
     step: jax.Array  # () int32, number of iterations done.
-    images: jax.Array  # (C, ipc, H, W, Ch) synthetic images, in the dataset's normalised space.
+    # (C, ipc, H, W, Ch) stored images in the dataset's normalised space ((C, ipc, Z) latents for
+    # a generator; `jaxdd.synthetic.decode` makes the training images).
+    images: jax.Array
     # (C, ipc) int32 hard labels, or (C, ipc, C) float32 logits of learned soft labels.
     labels: jax.Array
     # Optimiser state of the images, or of {'images', 'labels'} when the labels are learned.

@@ -35,7 +35,7 @@ def _run_worker(tmp_path: pathlib.Path, check: str) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("family", ["gradient", "distribution", "risk"])
+@pytest.mark.parametrize("family", ["gradient", "distribution", "risk", "gradient+labels"])
 def test_step_on_4_devices_matches_one_device(tmp_path, family):
     result = _run_worker(tmp_path, family)
     assert result["devices"] == 4
@@ -49,6 +49,10 @@ def test_step_on_4_devices_matches_one_device(tmp_path, family):
         moved = np.abs(np.subtract(r["images_single"], r["images_init"])).max()
         assert moved > 1e-4, num_clusters
         np.testing.assert_allclose(r["grad_norm_mesh"], r["grad_norm_single"], rtol=2e-4)
+        # Learned labels: their gradient is summed over devices once, as the images'.
+        np.testing.assert_allclose(r["labels_mesh"], r["labels_single"], rtol=2e-4, atol=2e-6)
+        if family.endswith("+labels"):
+            assert np.abs(np.subtract(r["labels_single"], r["labels_init"])).max() > 1e-4
 
 
 def test_run_uses_all_devices_and_matches_one_device(tmp_path):
@@ -72,7 +76,8 @@ def _step_check(family: str) -> dict:
     for num_clusters in (2, 4):
         config = smoke.get_config()
         config.model.width, config.model.depth = 8, 2
-        config.match.family = family
+        config.match.family, _, learned = family.partition("+")
+        config.syn.learn_labels, config.syn.label_lr = bool(learned), 1.0
         config.match.num_real = 4
         config.cluster.num_clusters = num_clusters
         num_classes, per_class = 3, 16
@@ -100,6 +105,9 @@ def _step_check(family: str) -> dict:
             "images_mesh": np.asarray(mesh_state.images).tolist(),
             "grad_norm_single": float(single["grad_norm"]),
             "grad_norm_mesh": float(sharded["grad_norm"]),
+            "labels_init": np.asarray(state.labels).tolist(),
+            "labels_single": np.asarray(single_state.labels).tolist(),
+            "labels_mesh": np.asarray(mesh_state.labels).tolist(),
         }
     return {"devices": jax.device_count(), "runs": runs}
 
