@@ -20,7 +20,14 @@ from jax.typing import ArrayLike
 from jaxdd import shifts
 from jaxdd.data import splits
 
-__all__ = ["RARE_TRANSFORMS", "RareDataset", "make_rare", "minority_mask", "rare_count"]
+__all__ = [
+    "RARE_TRANSFORMS",
+    "RareDataset",
+    "check_minority_split",
+    "make_rare",
+    "minority_mask",
+    "rare_count",
+]
 
 # Each transform maps float32 `(N, H, W, C)` pixels in [0, 1] to the same shape and range, and is
 # a fixed, seed-free function, so "the minority" is one well-defined subpopulation. Read-only:
@@ -154,23 +161,32 @@ def _check_arguments(dataset: splits.Dataset, transform: str, fraction: float) -
         raise ValueError(
             f"Unknown rare transform {transform!r}; expected one of {tuple(RARE_TRANSFORMS)}."
         )
+    check_minority_split(dataset, fraction, name="fraction", benchmark="a rare subpopulation")
+    height, width, _ = dataset.image_shape
+    if transform == "rotate90" and height != width:
+        raise ValueError(
+            f"The 'rotate90' transform needs square images (a quarter turn would change the "
+            f"image shape); got H x W = {height} x {width}. Use 'invert' or 'blur' instead."
+        )
+
+
+def check_minority_split(
+    dataset: splits.Dataset, fraction: float, *, name: str, benchmark: str
+) -> None:
+    """The checks every minority benchmark (rare, spurious) shares: the minority share
+    `fraction` (argument `name`) in (0, 0.5), and two or more train images in every class so
+    that each has a minority and a majority example."""
     if not 0.0 < fraction < 0.5:
         raise ValueError(
-            f"fraction must be strictly between 0 and 0.5 so that the minority stays a "
+            f"{name} must be strictly between 0 and 0.5 so that the minority stays a "
             f"minority; got {fraction}."
         )
     counts = np.bincount(dataset.train.labels, minlength=dataset.num_classes)
     if counts.min() < 2:
         sparse = np.flatnonzero(counts < 2).tolist()
         raise ValueError(
-            f"Cannot make a rare subpopulation: class(es) {sparse} have fewer than 2 train "
-            "examples; every class needs at least one minority and one majority example."
-        )
-    height, width, _ = dataset.image_shape
-    if transform == "rotate90" and height != width:
-        raise ValueError(
-            f"The 'rotate90' transform needs square images (a quarter turn would change the "
-            f"image shape); got H x W = {height} x {width}. Use 'invert' or 'blur' instead."
+            f"Cannot make {benchmark}: class(es) {sparse} have fewer than 2 train examples; "
+            "every class needs at least one minority and one majority example."
         )
 
 

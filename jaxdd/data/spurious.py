@@ -76,18 +76,12 @@ def make_spurious(
         raise ValueError(
             f"Unknown spurious attribute {attribute!r}; expected one of {SPURIOUS_ATTRIBUTES}."
         )
-    if not 0.0 < conflict_fraction < 0.5:
-        raise ValueError(
-            f"conflict_fraction must be strictly between 0 and 0.5 so that the colour stays "
-            f"correlated with the class; got {conflict_fraction}."
-        )
-    counts = np.bincount(dataset.train.labels, minlength=dataset.num_classes)
-    if counts.min() < 2:
-        sparse = np.flatnonzero(counts < 2).tolist()
-        raise ValueError(
-            f"Cannot make a spurious-correlation benchmark: class(es) {sparse} have fewer than "
-            "2 train examples; every class needs a bias-aligned and a bias-conflicting example."
-        )
+    rare.check_minority_split(
+        dataset,
+        conflict_fraction,
+        name="conflict_fraction",
+        benchmark="a spurious-correlation benchmark",
+    )
     num_classes = dataset.num_classes
     colors = palette(num_classes)
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)]
