@@ -27,6 +27,7 @@ __all__ = [
     "make_rare",
     "minority_mask",
     "rare_count",
+    "renormalised",
 ]
 
 # Each transform maps float32 `(N, H, W, C)` pixels in [0, 1] to the same shape and range, and is
@@ -133,20 +134,8 @@ def make_rare(
         masks[name] = minority_mask(split.labels, dataset.num_classes, num_minority[name], rng)
         pixels[name] = dataset.denormalize(split.images)  # A fresh float32 copy.
         pixels[name][masks[name]] = np.asarray(apply(pixels[name][masks[name]]))
-    mean, std = splits.channel_stats(pixels["train"])
-    rare = splits.Dataset(
-        name=f"{dataset.name}+rare-{transform}",
-        **{
-            name: splits.normalised_split(pixels[name], dataset.split(name).labels, mean, std)
-            for name in splits.SPLIT_NAMES
-        },
-        mean=mean,
-        std=std,
-        class_names=dataset.class_names,
-        num_classes=dataset.num_classes,
-    )
     return RareDataset(
-        dataset=rare,
+        dataset=renormalised(dataset, pixels, name=f"{dataset.name}+rare-{transform}"),
         transform=transform,
         fraction=fraction,
         train_minority=masks["train"],
@@ -168,6 +157,26 @@ def _check_arguments(dataset: splits.Dataset, transform: str, fraction: float) -
             f"The 'rotate90' transform needs square images (a quarter turn would change the "
             f"image shape); got H x W = {height} x {width}. Use 'invert' or 'blur' instead."
         )
+
+
+def renormalised(
+    dataset: splits.Dataset, pixels: dict[str, np.ndarray], *, name: str
+) -> splits.Dataset:
+    """`dataset` with its splits' images replaced by `pixels` (split name -> [0, 1] images in
+    the same row order), standardised with the new train split's statistics (IN PLACE, as
+    `splits.normalised_split`), under `name`."""
+    mean, std = splits.channel_stats(pixels["train"])
+    return splits.Dataset(
+        name=name,
+        **{
+            split: splits.normalised_split(pixels[split], dataset.split(split).labels, mean, std)
+            for split in splits.SPLIT_NAMES
+        },
+        mean=mean,
+        std=std,
+        class_names=dataset.class_names,
+        num_classes=dataset.num_classes,
+    )
 
 
 def check_minority_split(

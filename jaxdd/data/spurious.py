@@ -99,20 +99,8 @@ def make_spurious(
             shift = rng.integers(1, num_classes, size=len(labels))
             color_of = np.where(masks[name], (labels + shift) % num_classes, labels)
         pixels[name] = colorize(dataset.denormalize(dataset.split(name).images), colors[color_of])
-    mean, std = splits.channel_stats(pixels["train"])
-    coloured = splits.Dataset(
-        name=f"{dataset.name}+{attribute}",
-        **{
-            name: splits.normalised_split(pixels[name], dataset.split(name).labels, mean, std)
-            for name in splits.SPLIT_NAMES
-        },
-        mean=mean,
-        std=std,
-        class_names=dataset.class_names,
-        num_classes=num_classes,
-    )
     return rare.RareDataset(
-        dataset=coloured,
+        dataset=rare.renormalised(dataset, pixels, name=f"{dataset.name}+{attribute}"),
         transform=attribute,
         fraction=conflict_fraction,
         train_minority=masks["train"],
