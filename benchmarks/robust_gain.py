@@ -82,14 +82,20 @@ def record_key(record: dict) -> tuple:
     return record["dataset"], record["ipc"], record["seed"], record["method"]
 
 
-def run_method(method: str, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-    """The test report (eval.json's) of `method`'s set under `config`."""
+def run_method(
+    method: str,
+    config: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    overridden: frozenset[str] = frozenset(),
+) -> dict:
+    """The test report (eval.json's) of `method`'s set under `config` (`overridden`: the
+    fields `--set` gave, which the reference mode's own values do not replace)."""
     risk, _, init = method.partition("+")
     if method == "reference":
         reference = jaxdd.load_config(
             harness.REPO / "configs" / f"rdd_reference.py:{config.data.name}"
         )
-        for field in REFERENCE_FIELDS:
+        for field in set(REFERENCE_FIELDS) - overridden:
             section, key = field.split(".")
             config[section][key] = reference[section][key]
         return jaxdd.distill(config, workdir).report
@@ -280,7 +286,12 @@ def run_missing(args: argparse.Namespace, records: list[dict], path: pathlib.Pat
                         "set": harness.parse_overrides(args.set),
                     }
                     with tempfile.TemporaryDirectory() as workdir:
-                        result = run_method(method, config, pathlib.Path(workdir))
+                        result = run_method(
+                            method,
+                            config,
+                            pathlib.Path(workdir),
+                            frozenset(harness.parse_overrides(args.set)),
+                        )
                     record = {
                         "dataset": dataset, "ipc": key[1], "seed": key[2], "method": method,
                         "seconds": timer(), "report": result, "settings": settings,
