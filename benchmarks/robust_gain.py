@@ -204,7 +204,9 @@ def paired_lines(rows: list[dict]) -> list[str]:
             "half-width; per seed):  "
         )
         for key, label in PAIRED:
-            differences = [robust[key] - erm[key] for erm, robust in pairs if key in erm]
+            differences = [
+                robust[key] - erm[key] for erm, robust in pairs if key in erm and key in robust
+            ]
             if not differences:
                 continue
             mean, half = harness.paired_interval(differences)
