@@ -131,6 +131,11 @@ def _trained(images: jax.Array, labels: jax.Array) -> Any:
     return {"images": images, "labels": labels} if learned(labels) else images
 
 
+def _untrained(trained: Any, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`_trained`'s inverse: (images, labels) of the optimised pytree (`labels` the state's)."""
+    return (trained["images"], trained["labels"]) if learned(labels) else (trained, labels)
+
+
 def init_state(
     *, images: jax.Array, labels: jax.Array, syn_optimizer: optax.GradientTransformation
 ) -> State:
@@ -304,9 +309,7 @@ def _update_images(
 
     def losses(trained):
         # The stored set is what is learned; the losses see the images it decodes to.
-        stored, stored_labels = (
-            (trained["images"], trained["labels"]) if learned(labels) else (trained, labels)
-        )
+        stored, stored_labels = _untrained(trained, labels)
         decoded, targets = decode_fn(stored, label_targets(stored_labels))
         return group_losses_fn(decoded, labels=targets)
 
@@ -317,9 +320,7 @@ def _update_images(
     (value, group_losses), grads = jax.value_and_grad(objective, has_aux=True)(trained)
     updates, opt_state = syn_optimizer.update(grads, opt_state, trained)
     trained = optax.apply_updates(trained, updates)
-    images, labels = (
-        (trained["images"], trained["labels"]) if learned(labels) else (trained, labels)
-    )
+    images, labels = _untrained(trained, labels)
     flat = group_losses.reshape(-1)
     metrics = {
         "loss": value,
