@@ -121,7 +121,14 @@ def cvar(
     sorted_losses = jnp.take_along_axis(losses, order, axis=axis)
     sorted_weights = jnp.take_along_axis(weights, order, axis=axis)
     alpha = jnp.asarray(alpha, dtype=losses.dtype)
-    mass_before = jnp.cumsum(sorted_weights, axis=axis) - sorted_weights
+    # The mass strictly before each loss, summed directly: `cumsum - w` would cancel
+    # catastrophically after a heavy weight and misplace the tail boundary when alpha is small.
+    inclusive = jnp.cumsum(sorted_weights, axis=axis)
+    mass_before = jnp.concatenate(
+        [jnp.zeros_like(jax.lax.slice_in_dim(inclusive, 0, 1, axis=axis)),
+         jax.lax.slice_in_dim(inclusive, 0, inclusive.shape[axis] - 1, axis=axis)],
+        axis=axis,
+    )
     tail = jnp.minimum(sorted_weights, jnp.maximum(alpha - mass_before, 0.0))
     # `tail` is built from the weights alone, never from the loss values, so the gradient
     # w.r.t. the losses is exactly `tail / alpha` scattered back through the sort.
