@@ -102,7 +102,7 @@ def problem(config, image_shape):
     """(model, real, state) of `config` on mock data of `image_shape`, 10 classes."""
     model = build.create_model(config, 10, image_shape)
     real = mock_real(config, image_shape)
-    return model, real, build.create_state(config, real, key=jax.random.key(0))
+    return model, real, build.create_state(config, real, key=jax.random.key(0), model=model)
 
 
 def _objective(config, model, state, real, *, remat=None, unroll=1):

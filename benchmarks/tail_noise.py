@@ -83,7 +83,9 @@ def measure(
     groups = build.create_groups(config, dataset, key=cluster_key)
     model = build.create_model(config, dataset.num_classes, dataset.image_shape)
     real = step.RealData(images=jnp.asarray(dataset.train.images), groups=groups)
-    state = build.create_state(config, real, key=init_key, train_labels=dataset.train.labels)
+    state = build.create_state(
+        config, real, key=init_key, train_labels=dataset.train.labels, model=model
+    )
     step_fn = build.create_step(config, model, dataset.image_shape)
     for iteration in range(after):
         state, _ = step_fn(state, jax.random.fold_in(init_key, iteration), real)

@@ -62,7 +62,7 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     config.cluster.pool = 256  # voronoi: real images per class per update (DC's batch_real).
 
     config.match = ml_collections.ConfigDict()
-    config.match.family = "gradient"  # gradient | distribution | risk.
+    config.match.family = "gradient"  # gradient | distribution | risk | krr.
     # m: real samples drawn per group per update; K * m = 256 is DC's batch_real per class.
     config.match.num_real = 64
     config.match.augment = DSA_STRATEGY  # DSA strategy; 'none' = off.
@@ -89,6 +89,12 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     # unroll whose length is drawn in [window, unroll_steps] every update; 0 = all steps.
     config.match.unroll_window = 0
     config.match.unroll_optimizer = "sgd"  # risk family: inner optimiser, sgd | adam.
+    # Networks that outlive their iteration (FRePo's pool): 0 = a fresh network every
+    # iteration (DC, DM); P > 0 = P networks trained online on the synthetic set, one drawn per
+    # iteration, each re-initialised after net_max_updates updates (FRePo: 10 and 100).
+    config.match.net_pool = 0
+    config.match.net_max_updates = 100
+    config.match.krr_ridge = 1e-6  # krr family: ridge, times the kernel's mean diagonal.
 
     config.robust = ml_collections.ConfigDict()
     config.robust.risk = "cvar"  # mean (ERM) | cvar | max | mean+max.

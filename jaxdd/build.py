@@ -72,12 +72,17 @@ def create_model(
 
 def loops(config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(outer_loop, inner_loop) of an iteration: the configured values, where -1 takes DC's
-    `get_loops(ipc)` for the gradient family and (1, 0), a fresh network for every update, for
-    the others (see `jaxdd.step`)."""
+    `get_loops(ipc)` for the gradient family, (1, 1) for krr (FRePo's online step) and (1, 0),
+    a fresh network for every update, for the others (see `jaxdd.step`)."""
     outer, inner = config.match.outer_loop, config.match.inner_loop
     if -1 not in (outer, inner):
         return outer, inner
-    default = step.dc_loops(config.ipc) if config.match.family == "gradient" else (1, 0)
+    if config.match.family == "gradient":
+        default = step.dc_loops(config.ipc)
+    elif config.match.family == "krr":
+        default = (1, 1)  # One update, then one online epoch of the pool's network (FRePo).
+    else:
+        default = (1, 0)
     return (default[0] if outer == -1 else outer, default[1] if inner == -1 else inner)
 
 
@@ -161,6 +166,8 @@ def create_losses_fn(config: ml_collections.ConfigDict, apply_fn: matching.Apply
             window=config.match.unroll_window,
             optimizer=config.match.unroll_optimizer,
         )
+    if config.match.family == "krr":
+        kwargs["ridge"] = config.match.krr_ridge
     return functools.partial(matching.FAMILIES[config.match.family], **kwargs)
 
 
@@ -201,6 +208,7 @@ def create_step(
         pool_size=config.cluster.pool,
         net_train=config.match.net_train,
         decode_fn=decode_fn,
+        pool_max_updates=config.match.net_max_updates,
     )
     # `fast_compile`: the step's time goes to library GEMMs and convolutions (see jaxdd.xla).
     if mesh is None:
@@ -218,10 +226,12 @@ def create_state(
     *,
     key: jax.Array,
     train_labels: np.ndarray | None = None,
+    model=None,
 ) -> step.State:
     """The initial state; `syn.init` is one of `synthetic.INITS` (a coreset needs
-    `train_labels`)."""
-    syn_key, _ = jax.random.split(key)  # As before the network left the state: same sets.
+    `train_labels`). With `match.net_pool` > 0, a `step.PooledState` whose pool holds fresh
+    networks of `model` (required then)."""
+    syn_key, pool_key = jax.random.split(key)  # As before the network left the state: same sets.
     images, labels = synthetic.initial_set(
         config.syn.init,
         real,
@@ -235,4 +245,21 @@ def create_state(
         images = jax.random.normal(syn_key, (*labels.shape[:2], config.syn.latent_dim))
     if config.syn.learn_labels:
         labels = step.soft_label_logits(labels, num_classes=labels.shape[0])
-    return step.init_state(images=images, labels=labels, syn_optimizer=create_syn_optimizer(config))
+    pool = None
+    if config.match.net_pool:
+        if model is None:
+            raise ValueError(
+                f"config.match.net_pool={config.match.net_pool} keeps networks in the state: "
+                "pass the model to build.create_state(..., model=...)."
+            )
+        image_shape = real.images.shape[1:]
+        pool = step.init_pool(
+            lambda k: models.init_params(model, k, image_shape),
+            create_net_optimizer(config),
+            key=pool_key,
+            size=config.match.net_pool,
+            max_updates=config.match.net_max_updates,
+        )
+    return step.init_state(
+        images=images, labels=labels, syn_optimizer=create_syn_optimizer(config), pool=pool
+    )

@@ -166,12 +166,13 @@ def _check_choice(config: ml_collections.ConfigDict, field: str, choices) -> Non
 _POSITIVE = (
     "ipc", "num_iterations", "log.every", "model.width", "model.depth",
     "cluster.num_clusters", "cluster.num_iters", "cluster.pool", "match.num_real",
-    "match.inner_batch", "match.unroll_steps", "syn.factor", "eval.num_models", "eval.epochs",
-    "eval.batch_size",
+    "match.inner_batch", "match.unroll_steps", "match.net_max_updates", "syn.factor",
+    "eval.num_models", "eval.epochs", "eval.batch_size",
     "eval.select_num_models", "eval.global_k", "eval.per_class_k", "checkpoint.every",
 )  # fmt: skip
 _NON_NEGATIVE = (
     "seed", "data.image_size", "syn.latent_dim", "match.group_batch", "match.unroll_window",
+    "match.net_pool",
     "eval.select_every",
     "distributed.num_devices", "distributed.process_id",
 )  # fmt: skip
@@ -260,6 +261,21 @@ def _check_schedule(config: ml_collections.ConfigDict) -> None:
                 f"'synthetic' with match.family={config.match.family!r}, whose network is never "
                 "trained (only the gradient family trains it between updates)",
             )
+    if config.match.family == "krr" and config.match.net_pool < 1:
+        _fail(
+            "match.net_pool",
+            config.match.net_pool,
+            "the size of the krr family's pool of online networks (>= 1; FRePo's is 10)",
+        )
+    if config.match.net_pool and config.match.family not in ("gradient", "krr"):
+        _fail(
+            "match.net_pool",
+            config.match.net_pool,
+            f"0 with match.family={config.match.family!r}, whose network is never trained (a "
+            "pool serves the gradient and krr families)",
+        )
+    if config.match.family == "krr":
+        return  # Any schedule: -1 takes one update and one online epoch, FRePo's.
     if config.match.family == "gradient":
         if -1 in (outer, inner):
             step.dc_loops(config.ipc)  # Raises, saying what to set, for an ipc DC lacks.
@@ -296,7 +312,14 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     alpha = config.robust.alpha
     if isinstance(alpha, bool) or not isinstance(alpha, float | int) or not 0.0 < alpha <= 1.0:
         _fail("robust.alpha", alpha, "a tail mass in (0, 1]")
-    for field in ("syn.lr", "syn.label_lr", "match.net_lr", "match.unroll_lr", "eval.lr"):
+    for field in (
+        "syn.lr",
+        "syn.label_lr",
+        "match.net_lr",
+        "match.unroll_lr",
+        "match.krr_ridge",
+        "eval.lr",
+    ):
         if not _get(config, field) > 0:
             _fail(field, _get(config, field), "a positive learning rate")
 
@@ -434,6 +457,9 @@ _ADDED_FIELDS = {
     "syn.latent_dim": 0,
     "match.unroll_window": 0,
     "match.unroll_optimizer": "sgd",
+    "match.net_pool": 0,
+    "match.net_max_updates": 100,
+    "match.krr_ridge": 1e-6,
 }
 
 

@@ -1,7 +1,7 @@
 """Per-group matching losses: the (C, K) array that the risk measure reduces.
 
-SPEC's three families, each written for one (class, cluster) group and mapped over all C*K
-groups, all with the same signature
+SPEC's three families and FRePo's, each written for one (class, cluster) group and mapped
+over all C*K groups, all with the same signature
 
     family(params, syn_images, *, labels, real, key, ...) -> (C, K) losses
 
@@ -17,6 +17,9 @@ real-data terms are constants of the synthetic set.
 - `risk` (unrolled): train the network on the synthetic set for T SGD steps inside the graph
   (rematerialised, O(sqrt(T)) memory), then the cross-entropy of the trained network on
   group (c, k).
+- `krr` (FRePo): kernel ridge regression from the synthetic set's features to its centred
+  labels, under a network drawn from an online-trained pool; the mean squared error of its
+  prediction on group (c, k).
 
 Mapping over groups goes through `jax.lax.map(..., batch_size=group_batch)`: `group_batch`
 groups are vmapped together and the chunks run in sequence; `group_batch = 0` (the default)
@@ -413,9 +416,59 @@ def risk(
     return _map_real_groups(group_loss, real, (jnp.arange(num_classes),), group_batch=group_batch)
 
 
+def krr(
+    params: Any,
+    syn_images: jax.Array,
+    *,
+    labels: jax.Array,
+    real: jax.Array,
+    key: jax.Array,
+    apply_fn: ApplyFn,
+    augment_fn: AugmentFn = no_augment,
+    group_batch: int = 0,
+    ridge: float = 1e-6,
+) -> jax.Array:
+    """Kernel ridge regression on the network's features (FRePo, Zhou, Nezhadarya and Ba,
+    NeurIPS 2022, `yongchao97/FRePo` `lib/datadistillation/frepo.py`), one loss per group.
+
+    With F_S the embedding of the synthetic set (augmented by `augment_fn`, one draw) and Y_S
+    its centred targets (one-hot or soft label minus 1/C, `init_proto` 74-78), each real image
+    x of group (c, k) is predicted as f(x) F_S^T (F_S F_S^T + ridge * tr/n * I)^-1 Y_S
+    (`nfr` 106-112: the ridge scaled by the kernel's mean diagonal, a Cholesky solve), and the
+    group's loss is the mean over its m images of 0.5 * ||prediction - (e_c - 1/C)||^2
+    (`mean_squared_loss`). The real features are constants, as FRePo's `feat`; `params` is
+    the network the step draws from its pool (`jaxdd.step.NetPool`).
+
+    Returns:
+      (C, K) losses.
+    """
+    num_classes = syn_images.shape[0]
+    images = syn_images.reshape(-1, *syn_images.shape[2:])
+    targets = labels.reshape(-1, *labels.shape[2:])
+    if targets.ndim == 1:
+        targets = jax.nn.one_hot(targets, num_classes)
+    targets = targets - 1.0 / num_classes
+    features = apply_fn(params, augment_fn(images, key))[1]
+    kernel = features @ features.T
+    size = kernel.shape[0]
+    regularised = kernel + ridge * jnp.trace(kernel) / size * jnp.eye(size, dtype=kernel.dtype)
+    # F_S^T (K_SS + reg)^-1 Y_S as one (d, C) readout: each real group costs one GEMM.
+    coefficients = jax.scipy.linalg.solve(regularised, targets, assume_a="pos")
+    readout = features.T @ coefficients
+
+    def group_loss(args) -> jax.Array:
+        group_images, label = args
+        real_features = jax.lax.stop_gradient(apply_fn(params, group_images)[1])
+        target = jax.nn.one_hot(label, num_classes) - 1.0 / num_classes
+        return jnp.mean(0.5 * jnp.sum(jnp.square(real_features @ readout - target), axis=-1))
+
+    return _map_real_groups(group_loss, real, (jnp.arange(num_classes),), group_batch=group_batch)
+
+
 # `match.family` -> per-group loss function with the common signature above.
 FAMILIES: dict[str, Callable[..., jax.Array]] = {
     "gradient": gradient,
     "distribution": distribution,
     "risk": risk,
+    "krr": krr,
 }

@@ -124,7 +124,9 @@ def _set_up(config, dataset, rare, mesh, decoder) -> _Run:
     real = step.RealData(
         images=jnp.asarray(dataset.train.images), groups=groups, decoder=decoder_params
     )
-    state = build.create_state(config, real, key=init_key, train_labels=dataset.train.labels)
+    state = build.create_state(
+        config, real, key=init_key, train_labels=dataset.train.labels, model=model
+    )
     payload = {
         "state": state,
         "root_key": jax.random.key_data(step_root),

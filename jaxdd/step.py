@@ -107,6 +107,70 @@ class State:
     opt_state: optax.OptState
 
 
+@flax.struct.dataclass
+class NetPool:
+    """FRePo's pool of online networks (`frepo.py` `proto_train_and_evaluate`): P networks
+    trained on the synthetic set across iterations, each re-initialised after `max_updates`
+    of its own updates; their ages start staggered so that the pool always spans them."""
+
+    params: Any  # Every leaf stacked on a leading (P,) axis.
+    opt_state: optax.OptState  # Likewise.
+    age: jax.Array  # (P,) int32 updates each network has had since its initialisation.
+
+
+@flax.struct.dataclass
+class PooledState(State):
+    """The `State` of a run whose matched networks outlive their iteration (`match.net_pool`
+    > 0): the pool is checkpointed with the set, so resume stays bit-identical. Runs without a
+    pool keep the plain `State`, whose checkpoints stay readable."""
+
+    pool: NetPool
+
+
+def init_pool(
+    init_net: Callable[[jax.Array], Any],
+    optimizer: optax.GradientTransformation,
+    *,
+    key: jax.Array,
+    size: int,
+    max_updates: int,
+) -> NetPool:
+    """`size` fresh networks with ages staggered as FRePo's, `(max_updates // size) * i`."""
+    params = jax.vmap(init_net)(jax.random.split(key, size))
+    return NetPool(
+        params=params,
+        opt_state=jax.vmap(optimizer.init)(params),
+        age=(max_updates // size) * jnp.arange(size, dtype=jnp.int32),
+    )
+
+
+def _pool_member(pool: NetPool, index: jax.Array) -> tuple[Any, optax.OptState]:
+    return jax.tree.map(lambda x: x[index], (pool.params, pool.opt_state))
+
+
+def _return_member(
+    pool: NetPool,
+    index: jax.Array,
+    params: Any,
+    opt_state: optax.OptState,
+    fresh: tuple[Any, optax.OptState],
+    max_updates: int,
+) -> NetPool:
+    """The pool with network `index` replaced by its trained version, or by `fresh` once it has
+    had `max_updates` updates."""
+    age = pool.age[index] + 1
+    reset = age >= max_updates
+    member = jax.tree.map(lambda new, old: jnp.where(reset, new, old), fresh, (params, opt_state))
+    stacked = jax.tree.map(
+        lambda all_, one: all_.at[index].set(one), (pool.params, pool.opt_state), member
+    )
+    return NetPool(
+        params=stacked[0],
+        opt_state=stacked[1],
+        age=pool.age.at[index].set(jnp.where(reset, 0, age)),
+    )
+
+
 def learned(labels: jax.Array) -> bool:
     """Whether `labels` are learned (float logits) rather than hard class indices."""
     return jnp.issubdtype(labels.dtype, jnp.floating)
@@ -137,16 +201,21 @@ def _untrained(trained: Any, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def init_state(
-    *, images: jax.Array, labels: jax.Array, syn_optimizer: optax.GradientTransformation
+    *,
+    images: jax.Array,
+    labels: jax.Array,
+    syn_optimizer: optax.GradientTransformation,
+    pool: NetPool | None = None,
 ) -> State:
     """The step-0 `State`: the synthetic set and a fresh optimiser state (`labels` float: the
-    logits of learned labels, `soft_label_logits`)."""
-    return State(
+    logits of learned labels, `soft_label_logits`); a `PooledState` when given a `pool`."""
+    fields = dict(
         step=jnp.zeros((), jnp.int32),
         images=images,
         labels=labels,
         opt_state=syn_optimizer.init(_trained(images, labels)),
     )
+    return State(**fields) if pool is None else PooledState(**fields, pool=pool)
 
 
 def _train_network(
@@ -357,6 +426,7 @@ def train_step(
     pool_size: int = 256,
     net_train: str = "synthetic",
     decode_fn: DecodeFn = identity_decode,
+    pool_max_updates: int = 0,
 ) -> tuple[State, dict[str, jax.Array]]:
     """One DC iteration; pure, so `fold_in(run_key, step)` keys make runs reproducible.
 
@@ -380,6 +450,10 @@ def train_step(
       decode_fn: stored set -> training images (`DecodeFn`); the state holds the stored set,
         gradients reach it through the decoding, and the matching, the Voronoi cells and the
         network's training see the decoded images.
+      pool_max_updates: with a `PooledState`, the matched network is a member of its pool drawn
+        uniformly (FRePo) instead of a fresh one; it trains `inner_loop` epochs after every
+        update, the last included, goes back to the pool, and is re-initialised once it has
+        had this many updates (FRePo's `max_online_updates`).
 
     Returns:
       The new state and scalar metrics averaged over the iteration's updates (plus the
@@ -394,8 +468,14 @@ def train_step(
         raise ValueError(
             "net_train='real_robust' trains on the Voronoi cells: use assign='voronoi'."
         )
+    pool = state.pool if isinstance(state, PooledState) else None
     init_key, loop_key = jax.random.split(key)
-    net_params = init_net(init_key)
+    if pool is None:
+        net_params = init_net(init_key)
+        net_opt_state = net_optimizer.init(net_params)
+    else:
+        member = jax.random.randint(init_key, (), 0, pool.age.shape[0])
+        net_params, net_opt_state = _pool_member(pool, member)
     num_classes = state.labels.shape[0]
     decode = lambda stored, labels: decode_fn(stored, labels, real.decoder)
     update_images = functools.partial(
@@ -433,8 +513,10 @@ def train_step(
             sample_key=sample_key,
             loss_key=loss_key,
         )
-        # DC trains the network after every update of the iteration but the last.
-        num_epochs = jnp.where(index == outer_loop - 1, 0, inner_loop)
+        # DC trains the network after every update of the iteration but the last; a pool's
+        # network outlives the iteration and trains after the last one too.
+        last = (index == outer_loop - 1) & (pool is None)
+        num_epochs = jnp.where(last, 0, inner_loop)
         if net_train == "real_robust":
             net_params, net_opt_state = _train_network_robust(
                 net_params,
@@ -465,19 +547,23 @@ def train_step(
             )
         return (images, labels, opt_state, net_params, net_opt_state), metrics
 
-    carry = (
-        state.images, state.labels, state.opt_state, net_params, net_optimizer.init(net_params)
-    )  # fmt: skip
+    carry = (state.images, state.labels, state.opt_state, net_params, net_opt_state)
     inputs = (jnp.arange(outer_loop), jax.random.split(loop_key, outer_loop))
-    (images, labels, opt_state, _, _), per_update = jax.lax.scan(update, carry, inputs)
+    (images, labels, opt_state, net_params, net_opt_state), per_update = jax.lax.scan(
+        update, carry, inputs
+    )
     metrics = {
         name: jnp.all(value, axis=0) if name == "finite" else jnp.mean(value, axis=0)
         for name, value in per_update.items()
     }
-    return (
-        state.replace(step=state.step + 1, images=images, labels=labels, opt_state=opt_state),
-        metrics,
-    )
+    state = state.replace(step=state.step + 1, images=images, labels=labels, opt_state=opt_state)
+    if pool is not None:
+        fresh = init_net(jax.random.fold_in(init_key, 1))
+        fresh = (fresh, net_optimizer.init(fresh))
+        state = state.replace(
+            pool=_return_member(pool, member, net_params, net_opt_state, fresh, pool_max_updates)
+        )
+    return state, metrics
 
 
 def synthetic_arrays(

@@ -221,7 +221,7 @@ def test_train_network_epochs_cover_the_set_in_equal_minibatches():
 
 
 def test_matching_family_registry_covers_the_spec():
-    assert set(matching.FAMILIES) == {"gradient", "distribution", "risk"}
+    assert set(matching.FAMILIES) == {"gradient", "distribution", "risk", "krr"}
     assert set(risk.RISKS) == {"mean", "cvar", "max", "mean+max"}
 
 
