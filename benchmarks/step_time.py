@@ -56,7 +56,7 @@ from jaxdd import groups as groups_lib
 
 # Shipped config (configs/<name>.py) -> the image shape of its dataset.
 SHAPES = {"digits": (8, 8, 1), "fashion_mnist": (28, 28, 1), "svhn": (32, 32, 3)}
-FAMILIES = ("gradient", "distribution", "risk")
+FAMILIES = ("gradient", "distribution", "risk", "krr")
 
 
 def matmul_peak(size: int = 4096, repeats: int = 5, dtype=jnp.float32) -> float:
@@ -75,13 +75,13 @@ def matmul_peak(size: int = 4096, repeats: int = 5, dtype=jnp.float32) -> float:
 
 def family_config(shape_name: str, family: str, ipc: int) -> ml_collections.ConfigDict:
     """The shipped config `configs/<shape_name>.py` with matching `family` at `ipc`, one image
-    update per step (an iteration of outer_loop 1: a fresh network, no inner training)."""
+    update per step (an iteration of outer_loop 1: a fresh network, no inner training; krr:
+    FRePo's step, a network of a pool of 10 that then trains one epoch on the set)."""
+    pool = ["match.inner_loop=0"]
+    if family == "krr":
+        pool = ["match.net_pool=10", "match.inner_loop=1"]
     return harness.load_config(
-        shape_name,
-        f"ipc={ipc}",
-        f"match.family={family}",
-        "match.outer_loop=1",
-        "match.inner_loop=0",
+        shape_name, f"ipc={ipc}", f"match.family={family}", "match.outer_loop=1", *pool
     )
 
 
