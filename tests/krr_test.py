@@ -6,12 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tiny_problem
 
 import jaxdd
 from configs import smoke
 from jaxdd import build, matching, step
 from jaxdd import config as config_lib
-from jaxdd import groups as groups_lib
 
 
 def _linear_features(params, images):
@@ -92,13 +92,7 @@ def problem():
     config.match.outer_loop, config.match.inner_loop = -1, -1
     config.match.net_pool, config.match.net_max_updates = 3, 6
     config.robust.risk = "mean"
-    num_classes, per_class = 3, 12
-    images = jax.random.normal(jax.random.key(0), (num_classes * per_class, 8, 8, 1))
-    labels = np.repeat(np.arange(num_classes), per_class)
-    assignments = np.tile(np.arange(per_class) % 2, num_classes)
-    groups = groups_lib.make_groups(labels, assignments, num_classes=num_classes, num_clusters=2)
-    model = build.create_model(config, num_classes, (8, 8, 1))
-    real = step.RealData(images=images + labels[:, None, None, None], groups=groups)
+    model, real, _ = tiny_problem.three_classes(config)
     return config, model, real
 
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tiny_problem
 
 from configs import smoke
 from jaxdd import build, matching, models, risk, sharding, step, xla
@@ -20,13 +21,7 @@ def run():
     config = smoke.get_config()
     config.model.width, config.model.depth = 8, 2
     config.cluster.num_clusters = 2
-    num_classes, per_class = 3, 12
-    images = jax.random.normal(jax.random.key(0), (num_classes * per_class, 8, 8, 1))
-    labels = np.repeat(np.arange(num_classes), per_class)
-    assignments = np.tile(np.arange(per_class) % 2, num_classes)
-    groups = groups_lib.make_groups(labels, assignments, num_classes=num_classes, num_clusters=2)
-    model = build.create_model(config, num_classes, (8, 8, 1))
-    real = step.RealData(images=images + labels[:, None, None, None], groups=groups)
+    model, real, labels = tiny_problem.three_classes(config)
     state = build.create_state(config, real, key=jax.random.key(1))
     return config, (8, 8, 1), model, real, state, labels
 
