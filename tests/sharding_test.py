@@ -35,7 +35,9 @@ def _run_worker(tmp_path: pathlib.Path, check: str) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("family", ["gradient", "distribution", "risk", "gradient+labels"])
+@pytest.mark.parametrize(
+    "family", ["gradient", "distribution", "risk", "krr", "gradient+labels"]
+)
 def test_step_on_4_devices_matches_one_device(tmp_path, family):
     result = _run_worker(tmp_path, family)
     assert result["devices"] == 4
@@ -79,6 +81,8 @@ def _step_check(family: str) -> dict:
         config.match.family, _, learned = family.partition("+")
         config.syn.learn_labels, config.syn.label_lr = bool(learned), 1.0
         config.match.num_real = 4
+        if config.match.family == "krr":  # Its pool of networks is replicated with the state.
+            config.match.net_pool, config.match.outer_loop, config.match.inner_loop = 3, -1, -1
         config.cluster.num_clusters = num_clusters
         num_classes, per_class = 3, 16
         images = jax.random.normal(jax.random.key(0), (num_classes * per_class, 8, 8, 1))
@@ -89,7 +93,7 @@ def _step_check(family: str) -> dict:
         )
         model = build.create_model(config, num_classes, (8, 8, 1))
         real = step.RealData(images=images + labels[:, None, None, None], groups=groups)
-        state = build.create_state(config, real, key=jax.random.key(1))
+        state = build.create_state(config, real, key=jax.random.key(1), model=model)
         key = jax.random.key(2)
 
         single_state, single = build.create_step(config, model, (8, 8, 1))(state, key, real)
