@@ -111,10 +111,13 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     # syn.param=generator (GLaD's interface): images = G(latents), G a flax Module
     # ('package.module:Name', built without arguments) with parameters written by
     # flax.serialization.to_bytes; the latents (latent_dim each, drawn N(0, 1): syn.init=noise)
-    # are learned, G is fixed.
+    # are learned; G too with learn_generator (GLaD's learn_g), at its own learning rate (SGD,
+    # syn.momentum; not tuned yet), and the learned G is written to workdir/generator.msgpack.
     config.syn.generator = ""
     config.syn.generator_checkpoint = ""
     config.syn.latent_dim = 0
+    config.syn.learn_generator = False
+    config.syn.generator_lr = 0.01
     # Learned soft labels: per stored image C logits (initially the log of its one-hot label
     # smoothed by 0.1), trained with the images at their own learning rate (SGD, syn.momentum;
     # not tuned yet); every network trains on their softmax. Gradient and risk families only.

@@ -137,14 +137,29 @@ def create_decoder(
 
 def create_syn_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """SGD with momentum on the images (DC's); with learned labels, on {'images', 'labels'},
-    the labels at `syn.label_lr`."""
-    images = optax.sgd(config.syn.lr, momentum=config.syn.momentum)
-    if not config.syn.learn_labels:
-        return images
-    labels = optax.sgd(config.syn.label_lr, momentum=config.syn.momentum)
-    return optax.multi_transform(
-        {"images": images, "labels": labels}, lambda trained: {k: k for k in trained}
-    )
+    the labels at `syn.label_lr`; a learned generator's parameters (in the stored set,
+    {'latents', 'generator'}) at `syn.generator_lr`."""
+    sgd = lambda lr: optax.sgd(lr, momentum=config.syn.momentum)
+    if not (config.syn.learn_labels or config.syn.learn_generator):
+        return sgd(config.syn.lr)
+
+    def stored_labels(stored):
+        if isinstance(stored, dict):  # {'latents', 'generator'}: a learned G.
+            generator = jax.tree.map(lambda _: "generator", stored["generator"])
+            return {"latents": "images", "generator": generator}
+        return "images"
+
+    def labels(trained):
+        if config.syn.learn_labels:
+            return {"images": stored_labels(trained["images"]), "labels": "labels"}
+        return stored_labels(trained)
+
+    rates = {
+        "images": config.syn.lr,
+        "labels": config.syn.label_lr,
+        "generator": config.syn.generator_lr,
+    }
+    return optax.multi_transform({name: sgd(lr) for name, lr in rates.items()}, labels)
 
 
 def create_net_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -243,6 +258,8 @@ def create_state(
     )
     if config.syn.param == "generator":  # The stored set is latents, drawn N(0, 1).
         images = jax.random.normal(syn_key, (*labels.shape[:2], config.syn.latent_dim))
+        if config.syn.learn_generator:  # G's parameters are learned with them (GLaD's learn_g).
+            images = {"latents": images, "generator": real.decoder}
     if config.syn.learn_labels:
         labels = step.soft_label_logits(labels, num_classes=labels.shape[0])
     pool = None

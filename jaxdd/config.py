@@ -315,6 +315,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     for field in (
         "syn.lr",
         "syn.label_lr",
+        "syn.generator_lr",
         "match.net_lr",
         "match.unroll_lr",
         "match.krr_ridge",
@@ -380,6 +381,10 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
             _fail("syn.latent_dim", config.syn.latent_dim, "the generator's latent size (>= 1)")
         if config.syn.init != "noise":
             _fail("syn.init", config.syn.init, "'noise' with a generator (latents drawn N(0, 1))")
+    if not isinstance(config.syn.learn_generator, bool):
+        _fail("syn.learn_generator", config.syn.learn_generator, "True or False")
+    if config.syn.learn_generator and config.syn.param != "generator":
+        _fail("syn.learn_generator", True, "False unless syn.param='generator' (there is no G)")
     if config.syn.init == "mix" and config.syn.param != "factorized":
         _fail("syn.init", "mix", "another init with syn.param='pixels' (mix tiles factorized sets)")
     _check_choice(config, "match.family", matching.FAMILIES)
@@ -455,6 +460,8 @@ _ADDED_FIELDS = {
     "syn.generator": "",
     "syn.generator_checkpoint": "",
     "syn.latent_dim": 0,
+    "syn.learn_generator": False,
+    "syn.generator_lr": 0.01,
     "match.unroll_window": 0,
     "match.unroll_optimizer": "sgd",
     "match.net_pool": 0,

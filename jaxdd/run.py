@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Any
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -271,11 +272,15 @@ def _finish(run: _Run, out: pathlib.Path, log: artifacts.MetricsLog):
     best_images, _ = step.synthetic_arrays(best_state, run.decode_fn, run.decoder)
     stored = {"param": config.syn.param, "factor": config.syn.factor}
     artifacts.save_synthetic(
-        out / "synthetic_last.npz", images, labels, dataset, stored=state.images, **stored
+        out / "synthetic_last.npz", images, labels, dataset, stored=_latents(state), **stored
     )
     artifacts.save_synthetic(
-        out / "synthetic.npz", best_images, labels, dataset, stored=best_state.images, **stored
+        out / "synthetic.npz", best_images, labels, dataset, stored=_latents(best_state), **stored
     )
+    if config.syn.learn_generator:  # In syn.generator_checkpoint's format: a run can load it.
+        (out / "generator.msgpack").write_bytes(
+            flax.serialization.to_bytes(jax.device_get(best_state.images["generator"]))
+        )
     artifacts.save_image_grid(
         out / "synthetic.png", dataset.denormalize(best_images), dataset.num_classes
     )
@@ -292,6 +297,11 @@ def _finish(run: _Run, out: pathlib.Path, log: artifacts.MetricsLog):
         if name in result:
             log.writer.add_scalar(f"eval/{name}", result[name], config.num_iterations)
     return best_images, labels, result
+
+
+def _latents(state: step.State) -> Any:
+    """The stored set without a learned generator's parameters (those go to generator.msgpack)."""
+    return state.images["latents"] if isinstance(state.images, dict) else state.images
 
 
 def distill(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Result:

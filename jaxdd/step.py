@@ -344,6 +344,10 @@ def robust_objective(
     return value, group_losses
 
 
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def _update_images(
     images: jax.Array,
     labels: jax.Array,
@@ -398,7 +402,7 @@ def _update_images(
         "group_loss_max": risk.worst(flat),
         "grad_norm": optax.global_norm(grads),
         # The run loop stops on a non-finite loss or synthetic set, keeping the last checkpoint.
-        "finite": jnp.isfinite(value) & jnp.all(jnp.isfinite(images)),
+        "finite": jnp.isfinite(value) & _all_finite(images),
         "group_losses": group_losses,
     }
     return images, labels, opt_state, metrics

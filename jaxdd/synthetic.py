@@ -120,11 +120,13 @@ def load_generator(spec: str, checkpoint: str, latent_dim: int) -> tuple[nn.Modu
 def generator_decoder(module: nn.Module):
     """The `step.DecodeFn` of 'generator': `(C, n, Z)` latents, labels and G's parameters ->
     `(C, n, H, W, Ch)` = G(latents), labels unchanged. The parameters are an argument (the
-    step's `RealData.decoder`), never closed over, so XLA does not fold them into the program."""
+    step's `RealData.decoder`), never closed over, so XLA does not fold them into the program.
+    A learned G (`syn.learn_generator`) travels in the stored set instead,
+    `{'latents': (C, n, Z), 'generator': params}`, and wins over `params`."""
 
-    def decode_latents(
-        latents: jax.Array, labels: jax.Array, params: object
-    ) -> tuple[jax.Array, jax.Array]:
+    def decode_latents(latents, labels: jax.Array, params: object) -> tuple[jax.Array, jax.Array]:
+        if isinstance(latents, dict):
+            latents, params = latents["latents"], latents["generator"]
         num_classes, n = latents.shape[:2]
         images = module.apply({"params": params}, latents.reshape(num_classes * n, -1))
         return images.reshape(num_classes, n, *images.shape[1:]), labels

@@ -104,3 +104,42 @@ def test_generator_config_needs_its_module_checkpoint_latents_and_noise_init(che
     decode, params = build.create_decoder(_config(checkpoint), (8, 8, 1))
     images, labels = decode(jnp.zeros((2, 3, 16)), jnp.zeros((2, 3), jnp.int32), params)
     assert images.shape == (2, 3, 8, 8, 1) and labels.shape == (2, 3)
+
+
+def test_learned_generator_moves_with_the_latents_and_is_written(checkpoint, tmp_path):
+    """GLaD's learn_g: G's parameters train with the latents at syn.generator_lr; the set's
+    images are the learned G's, which generator.msgpack holds in syn.generator_checkpoint's
+    format (so a later run can start from it)."""
+    config = _config(checkpoint, syn__learn_generator=True, syn__generator_lr=0.1)
+    jaxdd.distill(config, tmp_path)
+    module, fixed = synthetic.load_generator(config.syn.generator, str(checkpoint), 16)
+    learned = flax.serialization.from_bytes(fixed, (tmp_path / "generator.msgpack").read_bytes())
+    assert any(
+        not np.allclose(a, b)
+        for a, b in zip(jax.tree.leaves(fixed), jax.tree.leaves(learned), strict=True)
+    )
+    with np.load(tmp_path / "synthetic.npz") as saved:
+        latents, images = saved["stored"], saved["images"]
+    assert latents.shape == (10, 2, 16)
+    np.testing.assert_allclose(
+        images, module.apply({"params": learned}, latents.reshape(20, 16)), atol=1e-5
+    )
+    # Its optimiser: G at syn.generator_lr, the latents at syn.lr, labels at syn.label_lr.
+    config.syn.learn_labels = True
+    stored = {"latents": jnp.ones((10, 2, 16)), "generator": fixed}
+    trained = {"images": stored, "labels": jnp.zeros((10, 2, 10))}
+    optimizer = build.create_syn_optimizer(config)
+    grads = jax.tree.map(jnp.ones_like, trained)
+    updates, _ = optimizer.update(grads, optimizer.init(trained), trained)
+    assert float(updates["images"]["latents"][0, 0, 0]) == pytest.approx(-config.syn.lr)
+    assert float(updates["labels"][0, 0, 0]) == pytest.approx(-config.syn.label_lr)
+    assert float(jax.tree.leaves(updates["images"]["generator"])[0].ravel()[0]) == pytest.approx(
+        -0.1
+    )
+
+
+def test_learn_generator_needs_a_generator():
+    config = config_lib.load(CONFIGS / "smoke.py")
+    config.syn.learn_generator = True
+    with pytest.raises(ValueError, match="syn.learn_generator"):
+        config_lib.validate(config)
