@@ -24,12 +24,11 @@ import pathlib
 import tempfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import jaxdd
 from benchmarks import harness
-from jaxdd import build, report, step, synthetic
+from jaxdd import build, report, synthetic
 
 # Each family's settings on a dataset's shipped config (the config's own: DSA's gradient
 # matching with DC's loops). distribution: DM's lr_img; krr: FRePo's pool of 10 networks and
@@ -51,15 +50,8 @@ def record_key(record: dict) -> tuple:
 
 def seconds_per_iteration(config) -> float:
     """Median wall time of the config's jitted step on its real data (3 after a warm-up)."""
-    dataset, _ = build.load_data(config)
-    cluster_key, init_key, _ = jax.random.split(jax.random.key(config.seed), 3)
-    groups = build.create_groups(config, dataset, key=cluster_key)
-    model = build.create_model(config, dataset.num_classes, dataset.image_shape)
-    real = step.RealData(images=jnp.asarray(dataset.train.images), groups=groups)
-    state = build.create_state(
-        config, real, key=init_key, train_labels=dataset.train.labels, model=model
-    )
-    step_fn = build.create_step(config, model, dataset.image_shape)
+    run = harness.initial_run(config)
+    state, real, step_fn = run.state, run.real, run.step_fn
     state, _ = jax.block_until_ready(step_fn(state, jax.random.key(0), real))
     times = []
     for i in range(3):

@@ -27,15 +27,17 @@ import resource
 import shlex
 import sys
 import time
+import types
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 import jaxdd
-from jaxdd import data
+from jaxdd import build, data, step
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -110,6 +112,25 @@ def parse_overrides(items: Sequence[str]) -> dict[str, object]:
         except (ValueError, SyntaxError):
             overrides[field.strip()] = value.strip()
     return overrides
+
+
+def initial_run(config: ml_collections.ConfigDict) -> types.SimpleNamespace:
+    """What `jaxdd.run` sets up before its first iteration, under the same key split: the
+    dataset and its rare version, groups, model, real data, initial state and jitted step (and
+    the third key, which the run uses for its iteration keys)."""
+    dataset, rare = build.load_data(config)
+    cluster_key, init_key, third_key = jax.random.split(jax.random.key(config.seed), 3)
+    groups = build.create_groups(config, dataset, key=cluster_key)
+    model = build.create_model(config, dataset.num_classes, dataset.image_shape)
+    real = step.RealData(images=jnp.asarray(dataset.train.images), groups=groups)
+    state = build.create_state(
+        config, real, key=init_key, train_labels=dataset.train.labels, model=model
+    )
+    return types.SimpleNamespace(
+        dataset=dataset, rare=rare, groups=groups, model=model, real=real, state=state,
+        step_fn=build.create_step(config, model, dataset.image_shape), init_key=init_key,
+        third_key=third_key,
+    )  # fmt: skip
 
 
 # --- machine --------------------------------------------------------------------------------

@@ -35,12 +35,11 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
 from benchmarks import harness
-from jaxdd import build, models, risk, sharding, step
+from jaxdd import build, models, risk, sharding
 from jaxdd import groups as groups_lib
 
 
@@ -78,15 +77,9 @@ def measure(
     config, *, ms: list[int], draws: int, truth_m: int, truth_draws: int, after: int
 ) -> dict:
     """The figures of the module docstring for one seed's config, after `after` iterations."""
-    dataset, rare = build.load_data(config)
-    cluster_key, init_key, net_key = jax.random.split(jax.random.key(config.seed), 3)
-    groups = build.create_groups(config, dataset, key=cluster_key)
-    model = build.create_model(config, dataset.num_classes, dataset.image_shape)
-    real = step.RealData(images=jnp.asarray(dataset.train.images), groups=groups)
-    state = build.create_state(
-        config, real, key=init_key, train_labels=dataset.train.labels, model=model
-    )
-    step_fn = build.create_step(config, model, dataset.image_shape)
+    run = harness.initial_run(config)
+    dataset, rare, groups, model, real = run.dataset, run.rare, run.groups, run.model, run.real
+    state, step_fn, init_key, net_key = run.state, run.step_fn, run.init_key, run.third_key
     for iteration in range(after):
         state, _ = step_fn(state, jax.random.fold_in(init_key, iteration), real)
     params = models.init_params(model, jax.random.fold_in(net_key, after), dataset.image_shape)
