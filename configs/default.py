@@ -126,6 +126,9 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     # lr_img (SGD with momentum 0.5, as DC); the objective is on DC's scale (jaxdd.step).
     config.syn.lr = 0.1
     config.syn.momentum = 0.5
+    # The set's optimiser: sgd (with syn.momentum, DC's) | adam (optax defaults, RaT-BPTT's
+    # outer loop: Adam at lr 0.001; syn.momentum unused).
+    config.syn.optimizer = "sgd"
 
     config.eval = ml_collections.ConfigDict()
     config.eval.num_models = 5  # Networks trained from scratch on the synthetic set.

@@ -135,11 +135,19 @@ def create_decoder(
     return decode, params
 
 
+# `syn.optimizer` -> the set's optimiser at a learning rate: DC's SGD with momentum
+# (`syn.momentum`), or Adam (optax defaults) as RaT-BPTT's outer loop.
+SYN_OPTIMIZERS = {
+    "sgd": lambda lr, config: optax.sgd(lr, momentum=config.syn.momentum),
+    "adam": lambda lr, config: optax.adam(lr),
+}
+
+
 def create_syn_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """SGD with momentum on the images (DC's); with learned labels, on {'images', 'labels'},
-    the labels at `syn.label_lr`; a learned generator's parameters (in the stored set,
-    {'latents', 'generator'}) at `syn.generator_lr`."""
-    sgd = lambda lr: optax.sgd(lr, momentum=config.syn.momentum)
+    """`syn.optimizer` (DC's SGD with momentum, or Adam) on the images; with learned labels,
+    on {'images', 'labels'}, the labels at `syn.label_lr`; a learned generator's parameters
+    (in the stored set, {'latents', 'generator'}) at `syn.generator_lr`."""
+    sgd = lambda lr: SYN_OPTIMIZERS[config.syn.optimizer](lr, config)
     if not (config.syn.learn_labels or config.syn.learn_generator):
         return sgd(config.syn.lr)
 

@@ -27,7 +27,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from jaxdd import augment, data, matching, models, risk, shifts, step, synthetic
+from jaxdd import augment, build, data, matching, models, risk, shifts, step, synthetic
 from jaxdd import groups as groups_lib
 
 # The repository's configs, when jaxdd runs from a checkout (editable install).
@@ -392,6 +392,7 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "syn.init", synthetic.INITS)
     _check_choice(config, "match.unroll_remat", matching.REMATS)
     _check_choice(config, "match.unroll_optimizer", matching.UNROLL_OPTIMIZERS)
+    _check_choice(config, "syn.optimizer", build.SYN_OPTIMIZERS)
     if config.match.unroll_window > config.match.unroll_steps:
         _fail(
             "match.unroll_window",
@@ -467,6 +468,7 @@ _ADDED_FIELDS = {
     "match.net_pool": 0,
     "match.net_max_updates": 100,
     "match.krr_ridge": 1e-6,
+    "syn.optimizer": "sgd",
 }
 
 

@@ -101,6 +101,7 @@ def test_installed_copy_loads_configs_from_another_directory(tmp_path):
         ("match.net_train", "real_robust", "unless cluster.assign='voronoi'"),
         ("syn.param", "latent", "config.syn.param"),
         ("match.unroll_optimizer", "rmsprop", "config.match.unroll_optimizer"),
+        ("syn.optimizer", "lamb", "config.syn.optimizer='lamb' .* \\['adam', 'sgd'\\]"),
         ("match.unroll_window", 99, "at most match.unroll_steps"),
         ("syn.label_lr", 0.0, "config.syn.label_lr=0.0"),
         ("syn.factor", 2, "config.syn.factor=2 .* 1 with syn.param='pixels'"),

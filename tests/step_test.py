@@ -405,3 +405,20 @@ def test_learned_labels_start_near_the_hard_ones_and_move_with_the_images(run):
     assert images.shape == (6, *image_shape) and labels.shape == (6, 3)
     # Hard labels keep their dtype, state layout and optimiser state (old checkpoints resume).
     assert not step.learned(state.labels) and step.learned(soft.labels)
+
+
+def test_adam_set_optimizer_moves_every_pixel_by_the_learning_rate(run):
+    """syn.optimizer=adam (RaT-BPTT's outer loop): Adam's first bias-corrected update is
+    lr * g / (|g| + eps), so one image update moves every pixel with a gradient by lr."""
+    config, image_shape, model, real, state, _ = run
+    config = config.copy_and_resolve_references()
+    config.syn.optimizer, config.syn.lr = "adam", 0.05
+    config.robust.risk = "mean"  # Every class's images get a gradient (CVaR's tail: some).
+    config.match.outer_loop, config.match.inner_loop = 1, 0
+    adam_state = build.create_state(config, real, key=jax.random.key(1))
+    new_state, _ = build.create_step(config, model, image_shape)(
+        adam_state, jax.random.key(0), real
+    )
+    moved = np.abs(np.asarray(new_state.images) - np.asarray(adam_state.images))
+    np.testing.assert_allclose(moved[moved > 1e-6], 0.05, rtol=1e-3)
+    assert (moved > 1e-6).mean() > 0.9, "most pixels have a gradient"
