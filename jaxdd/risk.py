@@ -125,8 +125,10 @@ def cvar(
     # catastrophically after a heavy weight and misplace the tail boundary when alpha is small.
     inclusive = jnp.cumsum(sorted_weights, axis=axis)
     mass_before = jnp.concatenate(
-        [jnp.zeros_like(jax.lax.slice_in_dim(inclusive, 0, 1, axis=axis)),
-         jax.lax.slice_in_dim(inclusive, 0, inclusive.shape[axis] - 1, axis=axis)],
+        [
+            jnp.zeros_like(jax.lax.slice_in_dim(inclusive, 0, 1, axis=axis)),
+            jax.lax.slice_in_dim(inclusive, 0, inclusive.shape[axis] - 1, axis=axis),
+        ],
         axis=axis,
     )
     tail = jnp.minimum(sorted_weights, jnp.maximum(alpha - mass_before, 0.0))

@@ -62,7 +62,11 @@ def test_krr_gradient_reaches_the_images_and_soft_labels():
     def total(images, labels):
         return jnp.sum(
             matching.krr(
-                params, images, labels=labels, real=real, key=jax.random.key(1),
+                params,
+                images,
+                labels=labels,
+                real=real,
+                key=jax.random.key(1),
                 apply_fn=_linear_features,
             )  # fmt: skip
         )
@@ -74,7 +78,11 @@ def test_krr_gradient_reaches_the_images_and_soft_labels():
     grad_real = jax.grad(
         lambda r: jnp.sum(
             matching.krr(
-                params, syn, labels=soft, real=r, key=jax.random.key(1),
+                params,
+                syn,
+                labels=soft,
+                real=r,
+                key=jax.random.key(1),
                 apply_fn=_linear_features,
             )  # fmt: skip
         )

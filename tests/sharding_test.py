@@ -35,9 +35,7 @@ def _run_worker(tmp_path: pathlib.Path, check: str) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize(
-    "family", ["gradient", "distribution", "risk", "krr", "gradient+labels"]
-)
+@pytest.mark.parametrize("family", ["gradient", "distribution", "risk", "krr", "gradient+labels"])
 def test_step_on_4_devices_matches_one_device(tmp_path, family):
     result = _run_worker(tmp_path, family)
     assert result["devices"] == 4
