@@ -123,6 +123,11 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     # not tuned yet); every network trains on their softmax. Gradient and risk families only.
     config.syn.learn_labels = False
     config.syn.label_lr = 0.1
+    # Risk family: learn the unroll's learning rate (its log, from match.unroll_lr) with the
+    # set, as Wang et al.'s dataset distillation learns its step size; SGD/Adam on the log at
+    # its own rate (not tuned yet). The evaluation keeps its own protocol.
+    config.syn.learn_unroll_lr = False
+    config.syn.unroll_lr_lr = 0.01
     # lr_img (SGD with momentum 0.5, as DC); the objective is on DC's scale (jaxdd.step).
     config.syn.lr = 0.1
     config.syn.momentum = 0.5

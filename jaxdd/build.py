@@ -146,9 +146,10 @@ SYN_OPTIMIZERS = {
 def create_syn_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """`syn.optimizer` (DC's SGD with momentum, or Adam) on the images; with learned labels,
     on {'images', 'labels'}, the labels at `syn.label_lr`; a learned generator's parameters
-    (in the stored set, {'latents', 'generator'}) at `syn.generator_lr`."""
+    (in the stored set, {'latents', 'generator'}) at `syn.generator_lr`; a learned log unroll
+    lr ('log_unroll_lr') at `syn.unroll_lr_lr` (`step._trained`'s pytree)."""
     sgd = lambda lr: SYN_OPTIMIZERS[config.syn.optimizer](lr, config)
-    if not (config.syn.learn_labels or config.syn.learn_generator):
+    if not (config.syn.learn_labels or config.syn.learn_generator or config.syn.learn_unroll_lr):
         return sgd(config.syn.lr)
 
     def stored_labels(stored):
@@ -158,14 +159,18 @@ def create_syn_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTra
         return "images"
 
     def labels(trained):
-        if config.syn.learn_labels:
-            return {"images": stored_labels(trained["images"]), "labels": "labels"}
-        return stored_labels(trained)
+        if not (config.syn.learn_labels or config.syn.learn_unroll_lr):  # The stored set alone.
+            return stored_labels(trained)
+        return {
+            name: stored_labels(value) if name == "images" else name
+            for name, value in trained.items()
+        }  # 'labels' and 'log_unroll_lr' are their own groups.
 
     rates = {
         "images": config.syn.lr,
         "labels": config.syn.label_lr,
         "generator": config.syn.generator_lr,
+        "log_unroll_lr": config.syn.unroll_lr_lr,
     }
     return optax.multi_transform({name: sgd(lr) for name, lr in rates.items()}, labels)
 
@@ -253,7 +258,8 @@ def create_state(
 ) -> step.State:
     """The initial state; `syn.init` is one of `synthetic.INITS` (a coreset needs
     `train_labels`). With `match.net_pool` > 0, a `step.PooledState` whose pool holds fresh
-    networks of `model` (required then)."""
+    networks of `model` (required then); with `syn.learn_unroll_lr`, a `step.LearnedLrState`
+    starting at `match.unroll_lr`."""
     syn_key, pool_key = jax.random.split(key)  # As before the network left the state: same sets.
     images, labels = synthetic.initial_set(
         config.syn.init,
@@ -286,5 +292,9 @@ def create_state(
             max_updates=config.match.net_max_updates,
         )
     return step.init_state(
-        images=images, labels=labels, syn_optimizer=create_syn_optimizer(config), pool=pool
+        images=images,
+        labels=labels,
+        syn_optimizer=create_syn_optimizer(config),
+        pool=pool,
+        unroll_lr=config.match.unroll_lr if config.syn.learn_unroll_lr else None,
     )

@@ -316,6 +316,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
         "syn.lr",
         "syn.label_lr",
         "syn.generator_lr",
+        "syn.unroll_lr_lr",
         "match.net_lr",
         "match.unroll_lr",
         "match.krr_ridge",
@@ -369,6 +370,15 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
             True,
             "False with match.family='distribution' (matching mean embeddings does not depend "
             "on the labels, so they would never move)",
+        )
+    if not isinstance(config.syn.learn_unroll_lr, bool):
+        _fail("syn.learn_unroll_lr", config.syn.learn_unroll_lr, "True or False")
+    if config.syn.learn_unroll_lr and config.match.family != "risk":
+        _fail(
+            "syn.learn_unroll_lr",
+            True,
+            f"False with match.family={config.match.family!r} (only the risk family unrolls "
+            "a training whose learning rate the objective depends on)",
         )
     if config.syn.param == "generator":
         if not config.syn.generator or not config.syn.generator_checkpoint:
@@ -469,6 +479,8 @@ _ADDED_FIELDS = {
     "match.net_max_updates": 100,
     "match.krr_ridge": 1e-6,
     "syn.optimizer": "sgd",
+    "syn.learn_unroll_lr": False,
+    "syn.unroll_lr_lr": 0.01,
 }
 
 

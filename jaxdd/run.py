@@ -292,6 +292,8 @@ def _finish(run: _Run, out: pathlib.Path, log: artifacts.MetricsLog):
         ipc=config.ipc,
         label_type="soft" if config.syn.learn_labels else "hard",
     )
+    if isinstance(state, step.LearnedLrState):  # The risk family's learned unroll lr, last.
+        result["learned_unroll_lr"] = float(jnp.exp(state.log_unroll_lr))
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     for name in ("accuracy_mean", "worst_group_accuracy", "worst_class_accuracy"):
         if name in result:

@@ -92,6 +92,7 @@ def compute_group_losses(
     index: jax.Array,
     key: jax.Array,
     mesh: Mesh | None = None,
+    learning_rate: jax.Array | None = None,
 ) -> jax.Array:
     """The (C, K) losses of the real groups `images[index]` against `syn_images`.
 
@@ -103,31 +104,34 @@ def compute_group_losses(
       mesh: a one-axis mesh; the K axis of `index` is split over its devices, padded to a
         multiple of the device count with repeated groups whose losses are dropped. None: one
         device, no `shard_map`.
+      learning_rate: the risk family's learned unroll learning rate (a () array,
+        differentiated like the labels); None: the one bound into `losses_fn`.
 
     Returns:
       (C, K) losses.
     """
+    rate = {} if learning_rate is None else {"learning_rate": learning_rate}
     if mesh is None:
-        return losses_fn(params, syn_images, labels=labels, real=images[index], key=key)
+        return losses_fn(params, syn_images, labels=labels, real=images[index], key=key, **rate)
     (axis,) = mesh.axis_names
     num_clusters = index.shape[1]
     padded = -(-num_clusters // mesh.size) * mesh.size
     if padded != num_clusters:
         index = index[:, jnp.arange(padded) % num_clusters]
 
-    def local(params, syn_images, labels, images, index, key):
+    def local(params, syn_images, labels, rate, images, index, key):
         # Replicated inputs enter as device-invariant; differentiating an invariant value
         # inside shard_map would psum its gradient over devices, so the per-group real
         # gradients (w.r.t. params) and this device's share of the synthetic-set gradient
         # are taken w.r.t. per-device copies. shard_map's transpose sums the latter.
-        # Learned (soft) labels are differentiated too, so they get per-device copies as well.
-        params, syn_images, labels = _to_varying((params, syn_images, labels), axis)
-        return losses_fn(params, syn_images, labels=labels, real=images[index], key=key)
+        # Learned (soft) labels and unroll lr are differentiated too: per-device copies also.
+        params, syn_images, labels, rate = _to_varying((params, syn_images, labels, rate), axis)
+        return losses_fn(params, syn_images, labels=labels, real=images[index], key=key, **rate)
 
     losses = jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(P(), P(), P(), P(), P(None, axis), P()),
+        in_specs=(P(), P(), P(), P(), P(), P(None, axis), P()),
         out_specs=P(None, axis),
-    )(params, syn_images, labels, images, index, key)
+    )(params, syn_images, labels, rate, images, index, key)
     return losses[:, :num_clusters]

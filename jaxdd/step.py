@@ -10,7 +10,8 @@ but the last followed by `inner_loop` epochs of training that network on the (de
 synthetic set, minibatches of at most `inner_batch` images with per-image DSA (DC's `epoch`,
 `utils.py` 297). DC's `get_loops` gives IPC 1 -> 1/1, 10 -> 10/50, 50 -> 50/10; the
 distribution (DM) and risk families take 1/0: a fresh random network for every update.
-Nothing of the network outlives its iteration, so the state holds only the synthetic set.
+Nothing of the network outlives its iteration, so the state holds only the synthetic set and
+what is learned with it (`LearnedLrState`), except for the krr family's pool (`PooledState`).
 
 The objective of an update is `C *` the risk of the (C, K) group losses (`robust_objective`):
 with K = 1 and the mean that is DC's (and DM's) sum of per-class losses, and for every risk the
@@ -127,6 +128,16 @@ class PooledState(State):
     pool: NetPool
 
 
+@flax.struct.dataclass
+class LearnedLrState(State):
+    """The `State` of a risk-family run that learns its unroll's learning rate
+    (`syn.learn_unroll_lr`, as Wang et al.'s dataset distillation learns its step size): the
+    log of the rate, trained with the set, so that it stays positive. Other runs keep the
+    plain `State`."""
+
+    log_unroll_lr: jax.Array  # () float32.
+
+
 def init_pool(
     init_net: Callable[[jax.Array], Any],
     optimizer: optax.GradientTransformation,
@@ -190,14 +201,27 @@ def soft_label_logits(labels: jax.Array, num_classes: int, smoothing: float = 0.
     return jnp.log(target).astype(jnp.float32)
 
 
-def _trained(images: jax.Array, labels: jax.Array) -> Any:
-    """The pytree the synthetic optimiser updates: the images, and learned labels with them."""
-    return {"images": images, "labels": labels} if learned(labels) else images
+def _trained(images: jax.Array, labels: jax.Array, log_lr: jax.Array | None = None) -> Any:
+    """The pytree the synthetic optimiser updates: the images alone, or {'images'} with the
+    learned labels ('labels') and the learned log unroll lr ('log_unroll_lr') where learned."""
+    if not learned(labels) and log_lr is None:
+        return images
+    trained = {"images": images}
+    if learned(labels):
+        trained["labels"] = labels
+    if log_lr is not None:
+        trained["log_unroll_lr"] = log_lr
+    return trained
 
 
-def _untrained(trained: Any, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`_trained`'s inverse: (images, labels) of the optimised pytree (`labels` the state's)."""
-    return (trained["images"], trained["labels"]) if learned(labels) else (trained, labels)
+def _untrained(
+    trained: Any, labels: jax.Array, log_lr: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """`_trained`'s inverse: (images, labels, log_lr) of the optimised pytree (`labels` and
+    `log_lr` the state's: whether they are learned)."""
+    if not learned(labels) and log_lr is None:  # The stored set alone (a dict for a learned G).
+        return trained, labels, log_lr
+    return trained["images"], trained.get("labels", labels), trained.get("log_unroll_lr")
 
 
 def init_state(
@@ -206,16 +230,23 @@ def init_state(
     labels: jax.Array,
     syn_optimizer: optax.GradientTransformation,
     pool: NetPool | None = None,
+    unroll_lr: float | None = None,
 ) -> State:
     """The step-0 `State`: the synthetic set and a fresh optimiser state (`labels` float: the
-    logits of learned labels, `soft_label_logits`); a `PooledState` when given a `pool`."""
+    logits of learned labels, `soft_label_logits`); a `PooledState` when given a `pool`, a
+    `LearnedLrState` starting at `unroll_lr` when given one."""
+    if pool is not None and unroll_lr is not None:
+        raise ValueError("A learned unroll lr is the risk family's, which has no network pool.")
+    log_lr = None if unroll_lr is None else jnp.log(jnp.asarray(unroll_lr, jnp.float32))
     fields = dict(
         step=jnp.zeros((), jnp.int32),
         images=images,
         labels=labels,
-        opt_state=syn_optimizer.init(_trained(images, labels)),
+        opt_state=syn_optimizer.init(_trained(images, labels, log_lr)),
     )
-    return State(**fields) if pool is None else PooledState(**fields, pool=pool)
+    if pool is not None:
+        return PooledState(**fields, pool=pool)
+    return State(**fields) if log_lr is None else LearnedLrState(**fields, log_unroll_lr=log_lr)
 
 
 def _train_network(
@@ -351,6 +382,7 @@ def _all_finite(tree: Any) -> jax.Array:
 def _update_images(
     images: jax.Array,
     labels: jax.Array,
+    log_lr: jax.Array | None,
     opt_state: optax.OptState,
     net_params: Any,
     *,
@@ -365,11 +397,11 @@ def _update_images(
     num_real: int,
     mesh: Mesh | None,
     decode_fn: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
-) -> tuple[jax.Array, jax.Array, optax.OptState, dict[str, jax.Array]]:
+) -> tuple[jax.Array, jax.Array, jax.Array | None, optax.OptState, dict[str, jax.Array]]:
     """One update of the synthetic set through the network `net_params`: sample m real images
     per group of `groups` (`sample_key`), the (C, K) group losses (`loss_key`: augmentation), the
-    objective, an optimiser step (of the labels too where they are learned); and its
-    metrics."""
+    objective, an optimiser step (of the labels and of the unroll's log learning rate `log_lr`
+    too where they are learned); and its metrics."""
     group_losses_fn = functools.partial(
         sharding.compute_group_losses,
         losses_fn,
@@ -382,18 +414,19 @@ def _update_images(
 
     def losses(trained):
         # The stored set is what is learned; the losses see the images it decodes to.
-        stored, stored_labels = _untrained(trained, labels)
+        stored, stored_labels, stored_lr = _untrained(trained, labels, log_lr)
         decoded, targets = decode_fn(stored, label_targets(stored_labels))
-        return group_losses_fn(decoded, labels=targets)
+        rate = {} if stored_lr is None else {"learning_rate": jnp.exp(stored_lr)}
+        return group_losses_fn(decoded, labels=targets, **rate)
 
     objective = functools.partial(
         robust_objective, losses_fn=losses, risk_name=risk_name, alpha=alpha
     )
-    trained = _trained(images, labels)
+    trained = _trained(images, labels, log_lr)
     (value, group_losses), grads = jax.value_and_grad(objective, has_aux=True)(trained)
     updates, opt_state = syn_optimizer.update(grads, opt_state, trained)
     trained = optax.apply_updates(trained, updates)
-    images, labels = _untrained(trained, labels)
+    images, labels, log_lr = _untrained(trained, labels, log_lr)
     flat = group_losses.reshape(-1)
     metrics = {
         "loss": value,
@@ -405,7 +438,10 @@ def _update_images(
         "finite": jnp.isfinite(value) & _all_finite(images),
         "group_losses": group_losses,
     }
-    return images, labels, opt_state, metrics
+    if log_lr is not None:
+        metrics["unroll_lr"] = jnp.exp(log_lr)
+        metrics["finite"] &= jnp.isfinite(log_lr)
+    return images, labels, log_lr, opt_state, metrics
 
 
 def train_step(
@@ -495,7 +531,7 @@ def train_step(
     )
 
     def update(carry, inputs):
-        images, labels, opt_state, net_params, net_opt_state = carry
+        images, labels, log_lr, opt_state, net_params, net_opt_state = carry
         index, update_key = inputs
         sample_key, loss_key, train_key = jax.random.split(update_key, 3)
         groups, cells, pool = real.groups, None, None
@@ -508,9 +544,10 @@ def train_step(
                 real.images,
                 pool,
             )
-        images, labels, opt_state, metrics = update_images(
+        images, labels, log_lr, opt_state, metrics = update_images(
             images,
             labels,
+            log_lr,
             opt_state,
             net_params,
             groups=groups,
@@ -549,11 +586,12 @@ def train_step(
                 augment_fn=net_augment_fn,
                 batch_size=inner_batch,
             )
-        return (images, labels, opt_state, net_params, net_opt_state), metrics
+        return (images, labels, log_lr, opt_state, net_params, net_opt_state), metrics
 
-    carry = (state.images, state.labels, state.opt_state, net_params, net_opt_state)
+    log_lr = state.log_unroll_lr if isinstance(state, LearnedLrState) else None
+    carry = (state.images, state.labels, log_lr, state.opt_state, net_params, net_opt_state)
     inputs = (jnp.arange(outer_loop), jax.random.split(loop_key, outer_loop))
-    (images, labels, opt_state, net_params, net_opt_state), per_update = jax.lax.scan(
+    (images, labels, log_lr, opt_state, net_params, net_opt_state), per_update = jax.lax.scan(
         update, carry, inputs
     )
     metrics = {
@@ -561,6 +599,8 @@ def train_step(
         for name, value in per_update.items()
     }
     state = state.replace(step=state.step + 1, images=images, labels=labels, opt_state=opt_state)
+    if log_lr is not None:
+        state = state.replace(log_unroll_lr=log_lr)
     if pool is not None:
         fresh = init_net(jax.random.fold_in(init_key, 1))
         fresh = (fresh, net_optimizer.init(fresh))

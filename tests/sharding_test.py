@@ -53,6 +53,10 @@ def test_step_on_4_devices_matches_one_device(tmp_path, family):
         np.testing.assert_allclose(r["labels_mesh"], r["labels_single"], rtol=2e-4, atol=2e-6)
         if family.endswith("+labels"):
             assert np.abs(np.subtract(r["labels_single"], r["labels_init"])).max() > 1e-4
+        init_lr, single_lr, mesh_lr = r["unroll_lr"]  # log lr; nan where not learned.
+        np.testing.assert_allclose(mesh_lr, single_lr, rtol=2e-4, atol=1e-6)
+        if family == "risk":
+            assert abs(single_lr - init_lr) > 1e-5
 
 
 def test_run_uses_all_devices_and_matches_one_device(tmp_path):
@@ -78,6 +82,8 @@ def _step_check(family: str) -> dict:
         config.model.width, config.model.depth = 8, 2
         config.match.family, _, learned = family.partition("+")
         config.syn.learn_labels, config.syn.label_lr = bool(learned), 1.0
+        # The risk family learns its unroll lr: an extra differentiated replicated input.
+        config.syn.learn_unroll_lr = config.match.family == "risk"
         config.match.num_real = 4
         if config.match.family == "krr":  # Its pool of networks is replicated with the state.
             config.match.net_pool, config.match.outer_loop, config.match.inner_loop = 3, -1, -1
@@ -110,6 +116,10 @@ def _step_check(family: str) -> dict:
             "labels_init": np.asarray(state.labels).tolist(),
             "labels_single": np.asarray(single_state.labels).tolist(),
             "labels_mesh": np.asarray(mesh_state.labels).tolist(),
+            "unroll_lr": [
+                float(getattr(s, "log_unroll_lr", np.nan))
+                for s in (state, single_state, mesh_state)
+            ],
         }
     return {"devices": jax.device_count(), "runs": runs}
 
