@@ -108,6 +108,9 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     # multi-formation: syn.factor x syn.factor crops of each, upsampled; ipc counts stored images).
     config.syn.param = "pixels"
     config.syn.factor = 1
+    # IDC's batch_syn_max: each update matches at most this many decoded images per class,
+    # drawn afresh (binds when factor^2 * ipc > 128, e.g. factorized f = 2 at IPC 50); 0: all.
+    config.syn.max_decoded = 128
     # syn.param=generator (GLaD's interface): images = G(latents), G a flax Module
     # ('package.module:Name', built without arguments) with parameters written by
     # flax.serialization.to_bytes; the latents (latent_dim each, drawn N(0, 1): syn.init=noise)

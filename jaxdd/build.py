@@ -237,6 +237,7 @@ def create_step(
         net_train=config.match.net_train,
         decode_fn=decode_fn,
         pool_max_updates=config.match.net_max_updates,
+        max_decoded=config.syn.max_decoded,
     )
     # `fast_compile`: the step's time goes to library GEMMs and convolutions (see jaxdd.xla).
     if mesh is None:

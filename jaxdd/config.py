@@ -172,7 +172,7 @@ _POSITIVE = (
 )  # fmt: skip
 _NON_NEGATIVE = (
     "seed", "data.image_size", "syn.latent_dim", "match.group_batch", "match.unroll_window",
-    "match.net_pool",
+    "match.net_pool", "syn.max_decoded",
     "eval.select_every",
     "distributed.num_devices", "distributed.process_id",
 )  # fmt: skip
@@ -480,6 +480,7 @@ _ADDED_FIELDS = {
     "match.krr_ridge": 1e-6,
     "syn.optimizer": "sgd",
     "syn.learn_unroll_lr": False,
+    "syn.max_decoded": 128,
     "syn.unroll_lr_lr": 0.01,
 }
 

@@ -375,6 +375,25 @@ def robust_objective(
     return value, group_losses
 
 
+def subsample_decoded(
+    images: jax.Array, labels: jax.Array, max_size: int, key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """IDC's cap on the decoded images each class matches per update (`batch_syn_max`, 128;
+    `snu-mllab/Efficient-Dataset-Condensation` `condense.py` 183-192 `sample` and 94-100
+    `subsample`): per class, `max_size` of its n decoded images drawn without replacement
+    (`key`) when n > max_size, else all. images: (C, n, ...); labels: (C, n) or (C, n, C)."""
+    num = images.shape[1]
+    if not 0 < max_size < num:
+        return images, labels
+    keys = jax.random.split(key, images.shape[0])
+    index = jax.vmap(lambda k: jax.random.permutation(k, num)[:max_size])(keys)  # (C, max)
+
+    def take(x):
+        return jnp.take_along_axis(x, index.reshape(*index.shape, *(1,) * (x.ndim - 2)), axis=1)
+
+    return take(images), take(labels)
+
+
 def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
@@ -397,9 +416,11 @@ def _update_images(
     num_real: int,
     mesh: Mesh | None,
     decode_fn: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
+    max_decoded: int = 0,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None, optax.OptState, dict[str, jax.Array]]:
     """One update of the synthetic set through the network `net_params`: sample m real images
-    per group of `groups` (`sample_key`), the (C, K) group losses (`loss_key`: augmentation), the
+    per group of `groups` (`sample_key`), the (C, K) group losses (`loss_key`: augmentation) of
+    the decoded set (at most `max_decoded` images per class, `subsample_decoded`), the
     objective, an optimiser step (of the labels and of the unroll's log learning rate `log_lr`
     too where they are learned); and its metrics."""
     group_losses_fn = functools.partial(
@@ -416,6 +437,9 @@ def _update_images(
         # The stored set is what is learned; the losses see the images it decodes to.
         stored, stored_labels, stored_lr = _untrained(trained, labels, log_lr)
         decoded, targets = decode_fn(stored, label_targets(stored_labels))
+        decoded, targets = subsample_decoded(
+            decoded, targets, max_decoded, jax.random.fold_in(loss_key, 1)
+        )
         rate = {} if stored_lr is None else {"learning_rate": jnp.exp(stored_lr)}
         return group_losses_fn(decoded, labels=targets, **rate)
 
@@ -467,6 +491,7 @@ def train_step(
     net_train: str = "synthetic",
     decode_fn: DecodeFn = identity_decode,
     pool_max_updates: int = 0,
+    max_decoded: int = 0,
 ) -> tuple[State, dict[str, jax.Array]]:
     """One DC iteration; pure, so `fold_in(run_key, step)` keys make runs reproducible.
 
@@ -494,6 +519,9 @@ def train_step(
         uniformly (FRePo) instead of a fresh one; it trains `inner_loop` epochs after every
         update, the last included, goes back to the pool, and is re-initialised once it has
         had this many updates (FRePo's `max_online_updates`).
+      max_decoded: each update matches at most this many decoded images per class, drawn
+        afresh (IDC's `batch_syn_max`, `subsample_decoded`); 0: all. The network still trains
+        on the whole decoded set.
 
     Returns:
       The new state and scalar metrics averaged over the iteration's updates (plus the
@@ -528,6 +556,7 @@ def train_step(
         num_real=num_real,
         mesh=mesh,
         decode_fn=decode,
+        max_decoded=max_decoded,
     )
 
     def update(carry, inputs):

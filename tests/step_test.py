@@ -422,3 +422,17 @@ def test_adam_set_optimizer_moves_every_pixel_by_the_learning_rate(run):
     moved = np.abs(np.asarray(new_state.images) - np.asarray(adam_state.images))
     np.testing.assert_allclose(moved[moved > 1e-6], 0.05, rtol=1e-3)
     assert (moved > 1e-6).mean() > 0.9, "most pixels have a gradient"
+
+
+def test_capped_update_moves_only_the_matched_images_of_each_class(run):
+    """syn.max_decoded (IDC's batch_syn_max) below the images per class: one update (no
+    network training in between) reaches exactly the max_decoded images each class matched."""
+    config, image_shape, model, real, _, _ = run
+    config = config.copy_and_resolve_references()
+    config.ipc, config.syn.max_decoded = 4, 2
+    config.robust.risk = "mean"  # Every class gets a gradient.
+    config.match.outer_loop, config.match.inner_loop = 1, 0
+    state = build.create_state(config, real, key=jax.random.key(1))
+    new_state, _ = build.create_step(config, model, image_shape)(state, jax.random.key(0), real)
+    moved = np.abs(np.asarray(new_state.images) - np.asarray(state.images)).max(axis=(2, 3, 4))
+    np.testing.assert_array_equal((moved > 0).sum(axis=1), [2, 2, 2])

@@ -3,6 +3,7 @@
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -180,3 +181,26 @@ def test_mix_init_tiles_real_images_that_decode_back(real):
     )
     for c in range(3):
         assert np.all(np.abs(np.asarray(decoded[c]).mean(axis=(1, 2, 3)) - c) < 1.0)
+
+
+def test_idc_cap_matches_a_fresh_subset_of_each_class():
+    """`step.subsample_decoded` (IDC's batch_syn_max): per class, max_size distinct decoded
+    images with their own labels, a different draw per class and per key; no cap below n."""
+    num_classes, n = 3, 6
+    images = jnp.arange(num_classes * n, dtype=jnp.float32).reshape(num_classes, n, 1, 1, 1)
+    labels = jax.nn.one_hot(jnp.repeat(jnp.arange(num_classes)[:, None], n, 1), num_classes)
+    labels = labels * (1 + jnp.arange(n))[None, :, None]  # Each image's own (soft) label row.
+    kept, kept_labels = step.subsample_decoded(images, labels, 4, jax.random.key(0))
+    assert kept.shape == (num_classes, 4, 1, 1, 1) and kept_labels.shape == (num_classes, 4, 3)
+    for c in range(num_classes):
+        picked = np.asarray(kept[c]).reshape(-1).astype(int)
+        assert len(set(picked)) == 4 and all(c * n <= p < (c + 1) * n for p in picked)
+        # The label travelled with its image.
+        np.testing.assert_array_equal(kept_labels[c, :, c], picked - c * n + 1)
+    draws = {tuple(np.asarray(kept[c]).reshape(-1) % n) for c in range(num_classes)}
+    again = step.subsample_decoded(images, labels, 4, jax.random.key(1))[0]
+    assert len(draws) > 1, "each class draws its own subset"
+    assert not np.array_equal(again, kept), "each key draws afresh"
+    same, _ = step.subsample_decoded(images, labels, n, jax.random.key(0))
+    np.testing.assert_array_equal(same, images)
+    np.testing.assert_array_equal(step.subsample_decoded(images, labels, 0, None)[0], images)
