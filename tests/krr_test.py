@@ -8,7 +8,6 @@ import optax
 import pytest
 import tiny_problem
 
-import jaxdd
 from configs import smoke
 from jaxdd import build, matching, step
 from jaxdd import config as config_lib
@@ -146,22 +145,12 @@ def _run_config(iterations):
     config.match.family = "krr"
     config.match.outer_loop, config.match.inner_loop = -1, -1
     config.match.net_pool, config.match.net_max_updates = 2, 3
-    config.num_iterations = iterations
-    config.model.width = 8
     config.ipc = 2
-    config.checkpoint.every = 1
-    config.eval.num_models, config.eval.epochs = 1, 1
-    config.eval.select_every, config.eval.select_num_models = 0, 1
-    return config
+    return tiny_problem.short_run(config, iterations)
 
 
 def test_krr_run_resumes_bit_identically_with_its_pool(tmp_path):
-    whole = jaxdd.distill(_run_config(4), tmp_path / "whole")
-    jaxdd.distill(_run_config(2), tmp_path / "split")
-    resumed = jaxdd.distill(_run_config(4), tmp_path / "split")  # Continues from iteration 2.
-    assert resumed.metrics["step"] == whole.metrics["step"] == 4
-    got = np.load(tmp_path / "split" / "synthetic_last.npz")["images"]
-    np.testing.assert_array_equal(got, np.load(tmp_path / "whole" / "synthetic_last.npz")["images"])
+    tiny_problem.assert_resumes_bit_identically(_run_config, tmp_path, total=4, first=2)
 
 
 @pytest.mark.parametrize(

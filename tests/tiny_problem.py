@@ -1,4 +1,4 @@
-"""A tiny grouped problem on the real code path, shared by the step and krr tests."""
+"""A tiny grouped problem on the real code path, and tiny resumable runs, shared by the tests."""
 
 import jax
 import numpy as np
@@ -20,3 +20,28 @@ def three_classes(config):
     model = build.create_model(config, num_classes, IMAGE_SHAPE)
     real = step.RealData(images=images + labels[:, None, None, None], groups=groups)
     return model, real, labels
+
+
+def short_run(config, iterations):
+    """`config` as a tiny run of `iterations` iterations, checkpointed every one, with the
+    cheapest evaluation (1 network, 1 epoch, selection at the end only)."""
+    config.num_iterations = iterations
+    config.model.width = 8
+    config.checkpoint.every = 1
+    config.eval.num_models, config.eval.epochs = 1, 1
+    config.eval.select_every, config.eval.select_num_models = 0, 1
+    return config
+
+
+def assert_resumes_bit_identically(make_config, tmp_path, *, total, first):
+    """A run of `total` iterations and one stopped after `first` then resumed to `total`
+    (`make_config(iterations)`) end in the same set, bit for bit; their two `Result`s."""
+    import jaxdd
+
+    whole = jaxdd.distill(make_config(total), tmp_path / "whole")
+    jaxdd.distill(make_config(first), tmp_path / "split")
+    resumed = jaxdd.distill(make_config(total), tmp_path / "split")  # Continues from `first`.
+    assert resumed.metrics["step"] == whole.metrics["step"] == total
+    got = np.load(tmp_path / "split" / "synthetic_last.npz")["images"]
+    np.testing.assert_array_equal(got, np.load(tmp_path / "whole" / "synthetic_last.npz")["images"])
+    return whole, resumed

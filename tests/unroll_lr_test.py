@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tiny_problem
 
-import jaxdd
 from configs import smoke
 from jaxdd import build, step
 from jaxdd import config as config_lib
@@ -49,22 +48,13 @@ def test_step_descends_the_objective_in_the_log_learning_rate():
 
 
 def _run_config(iterations):
-    config = _config()
-    config.model.width = 8
-    config.num_iterations = iterations
-    config.checkpoint.every = 1
-    config.eval.num_models, config.eval.epochs = 1, 1
-    config.eval.select_every, config.eval.select_num_models = 0, 1
-    return config
+    return tiny_problem.short_run(_config(), iterations)
 
 
 def test_run_with_a_learned_lr_resumes_bit_identically_and_reports_it(tmp_path):
-    whole = jaxdd.distill(_run_config(3), tmp_path / "whole")
-    jaxdd.distill(_run_config(1), tmp_path / "split")
-    resumed = jaxdd.distill(_run_config(3), tmp_path / "split")  # Continues from iteration 1.
-    assert resumed.metrics["step"] == whole.metrics["step"] == 3
-    got = np.load(tmp_path / "split" / "synthetic_last.npz")["images"]
-    np.testing.assert_array_equal(got, np.load(tmp_path / "whole" / "synthetic_last.npz")["images"])
+    whole, resumed = tiny_problem.assert_resumes_bit_identically(
+        _run_config, tmp_path, total=3, first=1
+    )
     learned = whole.report["learned_unroll_lr"]
     assert learned == resumed.report["learned_unroll_lr"]
     assert learned != pytest.approx(_run_config(3).match.unroll_lr, rel=1e-6)
