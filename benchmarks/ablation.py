@@ -88,7 +88,7 @@ def by_variant(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summarise(records: list[dict], out: pathlib.Path) -> str:
+def summarise(records: list[dict], out: pathlib.Path, findings: str = "robustness") -> str:
     commands = sorted({r["command"] for r in records})
     return "\n".join(
         [
@@ -101,8 +101,8 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
             "The set is selected on the validation split. Accuracies in % on the test split, "
             "except the validation columns: settings are chosen on those alone.",
             "",
-            # The ablations answer the robustness benchmark's question: one findings file.
-            *harness.findings_link(out.with_name("robustness")),
+            # The findings of the benchmark whose question the ablation answers.
+            *harness.findings_link(out.with_name(findings)),
             "## Every run",
             "",
             table(records),
@@ -123,6 +123,11 @@ def main() -> None:
     parser.add_argument("--eval-epochs", type=int, default=150)
     parser.add_argument("--variant", action="append", default=[])
     parser.add_argument("--out", default=str(harness.RESULTS / "ablation"))
+    parser.add_argument(
+        "--findings",
+        default="robustness",
+        help="the <name>_findings.md in the results folder that the table links",
+    )
     parser.add_argument(
         "--render", action="store_true", help="run nothing: rewrite the .md from the .json"
     )
@@ -170,7 +175,7 @@ def main() -> None:
             ),
             flush=True,
         )
-    out.with_suffix(".md").write_text(summarise(records, out))
+    out.with_suffix(".md").write_text(summarise(records, out, args.findings))
 
 
 if __name__ == "__main__":
