@@ -227,6 +227,22 @@ REMATS = ("nested", "step", "none")
 UNROLL_OPTIMIZERS = ("sgd", "adam")
 
 
+def remat_segment(num_steps: int) -> int:
+    """The segment length of the nested remat of `num_steps` steps.
+
+    The backward pass stores ceil(T / s) boundary carries plus the s carries of the segment it
+    recomputes, fewest near s = sqrt(T). A length that divides T is preferred when it stores no
+    more: a remainder is a second scan of the step in the program (digits risk step, T = 10,
+    2-core CPU under load: segments of 4 + a remainder of 2 compiled in 29.1 s, segments of 5
+    in 20.4 s, the same 7 carries stored).
+    """
+    stored = lambda s: -(-num_steps // s) + s
+    best = max(1, int(np.ceil(np.sqrt(num_steps))))
+    divisors = [s for s in range(1, num_steps + 1) if num_steps % s == 0]
+    # Fewest carries stored; among those, no remainder, then the longer segment.
+    return min([best, *divisors], key=lambda s: (stored(s), num_steps % s != 0, -s))
+
+
 def _nested_remat_scan(body: Callable, carry: Any, xs: jax.Array, *, segment: int) -> Any:
     """`lax.scan(body, carry, xs)[0]` storing only segment-boundary carries for the backward.
 
@@ -275,7 +291,7 @@ def unrolled_training(
     unroll.
 
     `remat` sets what the backward pass stores (`REMATS`):
-      - "nested" (default): segments of ceil(sqrt(T)) steps, each rematerialised
+      - "nested" (default): segments of about sqrt(T) steps (`remat_segment`), each rematerialised
         (`_nested_remat_scan`): O(sqrt(T)) parameter iterates plus one step's activations,
         for a third forward pass per step.
       - "step": every step `jax.checkpoint`ed: the T parameter iterates plus one step's
@@ -312,8 +328,7 @@ def unrolled_training(
 
     keys = jax.random.split(key, num_steps)
     if remat == "nested":
-        segment = max(1, int(np.ceil(np.sqrt(num_steps))))
-        return _nested_remat_scan(sgd_step, params, keys, segment=segment)
+        return _nested_remat_scan(sgd_step, params, keys, segment=remat_segment(num_steps))
     body = jax.checkpoint(sgd_step) if remat == "step" else sgd_step
     params, _ = jax.lax.scan(body, params, keys, unroll=unroll)
     return params
@@ -358,8 +373,7 @@ def _truncated_training(
     keys = jax.random.split(window_key, window)
     step = train_step(images)
     if remat == "nested":
-        segment = max(1, int(np.ceil(np.sqrt(window))))
-        return _nested_remat_scan(step, carry, keys, segment=segment)[0]
+        return _nested_remat_scan(step, carry, keys, segment=remat_segment(window))[0]
     body = jax.checkpoint(step) if remat == "step" else step
     return jax.lax.scan(body, carry, keys)[0][0]
 

@@ -186,14 +186,27 @@ def _unrolled_sum(apply_fn, params, labels, *, remat, num_steps):
     return loss
 
 
-def test_unrolled_training_remat_and_python_loop_agree(setup):
+def test_remat_segment_stores_fewest_carries_and_avoids_a_remainder():
+    stored = lambda t, s: -(-t // s) + s  # Boundary carries + one recomputed segment's.
+    for t in range(1, 101):
+        s = matching.remat_segment(t)
+        assert 1 <= s <= t
+        assert stored(t, s) == min(stored(t, d) for d in range(1, t + 1))
+        if any(t % d == 0 and stored(t, d) == stored(t, s) for d in range(1, t + 1)):
+            assert t % s == 0  # A second scan for a remainder only when dividing stores more.
+    assert matching.remat_segment(10) == 5  # Not 4 + a remainder of 2: same 7 carries.
+    assert matching.remat_segment(5) == 3  # 3 + 2 stores 5 carries, 5 or 1 x 5 store 6.
+
+
+@pytest.mark.parametrize("num_steps", [5, 6])  # Nested: 3 + a remainder of 2; 2 segments of 3.
+def test_unrolled_training_remat_and_python_loop_agree(setup, num_steps):
     apply_fn, params, syn, _, labels = setup
     images, flat_labels = syn.reshape(-1, HW, HW, 1), labels.reshape(-1)
     run = lambda remat: jax.jit(
         functools.partial(
             matching.unrolled_training,
             apply_fn=apply_fn,
-            num_steps=5,
+            num_steps=num_steps,
             learning_rate=0.1,
             remat=remat,
         )
@@ -201,10 +214,9 @@ def test_unrolled_training_remat_and_python_loop_agree(setup):
     # Independent: plain Python loop of SGD steps.
     reference = params
     sgd_grad = jax.jit(jax.grad(functools.partial(matching.mean_cross_entropy, apply_fn)))
-    for _ in range(5):
+    for _ in range(num_steps):
         g = sgd_grad(reference, images, flat_labels)
         reference = jax.tree.map(lambda p, g: p - 0.1 * g, reference, g)
-    # T=5: "nested" runs one segment of 3 steps and a remainder of 2.
     for remat in matching.REMATS:
         jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
@@ -213,7 +225,7 @@ def test_unrolled_training_remat_and_python_loop_agree(setup):
         )
     # The gradient w.r.t. the images flows through the unroll identically with and without remat.
     grad_of = lambda remat: jax.jit(
-        jax.grad(_unrolled_sum(apply_fn, params, flat_labels, remat=remat, num_steps=5))
+        jax.grad(_unrolled_sum(apply_fn, params, flat_labels, remat=remat, num_steps=num_steps))
     )(images)
     expected = grad_of("none")
     assert float(jnp.abs(expected).max()) > 0
