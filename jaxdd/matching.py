@@ -225,6 +225,14 @@ REMATS = ("nested", "step", "none")
 # The unrolled inner training's optimiser (`match.unroll_optimizer`): plain SGD, or Adam as
 # RaT-BPTT's inner loop.
 UNROLL_OPTIMIZERS = ("sgd", "adam")
+# Adam's eps_root (optax: "needed for example when computing (meta-)gradients through Adam"):
+# a parameter whose gradient is exactly 0 yet depends on the images (a conv bias before
+# instance norm, which removes it; a weight after a ReLU unit dead on the whole set) has
+# second moment 0 (or float noise), where sqrt's derivative is infinite: the
+# backward pass then multiplies inf by 0 and the images' gradient turns NaN. Without it,
+# RaT-BPTT's settings on digits (Adam 0.001 inner and outer, T = 40, window 10) made the set
+# non-finite at iteration 24; with it the run trains on (tests/matching_test.py pins the case).
+ADAM_EPS_ROOT = 1e-8
 
 
 def remat_segment(num_steps: int) -> int:
@@ -349,7 +357,10 @@ def _truncated_training(
     optimizer: str,
 ) -> Any:
     """`unrolled_training` with an optax inner optimiser and a random back-propagated window."""
-    inner = optax.sgd(learning_rate) if optimizer == "sgd" else optax.adam(learning_rate)
+    if optimizer == "sgd":
+        inner = optax.sgd(learning_rate)
+    else:
+        inner = optax.adam(learning_rate, eps_root=ADAM_EPS_ROOT)
     grad_fn = jax.grad(functools.partial(mean_cross_entropy, apply_fn))
 
     def train_step(train_images):

@@ -193,10 +193,20 @@ def _signals_to_flag():
 def _check_finite(metrics: dict[str, jax.Array], done: int, workdir: pathlib.Path) -> None:
     """Stops the run on a non-finite loss or synthetic set, keeping the last good checkpoint."""
     if not bool(metrics["finite"]):
+        loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+        if np.isfinite(loss) and not np.isfinite(grad_norm):
+            # A finite loss with a NaN/inf gradient is a fault of the backward pass, not a step
+            # too large (e.g. meta-gradients through Adam's sqrt at a zero second moment).
+            advice = (
+                "The loss was finite but its gradient was not: a numerical fault in the "
+                "backward pass (report it with the config); lowering syn.lr will not help."
+            )
+        else:
+            advice = "Lower syn.lr and run again."
         raise FloatingPointError(
-            f"non-finite loss or synthetic images at step {done} (loss "
-            f"{float(metrics['loss'])}); the last good checkpoint is kept in "
-            f"{workdir / 'checkpoints'}. Lower syn.lr and run again."
+            f"non-finite loss or synthetic images at step {done} (loss {loss}, gradient norm "
+            f"{grad_norm}); the last good checkpoint is kept in {workdir / 'checkpoints'}. "
+            + advice
         )
 
 

@@ -457,7 +457,7 @@ def _update_images(
         "group_loss_mean": risk.mean(flat),
         "group_loss_cvar": risk.cvar(flat, alpha),
         "group_loss_max": risk.worst(flat),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree_utils.tree_norm(grads),
         # The run loop stops on a non-finite loss or synthetic set, keeping the last checkpoint.
         "finite": jnp.isfinite(value) & _all_finite(images),
         "group_losses": group_losses,

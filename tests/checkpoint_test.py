@@ -16,6 +16,7 @@ import pytest
 import jaxdd
 from configs import smoke
 from jaxdd import checkpoint
+from jaxdd import run as run_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Enough iterations, each slow enough, that a kill lands mid-run; tiny evaluation.
@@ -128,6 +129,19 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
         jaxdd.distill(_config(num_iterations=2, ipc=3), tmp_path)
     # num_iterations and evaluation may change: continuing a finished run for more works.
     assert jaxdd.distill(_config(num_iterations=4), tmp_path).metrics["step"] == 4
+
+
+@pytest.mark.parametrize(
+    "loss, grad_norm, advice",
+    [
+        (float("nan"), float("nan"), "Lower syn.lr"),  # The step overshot: a smaller one.
+        (14.3, float("inf"), "lowering syn.lr will not help"),  # The backward pass broke.
+    ],
+)
+def test_non_finite_step_says_what_broke(tmp_path, loss, grad_norm, advice):
+    metrics = {"finite": np.bool_(False), "loss": np.float32(loss), "grad_norm": grad_norm}
+    with pytest.raises(FloatingPointError, match=advice):
+        run_lib._check_finite(metrics, 24, tmp_path)
 
 
 def test_non_finite_synthetic_set_stops_with_the_step_and_keeps_checkpoints(tmp_path):

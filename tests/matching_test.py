@@ -253,8 +253,9 @@ def test_nested_remat_peak_memory_grows_sublinearly(setup):
 
 
 def _optax_loop(apply_fn, params, images, labels, *, steps, optimizer, lr):
-    """Reference: a plain Python loop of optax steps (no augmentation)."""
-    inner = optax.adam(lr) if optimizer == "adam" else optax.sgd(lr)
+    """Reference: a plain Python loop of optax steps (no augmentation); Adam with the eps_root
+    of 1e-8 that makes its meta-gradient finite."""
+    inner = optax.adam(lr, eps_root=1e-8) if optimizer == "adam" else optax.sgd(lr)
     grad = jax.jit(jax.grad(functools.partial(matching.mean_cross_entropy, apply_fn)))
     state = inner.init(params)
     for _ in range(steps):
@@ -328,3 +329,32 @@ def test_truncated_unroll_backpropagates_only_its_window(setup):
             params, images, flat_labels, key=key, apply_fn=apply_fn, num_steps=6,
             learning_rate=0.1, window=7,
         )  # fmt: skip
+
+
+def test_gradient_through_adam_unroll_stays_finite_with_a_dead_unit(monkeypatch):
+    # A hidden ReLU unit dead on every image: the next layer's weights from it get gradient 0
+    # (Adam's second moment 0) that still depends on the images through the backward pass.
+    w1 = jnp.stack([jnp.full(4, 0.5), jnp.full(4, -0.5), jnp.zeros(4)], axis=1)  # (4, 3)
+    params = {"w1": w1, "b1": jnp.array([0.0, 0.0, -100.0]), "w2": jnp.ones((3, 2))}
+
+    def apply_fn(p, x):
+        hidden = jax.nn.relu(x.reshape(x.shape[0], -1) @ p["w1"] + p["b1"])
+        return hidden @ p["w2"], hidden  # (logits, embedding), as the models return.
+
+    images = jnp.linspace(-1.0, 1.0, 8 * 4).reshape(8, 2, 2, 1)
+    labels = jnp.arange(8) % 2
+
+    def image_grad():
+        def loss(x):
+            trained = matching.unrolled_training(
+                params, x, labels, key=jax.random.key(0), apply_fn=apply_fn, num_steps=3,
+                learning_rate=0.01, optimizer="adam",
+            )  # fmt: skip
+            return matching.mean_cross_entropy(apply_fn, trained, x, labels)
+
+        return jax.grad(loss)(images)
+
+    grad = image_grad()
+    assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0
+    monkeypatch.setattr(matching, "ADAM_EPS_ROOT", 0.0)  # The case is the one that breaks.
+    assert not bool(jnp.all(jnp.isfinite(image_grad())))
