@@ -65,8 +65,10 @@ def protocol_config(
     (e.g. '+rare-blur', a minority close to its majority) or '+color' (the spurious-correlation
     benchmark): `iterations` DC iterations (DC's schedule for the ipc) with
     selection on the validation split twice per run (2 networks), `eval_models` x
-    `eval_epochs` test networks; then `overrides` ('field=value'), which win over all of
-    these."""
+    `eval_epochs` test networks; the set starts from random real images (`syn.init=real`, as
+    every recorded row did before the shipped default became `groups`: methods and variants that
+    start elsewhere say so, e.g. robust_gain's `+groups`); then `overrides` ('field=value'),
+    which win over all of these."""
     name, _, suffix = dataset.partition("+")
     protocol = [
         f"ipc={ipc}",
@@ -77,6 +79,7 @@ def protocol_config(
         f"eval.select_every={max(1, iterations // 2)}",
         "eval.select_num_models=2",
         f"checkpoint.every={iterations}",
+        "syn.init=real",
     ]
     if suffix:
         protocol.append(benchmark_override(suffix))

@@ -58,6 +58,7 @@ def parity_config(dataset: str, *, ipc: int, method: str, iterations: int, seed:
         f"num_iterations={iterations}",
         "cluster.num_clusters=1",
         "robust.risk=mean",
+        "syn.init=real",  # DC's and DM's random real images.
         f"match.num_real={BATCH_REAL.get(dataset, 256)}",
         "match.group_batch=0",
         f"eval.num_models={models}",

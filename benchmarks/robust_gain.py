@@ -55,7 +55,7 @@ METHODS = (
 # `reference`: the robust-DD reference algorithm's mode (configs/rdd_reference.py) on the
 # dataset's protocol: these fields of `rdd_reference.py:<config>` replace the protocol's.
 REFERENCE_FIELDS = (
-    "cluster.assign", "cluster.pool", "match.net_train", "robust.risk", "robust.alpha"
+    "cluster.assign", "cluster.pool", "match.net_train", "robust.risk", "robust.alpha", "syn.init"
 )  # fmt: skip
 # Reported columns: eval.json key -> table header.
 COLUMNS = {
@@ -126,7 +126,9 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
         "",
         f"{harness.machines_line(records)}; summed run time of the rows "
         f"{sum(r['seconds'] for r in records) / 60:.1f} min.  ",
-        "Protocol: the dataset's shipped config (ConvNet; depth 2 on 8x8 digits), the "
+        "Protocol: the dataset's shipped config (ConvNet; depth 2 on 8x8 digits), distilled "
+        "from random real images (`syn.init=real`) unless the method names another start "
+        "(`+groups`: the shipped default), the "
         "synthetic set selected on the validation split; networks trained from scratch per "
         "method with SGD momentum 0.9, lr 0.01 decayed x0.1 at half, DSA. Each table lists "
         "its distillation iterations, evaluation networks x epochs and config overrides. "

@@ -28,4 +28,5 @@ def get_config(base: str = "digits"):
     config.match.net_train = "real_robust"
     config.robust.risk = "mean"
     config.robust.alpha = 0.8  # The reference's --alpha.
+    config.syn.init = "real"  # The reference's random real images (Voronoi cells, no K-means).
     return config
