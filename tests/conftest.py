@@ -16,9 +16,14 @@ from jaxdd import data
 _CACHE = pathlib.Path(
     os.environ.get("JAXDD_TEST_CACHE", pathlib.Path.home() / ".cache" / "jaxdd-tests")
 )
-os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_CACHE / "xla")
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
-os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+_CACHE_SETTINGS = {
+    "jax_compilation_cache_dir": str(_CACHE / "xla"),
+    "jax_persistent_cache_min_compile_time_secs": 0.5,
+    "jax_persistent_cache_min_entry_size_bytes": 0,
+}
+for _name, _value in _CACHE_SETTINGS.items():
+    os.environ[_name.upper()] = str(_value)  # Read by JAX in the subprocesses.
+    jax.config.update(_name, _value)
 # The suite's time is XLA:CPU compiling many small programs once each, not running them: LLVM at
 # optimisation level 0 for the programs that do not set their own (the distillation step keeps
 # jaxdd.xla's level 1) cut a cold run of step_test, run_test's shipped configs and retrain_test
@@ -26,9 +31,6 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
 ).strip()
-jax.config.update("jax_compilation_cache_dir", str(_CACHE / "xla"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 # Property tests draw the same examples on every run, so a red CI is reproducible and never
 # depends on the draw; `HYPOTHESIS_PROFILE=explore` searches fresh examples (do it when a

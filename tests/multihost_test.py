@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -52,20 +51,10 @@ def _free_port() -> int:
 
 
 def _env(num_devices: int) -> dict[str, str]:
-    """CPU with `num_devices` devices, and the suite's persistent compilation cache."""
+    """CPU with `num_devices` devices (the suite's compilation cache comes with `os.environ`,
+    where conftest puts it)."""
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count="
-    return {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"{flags}{num_devices}".strip(),
-        "JAX_COMPILATION_CACHE_DIR": str(jax.config.jax_compilation_cache_dir),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": str(
-            jax.config.jax_persistent_cache_min_compile_time_secs
-        ),
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": str(
-            jax.config.jax_persistent_cache_min_entry_size_bytes
-        ),
-    }
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"{flags}{num_devices}".strip()}
 
 
 def _command(workdir: pathlib.Path, *distributed: str) -> list[str]:
