@@ -132,12 +132,13 @@ def test_group_batch_changes_speed_not_results(setup, family):
 
     expected = losses_and_grad(0)
     assert float(jnp.abs(expected[1]).max()) > 0
-    for group_batch in (1, 2, C * K):
-        got = losses_and_grad(group_batch)
-        np.testing.assert_allclose(got[0], expected[0], rtol=2e-4, atol=2e-5)
-        np.testing.assert_allclose(
-            got[1], expected[1], rtol=2e-3, atol=2e-5 * float(jnp.abs(expected[1]).max())
-        )
+    # A batch size that does not divide the C * K = 6 groups covers `lax.map`'s scan over
+    # batches and its remainder (each size is a compile of a second-order program).
+    got = losses_and_grad(4)
+    np.testing.assert_allclose(got[0], expected[0], rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(
+        got[1], expected[1], rtol=2e-3, atol=2e-5 * float(jnp.abs(expected[1]).max())
+    )
 
 
 def test_gradient_family_siamese_augmentation_shared_by_syn_and_real(setup):

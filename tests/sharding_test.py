@@ -139,6 +139,7 @@ def _run_check(tmp_path: pathlib.Path) -> dict:
         config.num_iterations = 3
         config.eval.num_models, config.eval.epochs, config.eval.select_every = 1, 1, 0
         config.eval.select_num_models = 1  # One compiled training program for both.
+        config.eval.shifts = {"invert": 0.0}  # Each shift is a compile; run_test checks all.
         config.distributed.num_devices = num_devices
         sizes.append(sharding.create_mesh(config).size)
         jaxdd.distill(config, tmp_path / name)

@@ -170,18 +170,13 @@ def test_one_step_is_dcs_iteration(run):
     np.testing.assert_allclose(new_state.images, expected, rtol=1e-4, atol=1e-5)
     assert int(new_state.step) == 1
 
-    # The network's training between updates matters; after the last update it is skipped.
+    # The network's training between updates matters: without it the images differ, so the
+    # comparison above checks it. (Training after the last update cannot change the images, so
+    # no image comparison can tell whether the step skips it.)
     no_train = config.copy_and_resolve_references()
     no_train.match.inner_loop = 0
     untrained, _ = build.create_step(no_train, model, image_shape)(state, jax.random.key(0), real)
     assert not np.allclose(untrained.images, new_state.images, atol=1e-6)
-    one = config.copy_and_resolve_references()
-    one.match.outer_loop = 1
-    results = [
-        build.create_step(one, model, image_shape)(state, jax.random.key(0), real)[0].images
-        for one.match.inner_loop in (0, 3)
-    ]
-    np.testing.assert_array_equal(results[0], results[1])
 
 
 def test_train_network_epochs_cover_the_set_in_equal_minibatches():
