@@ -19,6 +19,11 @@ Sections (`--sections`, comma-separated):
            same shapes, same CPU, same run.
   memory   compiled peak memory of the risk family's unrolled objective for T = 10..80
            under each `match.unroll_remat`.
+  eval     the evaluation protocol's cost (`jaxdd.retrain`): M networks trained on IPC x C
+           images with the shipped config's evaluation settings (DSA), then predicting
+           10,000 test images, with the networks vmapped (`vectorize=True`) and mapped one
+           after another (`vectorize=False`): first call (with compile), second call, and
+           the largest parameter difference between the two.
 
 Data is random (mock) with the datasets' shapes: timings do not depend on pixel values.
 FLOPs: XLA's cost analysis counts a loop body once, whatever its trip count, so "FLOPs/step"
@@ -51,7 +56,7 @@ import ml_collections
 import numpy as np
 
 from benchmarks import harness
-from jaxdd import build, matching, models, sharding, step, xla
+from jaxdd import build, matching, models, retrain, sharding, step, xla
 from jaxdd import groups as groups_lib
 
 # Shipped config (configs/<name>.py) -> the image shape of its dataset.
@@ -280,6 +285,65 @@ def bench_memory(args) -> list[dict]:
     return rows
 
 
+def _timed(fn) -> tuple[float, object]:
+    timer = harness.Timer()
+    out = jax.block_until_ready(fn())
+    return timer(), out
+
+
+def bench_eval(args) -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(0)
+    for shape_name in args.shapes.split(","):
+        image_shape = SHAPES[shape_name]
+        config = harness.load_config(shape_name)
+        model = build.create_model(config, 10, image_shape)
+        test = jnp.asarray(rng.normal(size=(10_000, *image_shape)), jnp.float32)
+        for ipc in (int(i) for i in args.large_ipcs.split(",")):
+            images = jnp.asarray(rng.normal(size=(10 * ipc, *image_shape)), jnp.float32)
+            labels = jnp.arange(10 * ipc) % 10
+            keys = jax.random.split(jax.random.key(0), args.eval_models)
+            row = {
+                "shape": shape_name,
+                "image_shape": list(image_shape),
+                "ipc": ipc,
+                "models": args.eval_models,
+                "epochs": args.eval_epochs,
+                "augment": config.eval.augment,
+            }
+            params = {}
+            for vectorize in (True, False):
+                train = functools.partial(
+                    retrain.train_models,
+                    model,
+                    images,
+                    labels,
+                    keys=keys,
+                    epochs=args.eval_epochs,
+                    batch_size=config.eval.batch_size,
+                    augment=config.eval.augment,
+                    vectorize=vectorize,
+                )
+                name = "vmap" if vectorize else "map"
+                row[f"{name}_train_first_s"], _ = _timed(train)
+                row[f"{name}_train_s"], params[name] = _timed(train)
+                predict = functools.partial(
+                    retrain.predict, model, params[name], test, vectorize=vectorize
+                )
+                row[f"{name}_predict_first_s"], _ = _timed(predict)
+                row[f"{name}_predict_s"], _ = _timed(predict)
+            row["max_param_diff"] = max(
+                jax.tree.leaves(
+                    jax.tree.map(
+                        lambda a, b: float(jnp.max(jnp.abs(a - b))), params["vmap"], params["map"]
+                    )
+                )
+            )
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def render(results: dict, out: pathlib.Path) -> str:
     """The .md of `results` (the .json): tables only, linking `<out>_findings.md`."""
     gib = lambda b: f"{b / 2**30:.2f}"
@@ -377,6 +441,25 @@ def render(results: dict, out: pathlib.Path) -> str:
                 f"| {r['T']} | " + " | ".join(gib(r[name]) for name in matching.REMATS) + " |"
             )
         lines.append("")
+    if results.get("eval"):
+        lines += [
+            "## Evaluation: M networks trained on the set, then 10,000 test predictions "
+            "(vmapped vs mapped in turn)",
+            "",
+            "| data | IPC | M | epochs | augment | train s vmap (first) | train s map (first) | "
+            "predict s vmap | predict s map | max param diff |",
+            "|---" * 10 + "|",
+        ]
+        for r in results["eval"]:
+            lines.append(
+                f"| {r['shape']} {'x'.join(map(str, r['image_shape']))} | {r['ipc']} | "
+                f"{r['models']} | {r['epochs']} | {r['augment']} | "
+                f"{r['vmap_train_s']:.1f} ({r['vmap_train_first_s']:.1f}) | "
+                f"{r['map_train_s']:.1f} ({r['map_train_first_s']:.1f}) | "
+                f"{r['vmap_predict_s']:.2f} | {r['map_predict_s']:.2f} | "
+                f"{r['max_param_diff']:.1e} |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -389,13 +472,15 @@ def main() -> None:
     parser.add_argument("--large-ipcs", default="1,10,50", help="IPCs at 28x28 and 32x32")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps at 8x8")
     parser.add_argument("--repeats-large", type=int, default=2, help="timed steps, 28/32 px")
+    parser.add_argument("--eval-models", type=int, default=3, help="networks, eval section")
+    parser.add_argument("--eval-epochs", type=int, default=30, help="epochs, eval section")
     parser.add_argument("--out", default=str(harness.RESULTS / "step_time"))
     parser.add_argument(
         "--recount", action="store_true", help="recompute the FLOPs of the recorded steps only"
     )
     parser.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
     args = parser.parse_args()
-    unknown = set(args.sections.split(",")) - {"steps", "scaling", "torch", "memory"}
+    unknown = set(args.sections.split(",")) - {"steps", "scaling", "torch", "memory", "eval"}
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
     out = pathlib.Path(args.out)
@@ -437,6 +522,7 @@ def run_sections(args: argparse.Namespace, command: str) -> dict:
         ("scaling", lambda: bench_scaling(args)),
         ("torch", lambda: bench_torch(args, results["peak"])),
         ("memory", lambda: bench_memory(args)),
+        ("eval", lambda: bench_eval(args)),
     ):
         if name in sections:
             results[name] = fn()

@@ -6,9 +6,18 @@ is judged by training `M` freshly initialised networks on it and testing them:
 - `train_models`: SGD with momentum 0.9, weight decay 5e-4, learning rate 0.01 decayed x0.1 at
   half of the total steps, minibatches of 256 drawn by a per-epoch permutation, and DSA
   augmentation with per-image parameters. All `M` networks train in ONE compiled program:
-  `jax.vmap` over their keys, `jax.lax.fori_loop` over epochs and `jax.lax.scan` over steps.
+  mapped over their keys (see below), `jax.lax.fori_loop` over epochs and `jax.lax.scan` over
+  steps.
 - `predict`, `accuracy`, `group_accuracy`: predictions of every network and accuracies, overall
   and per group (subgroup robustness lives in `jaxdd.robustness`).
+
+How the `M` networks are mapped (`vectorize`): on GPU and TPU `jax.vmap` runs them side by side;
+on CPU `jax.lax.map` runs them one after another, because XLA:CPU lowers convolutions vmapped over
+parameters to grouped convolutions, which are slower than the same convolutions run in turn
+(2-core Xeon, jax 0.10.2, Fashion-MNIST's ConvNet, 3 networks, 30 epochs with DSA on IPC 10:
+41.4 s vmapped, 31.5 s mapped; predicting 10,000 test images: 26.2 and 21.7 s; digits 8x8:
+within 0.3 s either way; `benchmarks/results/step_time_eval.md`). Either way network `i`
+depends only on `keys[i]`.
 
 Every function here is pure: the images and labels are arguments of the compiled programs (never
 constants closed over), the hyperparameters are never mutated (the reference code silently
@@ -38,10 +47,23 @@ __all__ = [
     "predict",
     "steps_per_epoch",
     "train_models",
+    "vectorize_by_default",
 ]
 
 # The learning rate is multiplied by this once half of the steps are done (DC/DSA protocol).
 LR_DECAY = 0.1
+
+
+def vectorize_by_default() -> bool:
+    """Whether `train_models` and `predict` vmap over the networks when `vectorize` is None:
+    everywhere but on CPU (see the module docstring)."""
+    return jax.default_backend() != "cpu"
+
+
+def _map_models(fun, stacked: Any, vectorize: bool):
+    """`fun` applied to each network's slice of `stacked` (leading axis): `jax.vmap` if
+    `vectorize`, else `jax.lax.map` (one network at a time)."""
+    return jax.vmap(fun)(stacked) if vectorize else jax.lax.map(fun, stacked)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -145,7 +167,9 @@ def _train_one(
     return params
 
 
-@functools.partial(xla.jit, static_argnames=("model", "epochs", "batch_size", "strategy"))
+@functools.partial(
+    xla.jit, static_argnames=("model", "epochs", "batch_size", "strategy", "vectorize")
+)
 def _train_stacked(
     model: nn.Module,
     images: jax.Array,
@@ -156,12 +180,13 @@ def _train_stacked(
     epochs: int,
     batch_size: int,
     strategy: str,
+    vectorize: bool,
 ) -> Any:
     # `_train_one` is looked up when tracing, so a test can wrap it to count traces.
     train = functools.partial(
         _train_one, model, epochs=epochs, batch_size=batch_size, strategy=strategy
     )
-    return jax.vmap(train, in_axes=(None, None, 0, None))(images, labels, keys, hparams)
+    return _map_models(lambda key: train(images, labels, key, hparams), keys, vectorize)
 
 
 def train_models(
@@ -176,8 +201,9 @@ def train_models(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     augment: str = "none",
+    vectorize: bool | None = None,
 ) -> Any:
-    """Trains `len(keys)` networks from scratch on `(images, labels)`, vmapped over the keys.
+    """Trains `len(keys)` networks from scratch on `(images, labels)`, in one program.
 
     Each epoch draws a fresh permutation and splits it into `ceil(N / B)` minibatches of
     `B = min(batch_size, N)` images, the last one wrapped around to the start of the permutation
@@ -200,6 +226,8 @@ def train_models(
       batch_size: minibatch size, capped at N.
       learning_rate, momentum, weight_decay: SGD hyperparameters.
       augment: DSA strategy string (see `jaxdd.augment`), or 'none'.
+      vectorize: vmap over the networks (True) or train them in turn with `jax.lax.map`
+        (False); None: `vectorize_by_default()`. Results agree to float rounding.
 
     Returns:
       The `params` of the `M` networks, stacked along a leading axis of size `M`.
@@ -235,11 +263,14 @@ def train_models(
         epochs=epochs,
         batch_size=batch_size,
         strategy=augment,
+        vectorize=vectorize_by_default() if vectorize is None else bool(vectorize),
     )
 
 
-@functools.partial(xla.jit, static_argnames=("model", "batch_size"))
-def _predict(model: nn.Module, params_stacked: Any, images: jax.Array, *, batch_size: int):
+@functools.partial(xla.jit, static_argnames=("model", "batch_size", "vectorize"))
+def _predict(
+    model: nn.Module, params_stacked: Any, images: jax.Array, *, batch_size: int, vectorize: bool
+):
     num_examples = images.shape[0]
     num_chunks = -(-num_examples // batch_size)
     pad = num_chunks * batch_size - num_examples
@@ -251,7 +282,7 @@ def _predict(model: nn.Module, params_stacked: Any, images: jax.Array, *, batch_
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     def chunk_predictions(x):
-        return jax.vmap(classify, in_axes=(0, None))(params_stacked, x)  # (M, B)
+        return _map_models(lambda params: classify(params, x), params_stacked, vectorize)  # (M, B)
 
     # lax.map keeps one chunk's activations alive at a time: memory is bounded by batch_size.
     out = jax.lax.map(chunk_predictions, chunks)  # (num_chunks, M, B)
@@ -259,7 +290,12 @@ def _predict(model: nn.Module, params_stacked: Any, images: jax.Array, *, batch_
 
 
 def predict(
-    model: nn.Module, params_stacked: Any, images: ArrayLike, *, batch_size: int = 1024
+    model: nn.Module,
+    params_stacked: Any,
+    images: ArrayLike,
+    *,
+    batch_size: int = 1024,
+    vectorize: bool | None = None,
 ) -> jax.Array:
     """Predicted classes of every network on every image.
 
@@ -268,6 +304,7 @@ def predict(
       params_stacked: `params` of `M` networks stacked on a leading axis (`train_models`).
       images: `(N, H, W, C)` images, normalised like the training images.
       batch_size: images per forward pass (the last chunk is zero-padded); bounds memory.
+      vectorize: as in `train_models`.
 
     Returns:
       `(M, N)` int32 argmax classes.
@@ -278,7 +315,11 @@ def predict(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     return _predict(
-        model, params_stacked, images, batch_size=min(batch_size, max(images.shape[0], 1))
+        model,
+        params_stacked,
+        images,
+        batch_size=min(batch_size, max(images.shape[0], 1)),
+        vectorize=vectorize_by_default() if vectorize is None else bool(vectorize),
     )
 
 

@@ -73,8 +73,25 @@ def test_models_differ_and_rerun_is_identical(problem, keys, trained):
     chex.assert_trees_all_equal(trained, again)
 
 
-def test_vmap_does_not_mix_seeds(problem, keys, trained):
-    (images, labels), _ = problem
+@pytest.mark.parametrize("vectorize", [True, False], ids=["vmap", "map"])
+def test_networks_do_not_mix_seeds(problem, keys, trained, vectorize):
+    (images, labels), (test_images, _) = problem
+    both = retrain.train_models(
+        _mlp(),
+        images,
+        labels,
+        keys=keys,
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        augment=AUGMENT,
+        vectorize=vectorize,
+    )
+    # vmapped and mapped networks agree to float rounding, and so do their predictions.
+    assert _max_abs_diff(both, trained) < 1e-5
+    np.testing.assert_array_equal(
+        retrain.predict(_mlp(), both, test_images, vectorize=vectorize),
+        retrain.predict(_mlp(), trained, test_images, vectorize=not vectorize),
+    )
     for i in range(2):
         alone = retrain.train_models(
             _mlp(),
@@ -84,8 +101,9 @@ def test_vmap_does_not_mix_seeds(problem, keys, trained):
             epochs=EPOCHS,
             batch_size=BATCH,
             augment=AUGMENT,
+            vectorize=vectorize,
         )
-        model_i = jax.tree.map(lambda leaf, i=i: leaf[i : i + 1], trained)
+        model_i = jax.tree.map(lambda leaf, i=i: leaf[i : i + 1], both)
         assert _max_abs_diff(model_i, alone) < 1e-5
 
 
