@@ -7,7 +7,10 @@ robust distillation (robust.risk=cvar) and the full real training set. `erm+k_ce
 `robust+k_center` distill from a k-center coreset (`syn.init=k_center`) instead of random real
 images, `erm+groups` and `robust+groups` from random real images spread over the subgroups
 (`syn.init=groups`), `erm+mix` and `robust+mix` from IDC's tiled initialisation of factorized
-sets (`syn.init=mix`, with `--set=syn.param=factorized --set=syn.factor=2`); `reference` is
+sets (`syn.init=mix`, with `--set=syn.param=factorized --set=syn.factor=2`); `start`,
+`start+groups`, `start+mix`, ... score the exact set the matching erm/robust runs start from
+(same seed, subgroups and draw; `jaxdd.run.initial_set`), undistilled, so that each
+distilled row has its own starting point beside it; `reference` is
 the robust-DD reference algorithm's mode, fixed
 (configs/rdd_reference.py: Voronoi cells, the matched network trained on real data with the
 cells' CVaR, ERM matching), from random real images as erm and robust. Synthetic sets are
@@ -35,10 +38,13 @@ import numpy as np
 
 import jaxdd
 from benchmarks import harness
-from jaxdd import build, report, synthetic
+from jaxdd import build, report, run, synthetic
 
 METHODS = (
     "random",
+    "start",
+    "start+groups",
+    "start+mix",
     "herding",
     "k_center",
     "erm",
@@ -99,12 +105,15 @@ def run_method(
             section, key = field.split(".")
             config[section][key] = reference[section][key]
         return jaxdd.distill(config, workdir).report
+    if init:
+        config.syn.init = init
     if risk in ("erm", "robust"):
         config.robust.risk = "mean" if risk == "erm" else "cvar"
-        if init:
-            config.syn.init = init
         return jaxdd.distill(config, workdir).report
     dataset, rare = build.load_data(config)
+    if risk == "start":
+        images, labels = run.initial_set(config, dataset)
+        return report.evaluate_set(config, dataset, rare, images, labels)
     train = dataset.train
     if method == "full":
         images, labels = train.images, train.labels
@@ -182,6 +191,12 @@ PAIRS = (
     ("robust", "reference"),
     ("erm+groups", "erm"),
     ("robust+groups", "robust"),
+    ("erm", "start"),
+    ("robust", "start"),
+    ("erm+groups", "start+groups"),
+    ("robust+groups", "start+groups"),
+    ("erm+mix", "start+mix"),
+    ("robust+mix", "start+mix"),
 )
 
 
@@ -285,7 +300,8 @@ def run_missing(args: argparse.Namespace, records: list[dict], path: pathlib.Pat
                     if method == "full" and args.full_epochs:
                         config.eval.epochs = args.full_epochs
                     settings = {
-                        "iterations": args.iterations,
+                        # A start row is the set before any iteration.
+                        "iterations": 0 if method.startswith("start") else args.iterations,
                         "eval": f"{config.eval.num_models}x{config.eval.epochs} epochs",
                         "set": harness.parse_overrides(args.set),
                     }

@@ -114,13 +114,11 @@ class _Run:
     decoder: Any  # The decoder's parameters (a generator's), or None.
 
 
-def _set_up(config, dataset, rare, mesh, decoder) -> _Run:
-    """Groups, model, initial state and the jitted step; the initial checkpoint payload.
-    `decoder`: `build.create_decoder`'s (decode function, parameters)."""
-    decode_fn, decoder_params = decoder
+def _start(config, dataset, decoder_params):
+    """(groups, model, real data, initial state, step root key): all of a run that its seed
+    decides before the first step."""
     cluster_key, init_key, step_root = jax.random.split(jax.random.key(config.seed), 3)
     groups = build.create_groups(config, dataset, key=cluster_key)
-    logging.info("%s", summarize(dataset, groups))
     model = build.create_model(config, dataset.num_classes, dataset.image_shape)
     real = step.RealData(
         images=jnp.asarray(dataset.train.images), groups=groups, decoder=decoder_params
@@ -128,6 +126,27 @@ def _set_up(config, dataset, rare, mesh, decoder) -> _Run:
     state = build.create_state(
         config, real, key=init_key, train_labels=dataset.train.labels, model=model
     )
+    return groups, model, real, state, step_root
+
+
+def initial_set(
+    config: ml_collections.ConfigDict, dataset: data.Dataset
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training set `distill(config, ...)` starts from, before its first update: the same
+    subgroups, key and `syn.init` draw, decoded as the run decodes it (flat images
+    (N, H, W, Ch) and labels, as `jaxdd.step.synthetic_arrays`). Score it with
+    `jaxdd.report.evaluate_set` to see what distillation adds to its own start."""
+    decode_fn, decoder_params = build.create_decoder(config, dataset.image_shape)
+    state = _start(config, dataset, decoder_params)[3]
+    return step.synthetic_arrays(state, decode_fn, decoder_params)
+
+
+def _set_up(config, dataset, rare, mesh, decoder) -> _Run:
+    """Groups, model, initial state and the jitted step; the initial checkpoint payload.
+    `decoder`: `build.create_decoder`'s (decode function, parameters)."""
+    decode_fn, decoder_params = decoder
+    groups, model, real, state, step_root = _start(config, dataset, decoder_params)
+    logging.info("%s", summarize(dataset, groups))
     payload = {
         "state": state,
         "root_key": jax.random.key_data(step_root),

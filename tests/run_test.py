@@ -13,8 +13,8 @@ import tensorflow_datasets as tfds
 
 import jaxdd
 from configs import smoke
+from jaxdd import build, data, run
 from jaxdd import config as config_lib
-from jaxdd import data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FASHION_MNIST = pathlib.Path(data.FASHION_MNIST_DIR)  # apt-get's dataset-fashion-mnist
@@ -58,6 +58,27 @@ def test_rare_subpopulation_run_reports_minority_groups(tmp_path):
     validation = result.report["validation"]
     assert set(validation) == {"accuracy_mean", "majority_accuracy", "minority_accuracy"}
     assert all(0.0 <= v <= 100.0 for v in validation.values())
+
+
+def test_initial_set_is_what_a_run_starts_from(tmp_path, monkeypatch):
+    """`run.initial_set` (the benchmarks' `start` rows) equals the state a run starts from:
+    with the loop skipped, the run's last set is its initial one."""
+    config = _tiny(smoke.get_config())
+    config.ipc = 2
+    config.data.rare = "invert"
+    config.syn.init = "groups"
+    dataset, _ = build.load_data(config)
+    images, labels = run.initial_set(config, dataset)
+    monkeypatch.setattr(run, "_loop", lambda *args, **kwargs: {})
+    jaxdd.distill(config, tmp_path)
+    started = jaxdd.load_synthetic(tmp_path / "synthetic_last.npz")
+    np.testing.assert_array_equal(images, started.images)
+    np.testing.assert_array_equal(labels, started.labels)
+    # Real training images of their own class (`groups`: one member of each subgroup).
+    train = dataset.train.images.reshape(len(dataset.train.images), -1)
+    for image, label in zip(images.reshape(len(images), -1), labels, strict=True):
+        matches = np.flatnonzero((train == image).all(axis=1))
+        assert matches.size and (dataset.train.labels[matches] == label).all()
 
 
 def test_smoke_run_writes_every_file(tmp_path):
