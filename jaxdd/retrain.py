@@ -60,6 +60,11 @@ def vectorize_by_default() -> bool:
     return jax.default_backend() != "cpu"
 
 
+def _vectorize(vectorize: bool | None) -> bool:
+    """The `vectorize` argument of `train_models` / `predict`, None resolved."""
+    return vectorize_by_default() if vectorize is None else bool(vectorize)
+
+
 def _map_models(fun, stacked: Any, vectorize: bool):
     """`fun` applied to each network's slice of `stacked` (leading axis): `jax.vmap` if
     `vectorize`, else `jax.lax.map` (one network at a time)."""
@@ -263,7 +268,7 @@ def train_models(
         epochs=epochs,
         batch_size=batch_size,
         strategy=augment,
-        vectorize=vectorize_by_default() if vectorize is None else bool(vectorize),
+        vectorize=_vectorize(vectorize),
     )
 
 
@@ -319,7 +324,7 @@ def predict(
         params_stacked,
         images,
         batch_size=min(batch_size, max(images.shape[0], 1)),
-        vectorize=vectorize_by_default() if vectorize is None else bool(vectorize),
+        vectorize=_vectorize(vectorize),
     )
 
 
