@@ -8,6 +8,14 @@ For every class, the cluster holding most of the class's minority (transformed) 
 purity = minority share of that cluster, recall = share of the class's minority inside it.
 Prints the mean and the minimum over classes for each K and feature space (`cluster.features`),
 clustering exactly as a run does (`jaxdd.build.create_groups`).
+
+`--trained-epochs=E1,E2` adds what a network trained on the real training split (the
+evaluation protocol's SGD, no augmentation, one network per E) sees of the minority:
+per-class K-means of its L2-normalised penultimate embedding (GEORGE: Sohoni et al., NeurIPS
+2020, cluster within class in an ERM model's feature space) and the share of minority images
+among its highest-loss training images, as many as the minority holds, and among those it
+misclassifies (JTT: Liu et al., ICML 2021, the error set of an ERM model). Both ways of finding
+a subgroup without its labels work only if the trained network treats the subgroup differently.
 """
 
 from __future__ import annotations
@@ -19,25 +27,80 @@ import ml_collections
 import numpy as np
 
 from benchmarks import harness
-from jaxdd import build
+from jaxdd import build, clustering, groups, retrain
+
+
+def minority_cluster(
+    assignments: np.ndarray, labels: np.ndarray, minority: np.ndarray, num_clusters: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C,) purity and recall of each class's cluster holding most of its minority."""
+    purity, recall = [], []
+    for c in np.unique(labels):
+        in_class = labels == c
+        counts = [
+            (
+                int(minority[in_class & (assignments == k)].sum()),
+                int((in_class & (assignments == k)).sum()),
+            )
+            for k in range(num_clusters)
+        ]
+        hits, size = max(counts)
+        purity.append(hits / max(size, 1))
+        recall.append(hits / minority[in_class].sum())
+    return np.array(purity), np.array(recall)
 
 
 def purity_recall(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
     """(C,) purity and recall of each class's minority cluster under `config`'s clustering."""
     dataset, rare = build.load_data(config)
-    groups = build.create_groups(config, dataset, key=jax.random.key(config.seed))
-    members, sizes = np.asarray(groups.members), np.asarray(groups.sizes)
-    minority = rare.train_minority
-    purity, recall = [], []
-    for c in range(dataset.num_classes):
-        counts = [
-            (int(minority[members[c, k, : sizes[c, k]]].sum()), int(sizes[c, k]))
-            for k in range(members.shape[1])
-        ]
-        hits, size = max(counts)
-        purity.append(hits / size)
-        recall.append(hits / minority[dataset.train.labels == c].sum())
-    return np.array(purity), np.array(recall)
+    table = build.create_groups(config, dataset, key=jax.random.key(config.seed))
+    members, sizes = np.asarray(table.members), np.asarray(table.sizes)
+    assignments = np.full(len(dataset.train.labels), -1)
+    for c, k in np.ndindex(sizes.shape):
+        assignments[members[c, k, : sizes[c, k]]] = k
+    return minority_cluster(
+        assignments, dataset.train.labels, rare.train_minority, config.cluster.num_clusters
+    )
+
+
+def trained_view(config: ml_collections.ConfigDict, epochs: int, ks: list[int]) -> list[str]:
+    """Lines describing how a network trained `epochs` on the real train split sees the minority."""
+    dataset, rare = build.load_data(config)
+    images, labels, minority = dataset.train.images, dataset.train.labels, rare.train_minority
+    model = build.create_model(config, dataset.num_classes, dataset.image_shape)
+    stacked = retrain.train_models(
+        model, images, labels, keys=jax.random.split(jax.random.key(config.seed), 1), epochs=epochs
+    )
+    logits, embedding = groups.network_outputs(model, jax.tree.map(lambda a: a[0], stacked), images)
+    logits, embedding = np.asarray(logits), np.asarray(embedding)
+    loss = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), labels[:, None], axis=1)[
+        :, 0
+    ]
+    top = np.argsort(-loss, kind="stable")[: int(minority.sum())]
+    wrong = logits.argmax(axis=1) != labels
+    lines = [
+        f"trained {epochs} epochs: train accuracy {1 - wrong.mean():.3f}, mean loss minority "
+        f"{loss[minority].mean():.3f} / majority {loss[~minority].mean():.3f}; minority share "
+        f"{minority.mean():.3f} overall, {minority[top].mean():.2f} of the highest-loss "
+        f"{len(top)}, {minority[wrong].mean() if wrong.any() else float('nan'):.2f} of the "
+        f"{int(wrong.sum())} misclassified"
+    ]
+    features = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
+    for k in ks:
+        assignments = clustering.cluster_per_class(
+            features, labels, num_classes=dataset.num_classes, num_clusters=k,
+            key=jax.random.key(config.seed), num_iters=config.cluster.num_iters,
+        )  # fmt: skip
+        purity, recall = minority_cluster(np.asarray(assignments), labels, minority, k)
+        lines.append(f"K={k:2d} {'trained_' + str(epochs):10s} " + _summary(purity, recall))
+    return lines
+
+
+def _summary(purity: np.ndarray, recall: np.ndarray) -> str:
+    return (
+        f"minority cluster: purity {purity.mean():.2f} (min {purity.min():.2f}), recall "
+        f"{recall.mean():.2f} (min {recall.min():.2f})"
+    )
 
 
 def main() -> None:
@@ -46,8 +109,10 @@ def main() -> None:
     parser.add_argument("--rare", default="invert")
     parser.add_argument("--ks", default="4,8,16")
     parser.add_argument("--features", default="pixels,random_net")
+    parser.add_argument("--trained-epochs", default="", help="e.g. 5,30; empty: none")
     args = parser.parse_args()
-    for k in map(int, args.ks.split(",")):
+    ks = [int(k) for k in args.ks.split(",")]
+    for k in ks:
         for features in args.features.split(","):
             config = harness.load_config(
                 args.dataset,
@@ -55,12 +120,11 @@ def main() -> None:
                 f"cluster.num_clusters={k}",
                 f"cluster.features={features}",
             )
-            purity, recall = purity_recall(config)
-            print(
-                f"K={k:2d} {features:10s} minority cluster: purity {purity.mean():.2f} "
-                f"(min {purity.min():.2f}), recall {recall.mean():.2f} (min {recall.min():.2f})",
-                flush=True,
-            )
+            print(f"K={k:2d} {features:10s} " + _summary(*purity_recall(config)), flush=True)
+    for epochs in [int(e) for e in args.trained_epochs.split(",") if e]:
+        config = harness.load_config(args.dataset, f"data.rare={args.rare}")
+        for line in trained_view(config, epochs, ks):
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

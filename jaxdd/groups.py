@@ -20,6 +20,7 @@ shape and rare groups weigh as much as common ones.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -37,6 +38,7 @@ __all__ = [
     "class_groups",
     "cluster_groups",
     "make_groups",
+    "network_outputs",
     "sample_groups",
     "voronoi_groups",
 ]
@@ -53,15 +55,20 @@ def pixel_features(images: np.ndarray, *, key: jax.Array, model: nn.Module) -> j
     return clustering.features_pixels(images)
 
 
+def network_outputs(model: nn.Module, params: Any, images: np.ndarray) -> tuple[jax.Array, ...]:
+    """(N, H, W, C) -> `model`'s (logits (N, classes), embedding (N, D)) at `params`, computed
+    `_EMBED_CHUNK` images at a time."""
+    apply = xla.jit(lambda p, x: model.apply({"params": p}, x))
+    starts = range(0, len(images), _EMBED_CHUNK)
+    chunks = [apply(params, images[i : i + _EMBED_CHUNK]) for i in starts]
+    return tuple(jnp.concatenate(parts) for parts in zip(*chunks, strict=True))
+
+
 def random_net_features(images: np.ndarray, *, key: jax.Array, model: nn.Module) -> jax.Array:
     """(N, H, W, C) -> (N, D) penultimate embedding of `model` at a random init (from `key`),
     L2-normalised per sample."""
     params = models.init_params(model, key, images.shape[1:])
-    embed = xla.jit(lambda p, x: model.apply({"params": p}, x)[1])
-    chunks = [
-        embed(params, images[i : i + _EMBED_CHUNK]) for i in range(0, len(images), _EMBED_CHUNK)
-    ]
-    features = jnp.concatenate(chunks)
+    features = network_outputs(model, params, images)[1]
     return features / jnp.maximum(jnp.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 

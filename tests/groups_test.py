@@ -125,6 +125,18 @@ def test_cluster_groups_is_per_class_kmeans_of_the_chosen_features():
         )  # fmt: skip
 
 
+def test_network_outputs_are_one_apply_across_chunks(monkeypatch):
+    monkeypatch.setattr(groups_lib, "_EMBED_CHUNK", 4)  # 10 images: chunks of 4, 4 and 2.
+    images = np.random.default_rng(1).normal(size=(10, 4, 4, 1)).astype(np.float32)
+    model = models.instantiate("mlp", num_classes=3, width=8, depth=2)
+    params = models.init_params(model, jax.random.key(2), images.shape[1:])
+    logits, embedding = groups_lib.network_outputs(model, params, images)
+    expected_logits, expected_embedding = model.apply({"params": params}, images)
+    assert logits.shape == (10, 3) and embedding.shape == expected_embedding.shape
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(embedding, expected_embedding, rtol=1e-5, atol=1e-6)
+
+
 def test_voronoi_groups_are_same_class_nearest_cells_and_keep_empty_ones():
     """1-pixel images, identity embedding: pool images go to the nearest synthetic image of
     their own class; a cell nothing falls into holds its nearest pool image."""
