@@ -322,7 +322,9 @@ def run_missing(args: argparse.Namespace, records: list[dict], path: pathlib.Pat
                         f"{dataset} ipc={ipc} seed={seed} {method}: acc "
                         f"{result['accuracy_mean']:.1f}, worst group "
                         f"{result.get('worst_group_accuracy', float('nan')):.1f}, minority "
-                        f"{result.get('worst_group_accuracy_rare', float('nan')):.1f} "
+                        f"{result.get('minority_accuracy', float('nan')):.1f} (mean over "
+                        f"classes; worst class "
+                        f"{result.get('worst_group_accuracy_rare', float('nan')):.1f}) "
                         f"({timer():.0f} s)",
                         flush=True,
                     )
