@@ -37,13 +37,8 @@ def minority_cluster(
     purity, recall = [], []
     for c in np.unique(labels):
         in_class = labels == c
-        counts = [
-            (
-                int(minority[in_class & (assignments == k)].sum()),
-                int((in_class & (assignments == k)).sum()),
-            )
-            for k in range(num_clusters)
-        ]
+        cells = [in_class & (assignments == k) for k in range(num_clusters)]
+        counts = [(int(minority[cell].sum()), int(cell.sum())) for cell in cells]
         hits, size = max(counts)
         purity.append(hits / max(size, 1))
         recall.append(hits / minority[in_class].sum())
@@ -63,9 +58,10 @@ def purity_recall(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.nda
     )
 
 
-def trained_view(config: ml_collections.ConfigDict, epochs: int, ks: list[int]) -> list[str]:
+def trained_view(
+    config: ml_collections.ConfigDict, dataset, rare, epochs: int, ks: list[int]
+) -> list[str]:
     """Lines describing how a network trained `epochs` on the real train split sees the minority."""
-    dataset, rare = build.load_data(config)
     images, labels, minority = dataset.train.images, dataset.train.labels, rare.train_minority
     model = build.create_model(config, dataset.num_classes, dataset.image_shape)
     stacked = retrain.train_models(
@@ -73,9 +69,7 @@ def trained_view(config: ml_collections.ConfigDict, epochs: int, ks: list[int]) 
     )
     logits, embedding = groups.network_outputs(model, jax.tree.map(lambda a: a[0], stacked), images)
     logits, embedding = np.asarray(logits), np.asarray(embedding)
-    loss = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), labels[:, None], axis=1)[
-        :, 0
-    ]
+    loss = -np.asarray(jax.nn.log_softmax(logits))[np.arange(len(labels)), labels]
     top = np.argsort(-loss, kind="stable")[: int(minority.sum())]
     wrong = logits.argmax(axis=1) != labels
     lines = [
@@ -121,10 +115,13 @@ def main() -> None:
                 f"cluster.features={features}",
             )
             print(f"K={k:2d} {features:10s} " + _summary(*purity_recall(config)), flush=True)
-    for epochs in [int(e) for e in args.trained_epochs.split(",") if e]:
+    trained_epochs = [int(e) for e in args.trained_epochs.split(",") if e]
+    if trained_epochs:
         config = harness.load_config(args.dataset, f"data.rare={args.rare}")
-        for line in trained_view(config, epochs, ks):
-            print(line, flush=True)
+        dataset, rare = build.load_data(config)  # Once for every trained network.
+        for epochs in trained_epochs:
+            for line in trained_view(config, dataset, rare, epochs, ks):
+                print(line, flush=True)
 
 
 if __name__ == "__main__":
