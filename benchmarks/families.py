@@ -12,6 +12,12 @@ each family. Run from the repository root:
 
   python -m benchmarks.families --datasets=digits --ipcs=1,10 --seeds=0 --budget-s=180
 
+A list of budgets (`--budget-s=1800,7200`) is one run per family scored at each: the run
+distils to the first budget's iterations, is scored, then resumes in the same workdir (under
+`--workdir`, kept between invocations) to the next, so the longer budget's trajectory is the
+uninterrupted one (resume is bit-identical) and its table also shows where the curve stood
+earlier. The seconds per iteration are measured once, at the first budget, and reused.
+
 writes benchmarks/results/families.md (linking the hand-written families_findings.md) and
 families.json (every run, with its command and machine); each finished run is merged at once,
 so an interrupted benchmark resumes with the same command; `--render` rewrites the .md.
@@ -20,15 +26,16 @@ so an interrupted benchmark resumes with the same command; `--render` rewrites t
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import pathlib
-import tempfile
 
 import jax
 import numpy as np
 
 import jaxdd
 from benchmarks import harness
-from jaxdd import build, report, synthetic
+from jaxdd import build, checkpoint, report, synthetic
 
 # Each family's settings on a dataset's shipped config (the config's own: DSA's gradient
 # matching with DC's loops). distribution: DM's lr_img; krr: FRePo's pool of 10 networks and
@@ -61,37 +68,64 @@ def seconds_per_iteration(config) -> float:
     return float(np.median(times))
 
 
-def run_one(args, dataset: str, ipc: int, seed: int, family: str, risk: str) -> dict:
-    """One family's run under the budget, or (family 'random') the random real subset."""
-    config = harness.protocol_config(
+def family_config(args, dataset: str, ipc: int, seed: int, family: str):
+    return harness.protocol_config(
         dataset, ipc=ipc, seed=seed, iterations=1, eval_models=args.eval_models,
         eval_epochs=args.eval_epochs, overrides=[*FAMILY_SETTINGS.get(family, ()), *args.set],
     )  # fmt: skip
-    if family == "random":
-        data, rare = build.load_data(config)
-        images, labels = synthetic.coreset(
-            "random", data.train.images, data.train.labels, ipc=ipc, seed=seed
-        )
-        shape = images.shape[2:]
-        result = report.evaluate_set(
-            config, data, rare, images.reshape(-1, *shape), labels.reshape(-1)
-        )
-        return {"report": result}
+
+
+def run_random(args, dataset: str, ipc: int, seed: int) -> dict:
+    """The random real subset of the runs' size, scored by the same evaluator."""
+    config = family_config(args, dataset, ipc, seed, "random")
+    data, rare = build.load_data(config)
+    images, labels = synthetic.coreset(
+        "random", data.train.images, data.train.labels, ipc=ipc, seed=seed
+    )
+    shape = images.shape[2:]
+    result = report.evaluate_set(config, data, rare, images.reshape(-1, *shape), labels.reshape(-1))
+    return {"report": result}
+
+
+def workdir_name(dataset: str, ipc: int, seed: int, family: str, risk: str, overrides) -> str:
+    """One run's workdir under `--workdir`: its key and a digest of its overrides."""
+    digest = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{dataset}_ipc{ipc}_seed{seed}_{family}_{risk}_{digest}"
+
+
+def run_stages(
+    args, dataset: str, ipc: int, seed: int, family: str, risk: str, budgets, done: dict, workdir
+):
+    """Yields (budget, result) for each budget in `budgets` (ascending) not already in `done`
+    (budget -> record): one run in `workdir`, resumed from stage to stage."""
+    config = family_config(args, dataset, ipc, seed, family)
     config.robust.risk = risk
-    per_iteration = seconds_per_iteration(config)
-    iterations = max(2, int(args.budget_s // per_iteration))
-    config.num_iterations = iterations
-    config.eval.select_every = max(1, iterations // 2)
-    config.checkpoint.every = iterations
-    timer = harness.Timer()
-    with tempfile.TemporaryDirectory() as workdir:
-        result = jaxdd.distill(config, pathlib.Path(workdir)).report
-    return {
-        "report": result,
-        "seconds_per_iteration": per_iteration,
-        "iterations": iterations,
-        "distill_and_eval_seconds": timer(),
-    }
+    measured = [r["seconds_per_iteration"] for r in done.values()]
+    per_iteration = measured[0] if measured else seconds_per_iteration(config)
+    for budget in budgets:
+        if budget in done:
+            continue
+        iterations = max(2, int(budget // per_iteration))
+        latest = checkpoint.create_manager(workdir / "checkpoints").latest_step()
+        if latest is not None and latest > iterations:
+            raise SystemExit(
+                f"{workdir} holds a checkpoint at iteration {latest}, past budget {budget:g} s "
+                f"({iterations} iterations), which has no record: remove the workdir to rerun."
+            )
+        config.num_iterations = iterations
+        config.eval.select_every = max(1, iterations // 2)
+        config.checkpoint.every = max(1, iterations // 10)  # An interrupted stage resumes.
+        timer = harness.Timer()
+        result = jaxdd.distill(config, workdir).report
+        yield (
+            budget,
+            {
+                "report": result,
+                "seconds_per_iteration": per_iteration,
+                "iterations": iterations,
+                "distill_and_eval_seconds": timer(),
+            },
+        )
 
 
 def summarise(records: list[dict], out: pathlib.Path) -> str:
@@ -111,14 +145,30 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
         "",
         *harness.findings_link(out),
     ]
-    tables = sorted({(r["dataset"], r["ipc"], r["budget_s"]) for r in records})
+    tables = sorted({(r["dataset"], r["ipc"], r["budget_s"]) for r in records
+                     if r["family"] != "random"})  # fmt: skip
     for dataset, ipc, budget in tables:
         rows = [
-            r for r in records if record_key(r)[:2] == (dataset, ipc) and r["budget_s"] == budget
-        ]
+            r for r in records
+            if record_key(r)[:2] == (dataset, ipc) and r["budget_s"] == budget
+            and r["family"] != "random"
+        ]  # fmt: skip
+        # The random subset does not depend on the budget: in every table of its data and IPC.
+        rows += list({r["seed"]: r for r in records if record_key(r)[:2] == (dataset, ipc)
+                      and r["family"] == "random"}.values())  # fmt: skip
+        continued = sorted({r["continued_from"] for r in rows if "continued_from" in r})
         lines += [
             f"## {dataset}, IPC {ipc}, budget {budget:.0f} s of distillation per run",
             "",
+            *(
+                [
+                    f"The runs of the {', '.join(f'{b:.0f}' for b in continued)} s table, resumed "
+                    "in their workdirs and distilled on to this budget.",
+                    "",
+                ]
+                if continued
+                else []
+            ),  # fmt: skip
             "| family | objective | seeds | iterations | s / iteration | accuracy | worst group "
             "(test K-means) | minority, mean over classes | validation accuracy |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -146,6 +196,39 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_point(args, path, records, budgets, dataset: str, ipc: int, seed: int) -> list[dict]:
+    """The random subset and every family x risk of one (dataset, ipc, seed) at each budget not
+    yet in `records`, each merged into `path` as it finishes; the records after."""
+    command, machine = harness.command("families"), harness.machine()
+    point = {"dataset": dataset, "ipc": ipc, "seed": seed}
+
+    def store(key_fields: dict, result: dict) -> list[dict]:
+        record = {**point, **key_fields, "command": command, "machine": machine,
+                  "set": harness.parse_overrides(args.set), **result}  # fmt: skip
+        print(
+            f"{dataset} ipc={ipc} seed={seed} {record['family']} {record['risk']} "
+            f"{record['budget_s']:g} s: acc {record['report']['accuracy_mean']:.1f} "
+            f"({record.get('iterations', '-')} iterations)",
+            flush=True,
+        )
+        return harness.merge_results(path, [record], key=record_key)
+
+    if not any(record_key(r)[:4] == (dataset, ipc, seed, "random") for r in records):
+        random_key = {"family": "random", "risk": "-", "budget_s": budgets[0]}
+        records = store(random_key, run_random(args, dataset, ipc, seed))
+    for family in args.families.split(","):
+        for risk in args.risks.split(","):
+            key = (dataset, ipc, seed, family, risk)
+            done = {r["budget_s"]: r for r in records if record_key(r)[:5] == key}
+            workdir = pathlib.Path(args.workdir) / workdir_name(*key, args.set)
+            for budget, result in run_stages(args, *key, budgets, done, workdir):
+                earlier = [b for b in budgets if b < budget]
+                if earlier:
+                    result["continued_from"] = earlier[-1]
+                records = store({"family": family, "risk": risk, "budget_s": budget}, result)
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="digits")
@@ -153,7 +236,13 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--families", default=",".join(FAMILY_SETTINGS))
     parser.add_argument("--risks", default="mean", help="mean (ERM), cvar (robust) or both")
-    parser.add_argument("--budget-s", type=float, default=180.0)
+    parser.add_argument(
+        "--budget-s", default="180", help="seconds of distillation; a list scores one run at each"
+    )
+    parser.add_argument(
+        "--workdir", default=str(harness.REPO / "runs" / "families"),
+        help="the runs' workdirs (kept, so a longer budget resumes them)",
+    )  # fmt: skip
     parser.add_argument("--eval-models", type=int, default=3)
     parser.add_argument("--eval-epochs", type=int, default=300)
     parser.add_argument("--set", action="append", default=[], help="config field=value")
@@ -167,32 +256,11 @@ def main() -> None:
     path = out.with_suffix(".json")
     records = harness.load_results(path, [])
     if not args.render:
-        command, machine = harness.command("families"), harness.machine()
+        budgets = sorted(map(float, args.budget_s.split(",")))
         for dataset in args.datasets.split(","):
             for ipc in map(int, args.ipcs.split(",")):
                 for seed in map(int, args.seeds.split(",")):
-                    runs = [("random", "-")] + [
-                        (family, risk)
-                        for family in args.families.split(",")
-                        for risk in args.risks.split(",")
-                    ]
-                    for family, risk in runs:
-                        key = (dataset, ipc, seed, family, risk, args.budget_s)
-                        if any(record_key(r) == key for r in records):
-                            continue
-                        record = {
-                            "dataset": dataset, "ipc": ipc, "seed": seed, "family": family,
-                            "risk": risk, "budget_s": args.budget_s, "command": command,
-                            "machine": machine, "set": harness.parse_overrides(args.set),
-                            **run_one(args, dataset, ipc, seed, family, risk),
-                        }  # fmt: skip
-                        records = harness.merge_results(path, [record], key=record_key)
-                        print(
-                            f"{dataset} ipc={ipc} seed={seed} {family} {risk}: acc "
-                            f"{record['report']['accuracy_mean']:.1f} "
-                            f"({record.get('iterations', '-')} iterations)",
-                            flush=True,
-                        )
+                    records = run_point(args, path, records, budgets, dataset, ipc, seed)
     out.with_suffix(".md").write_text(summarise(records, out))
     print(summarise(records, out))
 
