@@ -128,6 +128,15 @@ def run_stages(
         )
 
 
+def row_kind(record: dict) -> tuple[str, str]:
+    """(how the set is parameterised, its label type) of a record: what a table never mixes."""
+    overrides = record.get("set", {})
+    param = "pixels" if record["family"] == "random" else overrides.get("syn.param", "pixels")
+    if param == "factorized":
+        param = f"factorized f={overrides.get('syn.factor', 1)}"
+    return param, record["report"].get("label_type", "hard")
+
+
 def summarise(records: list[dict], out: pathlib.Path) -> str:
     commands = sorted({r["command"] for r in records})
     lines = [
@@ -169,29 +178,34 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
                 if continued
                 else []
             ),  # fmt: skip
-            "| family | objective | seeds | iterations | s / iteration | accuracy | worst group "
-            "(test K-means) | minority, mean over classes | validation accuracy |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| family | objective | set | labels | seeds | iterations | s / iteration | accuracy "
+            "| worst group (test K-means) | minority, mean over classes | validation accuracy |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for family in ["random", *FAMILY_SETTINGS]:
-            for risk in ["-", *RISKS]:
-                runs = [r for r in rows if r["family"] == family and r["risk"] == risk]
-                if not runs:
-                    continue
-                reports = [harness.with_rare_means(r["report"]) for r in runs]
+        order = {name: i for i, name in enumerate(["random", *FAMILY_SETTINGS, "-", *RISKS])}
+        row_keys = sorted(
+            {(r["family"], r["risk"], row_kind(r)) for r in rows},
+            key=lambda k: (order[k[0]], order[k[1]], k[2]),
+        )
+        for family, risk, kind in row_keys:
+            runs = [
+                r for r in rows if (r["family"], r["risk"], row_kind(r)) == (family, risk, kind)
+            ]
+            reports = [harness.with_rare_means(r["report"]) for r in runs]
 
-                def cell(key, reports=reports):
-                    values = np.array([rep[key] for rep in reports if key in rep], float)
-                    return f"{values.mean():.1f} ± {values.std():.1f}" if len(values) else ""
+            def cell(key, reports=reports):
+                values = np.array([rep[key] for rep in reports if key in rep], float)
+                return f"{values.mean():.1f} ± {values.std():.1f}" if len(values) else ""
 
-                iterations = "/".join(str(r.get("iterations", "")) for r in runs)
-                per_iteration = "/".join(f"{r['seconds_per_iteration']:.2f}" for r in runs
-                                         if "seconds_per_iteration" in r)  # fmt: skip
-                lines.append(
-                    f"| {family} | {RISKS.get(risk, '-')} | {len(runs)} | {iterations} | "
-                    f"{per_iteration} | {cell('accuracy_mean')} | {cell('worst_group_accuracy')} "
-                    f"| {cell('minority_mean')} | {cell('validation_accuracy_mean')} |"
-                )
+            iterations = "/".join(str(r.get("iterations", "")) for r in runs)
+            per_iteration = "/".join(f"{r['seconds_per_iteration']:.2f}" for r in runs
+                                     if "seconds_per_iteration" in r)  # fmt: skip
+            lines.append(
+                f"| {family} | {RISKS.get(risk, '-')} | {kind[0]} | {kind[1]} | {len(runs)} "
+                f"| {iterations} | {per_iteration} | {cell('accuracy_mean')} "
+                f"| {cell('worst_group_accuracy')} | {cell('minority_mean')} "
+                f"| {cell('validation_accuracy_mean')} |"
+            )
         lines.append("")
     return "\n".join(lines) + "\n"
 
