@@ -171,8 +171,9 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
             "",
             *(
                 [
-                    f"The runs of the {', '.join(f'{b:.0f}' for b in continued)} s table, resumed "
-                    "in their workdirs and distilled on to this budget.",
+                    f"The runs of the {', '.join(f'{b:.0f}' for b in continued)} s table, "
+                    "distilled on to this budget (resumed from their workdirs, or rerun from the "
+                    "start where a workdir was not kept: the same trajectory).",
                     "",
                 ]
                 if continued
