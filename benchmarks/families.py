@@ -184,14 +184,12 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         order = {name: i for i, name in enumerate(["random", *FAMILY_SETTINGS, "-", *RISKS])}
-        row_keys = sorted(
-            {(r["family"], r["risk"], row_kind(r)) for r in rows},
-            key=lambda k: (order[k[0]], order[k[1]], k[2]),
-        )
-        for family, risk, kind in row_keys:
-            runs = [
-                r for r in rows if (r["family"], r["risk"], row_kind(r)) == (family, risk, kind)
-            ]
+        grouped: dict[tuple, list[dict]] = {}
+        for r in rows:
+            grouped.setdefault((r["family"], r["risk"], row_kind(r)), []).append(r)
+        for (family, risk, kind), runs in sorted(
+            grouped.items(), key=lambda item: (order[item[0][0]], order[item[0][1]], item[0][2])
+        ):
             reports = [harness.with_rare_means(r["report"]) for r in runs]
 
             def cell(key, reports=reports):
