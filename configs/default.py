@@ -150,6 +150,13 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     config.eval.momentum = 0.9
     config.eval.weight_decay = 5e-4
     config.eval.augment = DSA_STRATEGY  # DSA while training; 'none'.
+    # IDC's evaluation protocol (to compare with IDC's published numbers at equal evaluation):
+    # augment_mode=idc, lr_schedule=idc, cutmix=0.5, batch_size=64, epochs=300. The defaults
+    # are DC/DSA/DM's: one DSA family per batch, lr x0.1 at half, no CutMix.
+    config.eval.augment_mode = "single"  # single (DSA) | all | idc (flip, color, cutout always).
+    config.eval.lr_schedule = "dc"  # dc (x0.1 at half) | idc (x0.2 at 2/3 and 5/6 of epochs).
+    config.eval.cutmix = 0.0  # Probability of IDC's CutMix per batch; 0 = off.
+    config.eval.cutmix_beta = 1.0  # CutMix's Beta(beta, beta) mixing ratio.
     # IDC's same_compute: a factorized set trains eval.epochs / factor^2 epochs (as many steps
     # as its stored images would take).
     config.eval.same_compute = False

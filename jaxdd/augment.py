@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "DEFAULT_STRATEGY",
+    "IDC_ALWAYS",
     "MODES",
     "TRANSFORMS",
     "affine_sample",
@@ -59,7 +60,11 @@ __all__ = [
 ]
 
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
-MODES = ("single", "all")
+MODES = ("single", "all", "idc")
+# IDC's evaluation augmentation (`DiffAug`, snu-mllab/Efficient-Dataset-Condensation
+# misc/augment.py 7-82): these families are applied on every call when listed (flip, then
+# color, ..., cutout last), and one of the others is drawn per call between color and cutout.
+IDC_ALWAYS = ("flip", "color", "cutout")
 
 # DSA's ParamDiffAug defaults.
 BRIGHTNESS = 1.0
@@ -441,7 +446,9 @@ def augment(
       key: PRNG key; the same key (with `batch_shared=True`) gives the same transform to any batch.
       strategy: '_'-separated families from `TRANSFORMS` (omit 'flip' for digits), or 'none'.
       mode: 'single' (DSA's default 'S'): one family drawn uniformly per call, the same for the
-        whole batch; 'all' (DSA's 'M'): every listed family in order.
+        whole batch; 'all' (DSA's 'M'): every listed family in order; 'idc' (IDC's
+        evaluation `DiffAug`): flip and color when listed, one of the listed families not in
+        `IDC_ALWAYS` drawn per call, then cutout when listed.
       batch_shared: one parameter draw for the whole batch (siamese) or one per image.
 
     Returns:
@@ -460,6 +467,23 @@ def augment(
         for i, name in enumerate(families):
             images = TRANSFORMS[name](images, jax.random.fold_in(key, i), batch_shared=batch_shared)
         return images
+    if mode == "idc":
+        flip_key, color_key, drawn_key, cutout_key = jax.random.split(key, 4)
+        if "flip" in families:
+            images = rand_flip(images, flip_key, batch_shared=batch_shared)
+        if "color" in families:
+            images = rand_color(images, color_key, batch_shared=batch_shared)
+        drawn = tuple(name for name in families if name not in IDC_ALWAYS)
+        if drawn:
+            images = _drawn_one(images, drawn_key, drawn, batch_shared)
+        if "cutout" in families:
+            images = rand_cutout(images, cutout_key, batch_shared=batch_shared)
+        return images
+    return _drawn_one(images, key, families, batch_shared)
+
+
+def _drawn_one(images: jax.Array, key: jax.Array, families: tuple[str, ...], batch_shared: bool):
+    """One of `families` drawn per call (DSA's mode 'S')."""
     if len(families) == 1:
         return TRANSFORMS[families[0]](images, jax.random.split(key)[1], batch_shared=batch_shared)
     return _single(images, key, families, batch_shared)

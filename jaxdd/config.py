@@ -27,7 +27,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from jaxdd import augment, build, data, matching, models, risk, shifts, step, synthetic
+from jaxdd import augment, build, data, matching, models, retrain, risk, shifts, step, synthetic
 from jaxdd import groups as groups_lib
 
 # The repository's configs, when jaxdd runs from a checkout (editable install).
@@ -309,6 +309,11 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
         value = _get(config, field)
         if isinstance(value, bool) or not isinstance(value, float | int) or not 0 < value < 0.5:
             _fail(field, value, "a fraction in (0, 0.5): the minority must stay a minority")
+    cutmix = config.eval.cutmix
+    if isinstance(cutmix, bool) or not isinstance(cutmix, float | int) or not 0 <= cutmix <= 1:
+        _fail("eval.cutmix", cutmix, "a probability in [0, 1] (0: no CutMix)")
+    if not config.eval.cutmix_beta > 0:
+        _fail("eval.cutmix_beta", config.eval.cutmix_beta, "a positive Beta parameter")
     alpha = config.robust.alpha
     if isinstance(alpha, bool) or not isinstance(alpha, float | int) or not 0.0 < alpha <= 1.0:
         _fail("robust.alpha", alpha, "a tail mass in (0, 1]")
@@ -403,6 +408,8 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "match.unroll_remat", matching.REMATS)
     _check_choice(config, "match.unroll_optimizer", matching.UNROLL_OPTIMIZERS)
     _check_choice(config, "syn.optimizer", build.SYN_OPTIMIZERS)
+    _check_choice(config, "eval.augment_mode", augment.MODES)
+    _check_choice(config, "eval.lr_schedule", retrain.LR_SCHEDULES)
     if config.match.unroll_window > config.match.unroll_steps:
         _fail(
             "match.unroll_window",

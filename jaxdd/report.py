@@ -65,6 +65,10 @@ def train_networks(
         momentum=config.eval.momentum,
         weight_decay=config.eval.weight_decay,
         augment=config.eval.augment,
+        augment_mode=config.eval.augment_mode,
+        lr_schedule=config.eval.lr_schedule,
+        cutmix_probability=config.eval.cutmix,
+        cutmix_beta=config.eval.cutmix_beta,
     )
     return model, params
 

@@ -40,8 +40,10 @@ from jaxdd import augment as augment_lib
 from jaxdd import models, xla
 
 __all__ = [
+    "LR_SCHEDULES",
     "accuracy",
     "create_optimizer",
+    "cutmix",
     "group_accuracy",
     "learning_rate_schedule",
     "predict",
@@ -52,6 +54,11 @@ __all__ = [
 
 # The learning rate is multiplied by this once half of the steps are done (DC/DSA protocol).
 LR_DECAY = 0.1
+# `lr_schedule`: 'dc' (DC/DSA/DM: x0.1 after half of the steps) | 'idc' (IDC's evaluation,
+# snu-mllab/Efficient-Dataset-Condensation train.py 104-105: MultiStepLR x0.2 after epochs
+# 2E // 3 and 5E // 6).
+LR_SCHEDULES = ("dc", "idc")
+IDC_LR_DECAY = 0.2
 
 
 def vectorize_by_default() -> bool:
@@ -76,16 +83,38 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return math.ceil(num_examples / min(batch_size, num_examples))
 
 
-def learning_rate_schedule(learning_rate: ArrayLike, *, total_steps: int) -> optax.Schedule:
-    """`learning_rate` for the first `ceil(total_steps / 2)` steps, then `0.1 * learning_rate`.
+def learning_rate_schedule(
+    learning_rate: ArrayLike, *, total_steps: int, schedule: str = "dc", epochs: int = 0
+) -> optax.Schedule:
+    """The evaluation's learning rate per step (`schedule` from `LR_SCHEDULES`).
 
-    Rounding the boundary up keeps a single-step run at the full learning rate; for an even
-    `total_steps` the two halves are exactly equal. `learning_rate` may be traced.
+    'dc': `learning_rate` for the first `ceil(total_steps / 2)` steps, then `0.1 *
+    learning_rate`. Rounding the boundary up keeps a single-step run at the full learning rate;
+    for an even `total_steps` the two halves are exactly equal.
+
+    'idc': `epochs` epochs of `total_steps / epochs` steps; x0.2 from epoch `2 * epochs // 3`
+    and again from `5 * epochs // 6` (0-based, PyTorch's MultiStepLR stepped once per epoch).
+
+    `learning_rate` may be traced.
     """
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
-    boundary = -(-total_steps // 2)
-    return optax.piecewise_constant_schedule(learning_rate, {boundary: LR_DECAY})
+    if schedule == "dc":
+        boundary = -(-total_steps // 2)
+        return optax.piecewise_constant_schedule(learning_rate, {boundary: LR_DECAY})
+    if schedule != "idc":
+        raise ValueError(f"unknown lr_schedule {schedule!r}; expected one of {LR_SCHEDULES}.")
+    if epochs < 1 or total_steps % epochs:
+        raise ValueError(
+            f"the 'idc' schedule needs the epochs ({epochs}) that divide total_steps "
+            f"({total_steps}) into equal epochs."
+        )
+    per_epoch = total_steps // epochs
+    scales: dict[int, float] = {}
+    for milestone in (2 * epochs // 3, 5 * epochs // 6):
+        step = milestone * per_epoch
+        scales[step] = scales.get(step, 1.0) * IDC_LR_DECAY  # Equal milestones: both decays.
+    return optax.piecewise_constant_schedule(learning_rate, scales)
 
 
 def create_optimizer(
@@ -94,14 +123,18 @@ def create_optimizer(
     total_steps: int,
     momentum: ArrayLike = 0.9,
     weight_decay: ArrayLike = 5e-4,
+    lr_schedule: str = "dc",
+    epochs: int = 0,
 ) -> optax.GradientTransformation:
     """SGD with momentum and L2 weight decay on every parameter, as PyTorch's `SGD` in DC/DSA.
 
     The decay is added to the gradient before the momentum trace (PyTorch's coupled
-    `weight_decay`), and the learning rate follows `learning_rate_schedule`. Every
-    hyperparameter may be a traced scalar, so sweeping them does not recompile.
+    `weight_decay`), and the learning rate follows `learning_rate_schedule` (`lr_schedule`,
+    `epochs`). Every hyperparameter may be a traced scalar, so sweeping them does not recompile.
     """
-    schedule = learning_rate_schedule(learning_rate, total_steps=total_steps)
+    schedule = learning_rate_schedule(
+        learning_rate, total_steps=total_steps, schedule=lr_schedule, epochs=epochs
+    )
     return optax.chain(
         optax.add_decayed_weights(weight_decay),
         optax.sgd(schedule, momentum=momentum),
@@ -121,6 +154,37 @@ def _epoch_batches(key: jax.Array, num_examples: int, batch_size: int) -> jax.Ar
     return jnp.concatenate([perm, perm[:pad]]).reshape(steps, batch_size)
 
 
+def cutmix(
+    images: jax.Array, key: jax.Array, *, probability: ArrayLike, beta: ArrayLike = 1.0
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """IDC's evaluation CutMix on one batch (snu-mllab/Efficient-Dataset-Condensation
+    train.py 200-212, misc/utils.py `rand_bbox`).
+
+    With probability `probability` (one draw per batch): lam ~ Beta(beta, beta), a box of
+    `floor(H sqrt(1 - lam)) x floor(W sqrt(1 - lam))` centred at a uniform pixel (clipped to
+    the image) is copied into every image from the image a random permutation of the batch
+    puts there. The loss is then `ratio * CE(y) + (1 - ratio) * CE(y[permutation])`.
+
+    Returns:
+      (mixed images, permutation, ratio): ratio = 1 - box area / image area, 1 if no mix.
+    """
+    apply_key, lam_key, perm_key, centre_key = jax.random.split(key, 4)
+    n, h, w = images.shape[:3]
+    lam = jax.random.beta(lam_key, beta, beta)
+    permutation = jax.random.permutation(perm_key, n)
+    cut = jnp.sqrt(1.0 - lam)
+    size = jnp.floor(jnp.array([h, w]) * cut).astype(jnp.int32)
+    centre = jax.random.randint(centre_key, (2,), 0, jnp.array([h, w]))
+    low = jnp.clip(centre - size // 2, 0, jnp.array([h, w]))
+    high = jnp.clip(centre + size // 2, 0, jnp.array([h, w]))
+    rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+    box = (rows >= low[0]) & (rows < high[0]) & (cols >= low[1]) & (cols < high[1])
+    box = box & (jax.random.uniform(apply_key) < probability)
+    mixed = jnp.where(box[None, :, :, None], images[permutation], images)
+    ratio = 1.0 - jnp.mean(box.astype(jnp.float32))
+    return mixed, permutation, ratio
+
+
 def _train_one(
     model: nn.Module,
     images: jax.Array,
@@ -131,6 +195,10 @@ def _train_one(
     epochs: int,
     batch_size: int,
     strategy: str,
+    augment_mode: str,
+    lr_schedule: str,
+    cutmix_probability: float,
+    cutmix_beta: float,
 ) -> Any:
     """Trains one network from scratch; `key` decides its init, batches and augmentation."""
     learning_rate, momentum, weight_decay = hparams
@@ -142,23 +210,42 @@ def _train_one(
         total_steps=epochs * num_steps,
         momentum=momentum,
         weight_decay=weight_decay,
+        lr_schedule=lr_schedule,
+        epochs=epochs,
     )
     init_key, perm_key, aug_key = jax.random.split(key, 3)
+    mix_key = jax.random.fold_in(key, 3)  # Not a 4th split: runs without CutMix stay as before.
     params = models.init_params(model, init_key, images.shape[1:])
 
-    def loss_fn(params, x, y):
+    def loss_fn(params, x, y, y_mixed, ratio):
         logits, _ = model.apply({"params": params}, x)
-        return jnp.mean(models.cross_entropy(logits, y))
+        loss = jnp.mean(models.cross_entropy(logits, y))
+        if y_mixed is None:
+            return loss
+        return ratio * loss + (1.0 - ratio) * jnp.mean(models.cross_entropy(logits, y_mixed))
 
     def step(carry, inputs):
         params, opt_state = carry
         global_step, batch = inputs
-        x = images[batch]
+        x, y = images[batch], labels[batch]
         # fold_in(step): a run is a pure function of its key, step by step.
         x = augment_lib.augment(
-            x, jax.random.fold_in(aug_key, global_step), strategy=strategy, batch_shared=False
+            x,
+            jax.random.fold_in(aug_key, global_step),
+            strategy=strategy,
+            mode=augment_mode,
+            batch_shared=False,
         )
-        grads = jax.grad(loss_fn)(params, x, labels[batch])
+        y_mixed, ratio = None, None
+        if cutmix_probability > 0:
+            x, permutation, ratio = cutmix(
+                x,
+                jax.random.fold_in(mix_key, global_step),
+                probability=cutmix_probability,
+                beta=cutmix_beta,
+            )
+            y_mixed = y[permutation]
+        grads = jax.grad(loss_fn)(params, x, y, y_mixed, ratio)
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), None
 
@@ -173,7 +260,18 @@ def _train_one(
 
 
 @functools.partial(
-    xla.jit, static_argnames=("model", "epochs", "batch_size", "strategy", "vectorize")
+    xla.jit,
+    static_argnames=(
+        "model",
+        "epochs",
+        "batch_size",
+        "strategy",
+        "vectorize",
+        "augment_mode",
+        "lr_schedule",
+        "cutmix_probability",
+        "cutmix_beta",
+    ),  # fmt: skip
 )
 def _train_stacked(
     model: nn.Module,
@@ -186,11 +284,17 @@ def _train_stacked(
     batch_size: int,
     strategy: str,
     vectorize: bool,
+    augment_mode: str,
+    lr_schedule: str,
+    cutmix_probability: float,
+    cutmix_beta: float,
 ) -> Any:
     # `_train_one` is looked up when tracing, so a test can wrap it to count traces.
     train = functools.partial(
-        _train_one, model, epochs=epochs, batch_size=batch_size, strategy=strategy
-    )
+        _train_one, model, epochs=epochs, batch_size=batch_size, strategy=strategy,
+        augment_mode=augment_mode, lr_schedule=lr_schedule,
+        cutmix_probability=cutmix_probability, cutmix_beta=cutmix_beta,
+    )  # fmt: skip
     return _map_models(lambda key: train(images, labels, key, hparams), keys, vectorize)
 
 
@@ -206,15 +310,22 @@ def train_models(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     augment: str = "none",
+    augment_mode: str = "single",
+    lr_schedule: str = "dc",
+    cutmix_probability: float = 0.0,
+    cutmix_beta: float = 1.0,
     vectorize: bool | None = None,
 ) -> Any:
     """Trains `len(keys)` networks from scratch on `(images, labels)`, in one program.
 
     Each epoch draws a fresh permutation and splits it into `ceil(N / B)` minibatches of
     `B = min(batch_size, N)` images, the last one wrapped around to the start of the permutation
-    (see `_epoch_batches`). The optimizer is `create_optimizer`; the learning rate drops x0.1
-    after `ceil(total_steps / 2)` of the `epochs * ceil(N / B)` steps. With `augment` != 'none'
-    every batch gets one DSA family (mode 'single') with parameters drawn per image.
+    (see `_epoch_batches`). The optimizer is `create_optimizer`; by default (`lr_schedule`
+    'dc') the learning rate drops x0.1 after `ceil(total_steps / 2)` of the
+    `epochs * ceil(N / B)` steps. With `augment` != 'none' every batch is augmented with
+    parameters drawn per image, by default one DSA family per batch (`augment_mode` 'single').
+    IDC's evaluation protocol is `augment_mode='idc'`, `lr_schedule='idc'` and
+    `cutmix_probability=0.5` (`cutmix`), with its batch size 64 and 300 epochs.
 
     Network `i` depends only on `keys[i]`: its init, batch order and augmentation come from it
     (`fold_in` per epoch and step), so it equals a run with `keys[i]` alone, and re-running with
@@ -231,6 +342,9 @@ def train_models(
       batch_size: minibatch size, capped at N.
       learning_rate, momentum, weight_decay: SGD hyperparameters.
       augment: DSA strategy string (see `jaxdd.augment`), or 'none'.
+      augment_mode: `jaxdd.augment.MODES`: how the strategy's families combine per batch.
+      lr_schedule: `LR_SCHEDULES` ('dc' or 'idc', see `learning_rate_schedule`).
+      cutmix_probability, cutmix_beta: IDC's CutMix per batch (`cutmix`); 0 = off.
       vectorize: vmap over the networks (True) or train them in turn with `jax.lax.map`
         (False); None: `vectorize_by_default()`. Results agree to float rounding.
 
@@ -258,6 +372,15 @@ def train_models(
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}.")
     augment_lib.parse_strategy(augment)  # Fail on a bad strategy before compiling.
+    if augment_mode not in augment_lib.MODES:
+        raise ValueError(f"augment_mode must be one of {augment_lib.MODES}, got {augment_mode!r}.")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}.")
+    if not 0.0 <= cutmix_probability <= 1.0 or not cutmix_beta > 0:
+        raise ValueError(
+            f"cutmix_probability must lie in [0, 1] and cutmix_beta be > 0, got "
+            f"{cutmix_probability} and {cutmix_beta}."
+        )
     hparams = tuple(jnp.float32(v) for v in (learning_rate, momentum, weight_decay))
     return _train_stacked(
         model,
@@ -269,6 +392,10 @@ def train_models(
         batch_size=batch_size,
         strategy=augment,
         vectorize=_vectorize(vectorize),
+        augment_mode=augment_mode,
+        lr_schedule=lr_schedule,
+        cutmix_probability=float(cutmix_probability),
+        cutmix_beta=float(cutmix_beta),
     )
 
 

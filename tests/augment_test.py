@@ -273,6 +273,28 @@ def test_single_mode_equals_the_chosen_family_alone(shape, batch_shared):
     assert seen == set(families)  # The keys covered every family.
 
 
+@pytest.mark.parametrize("batch_shared", [True, False])
+def test_idc_mode_applies_flip_color_and_cutout_always(batch_shared):
+    # IDC's DiffAug: flip, color, one drawn family of the rest, cutout, in that order.
+    x = _images((3, 8, 8, 2), seed=10)
+    for key in _keys(6, seed=4):
+        flip_key, color_key, drawn_key, cutout_key = jax.random.split(key, 4)
+        expected = aug.rand_flip(x, flip_key, batch_shared=batch_shared)
+        expected = aug.rand_color(expected, color_key, batch_shared=batch_shared)
+        expected = aug.augment(
+            expected, drawn_key, strategy="crop_scale_rotate", batch_shared=batch_shared
+        )
+        expected = aug.rand_cutout(expected, cutout_key, batch_shared=batch_shared)
+        out = aug.augment(x, key, strategy=FULL, mode="idc", batch_shared=batch_shared)
+        np.testing.assert_allclose(out, expected, atol=1e-6)
+    # Cutout on every call (zeroed pixels in every image), where single mode draws it 1 in 2.
+    positive = jnp.abs(_images((2, 8, 8, 1), seed=11)) + 0.1
+    idc = _batched("color_cutout", "idc", batch_shared)(positive, _keys(16))
+    single = _batched("color_cutout", "single", batch_shared)(positive, _keys(16))
+    has_zeros = lambda out: np.any(np.asarray(out) == 0, axis=(2, 3, 4))  # (keys, images)
+    assert has_zeros(idc).all() and not has_zeros(single).all()
+
+
 def test_sampling_matrix_equals_sample():
     x = _images((3, 6, 7, 2), seed=9)
     rng = np.random.default_rng(1)

@@ -177,6 +177,86 @@ def test_learning_rate_schedule(total_steps):
         np.testing.assert_allclose(schedule(total_steps - 1), 0.001, rtol=1e-6)
 
 
+@pytest.mark.parametrize("epochs, per_epoch", [(12, 3), (300, 1), (5, 2)])
+def test_idc_learning_rate_schedule(epochs, per_epoch):
+    # PyTorch's MultiStepLR(milestones=[2E // 3, 5E // 6], gamma=0.2) stepped once per epoch:
+    # epoch e (0-based) trains at lr * 0.2 ** (number of milestones <= e).
+    schedule = retrain.learning_rate_schedule(
+        0.01, total_steps=epochs * per_epoch, schedule="idc", epochs=epochs
+    )
+    milestones = [2 * epochs // 3, 5 * epochs // 6]
+    for step in range(epochs * per_epoch):
+        expected = 0.01 * 0.2 ** sum(step // per_epoch >= m for m in milestones)
+        np.testing.assert_allclose(schedule(step), expected, rtol=1e-6, err_msg=str(step))
+
+
+def test_idc_schedule_needs_whole_epochs():
+    with pytest.raises(ValueError, match="equal epochs"):
+        retrain.learning_rate_schedule(0.01, total_steps=10, schedule="idc", epochs=3)
+    with pytest.raises(ValueError, match="unknown lr_schedule"):
+        retrain.learning_rate_schedule(0.01, total_steps=10, schedule="cosine")
+
+
+def _index_images(n: int, size: int = 12) -> jnp.ndarray:
+    """Image i is the constant i + 1: which image a pixel came from is its value."""
+    return jnp.broadcast_to(jnp.arange(1.0, n + 1)[:, None, None, None], (n, size, size, 2))
+
+
+def test_cutmix_pastes_one_box_from_the_permuted_batch():
+    images = _index_images(6)
+    cut = jax.jit(lambda key: retrain.cutmix(images, key, probability=1.0))
+    areas = []
+    for key in jax.random.split(jax.random.key(0), 20):
+        mixed, permutation, ratio = cut(key)
+        assert sorted(np.asarray(permutation).tolist()) == list(range(6))
+        source = np.asarray(mixed[..., 0]) - 1  # (n, H, W): which image each pixel is from.
+        own = np.arange(6)[:, None, None]
+        assert np.all((source == own) | (source == np.asarray(permutation)[:, None, None]))
+        # One box, the same for every image: where an image differs from its partner.
+        moved = np.asarray(permutation) != np.arange(6)
+        if not moved.any():
+            continue
+        box = source[moved][0] != np.flatnonzero(moved)[0]
+        for i in np.flatnonzero(moved):
+            np.testing.assert_array_equal(source[i] != i, box)
+        rows, cols = np.flatnonzero(box.any(1)), np.flatnonzero(box.any(0))
+        if box.any():  # A rectangle: every pixel of its bounding rows x cols is in it.
+            assert box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+        np.testing.assert_allclose(ratio, 1 - box.mean(), rtol=1e-6)
+        areas.append(box.mean())
+    # lam ~ Beta(1, 1): boxes of many sizes, some empty or near-empty, none the whole image
+    # more than rarely.
+    assert len(set(areas)) > 5 and min(areas) < 0.2
+
+
+def test_cutmix_probability():
+    images = _index_images(4)
+    keys = jax.random.split(jax.random.key(1), 400)
+    never = jax.vmap(lambda k: retrain.cutmix(images, k, probability=0.0))(keys)
+    np.testing.assert_array_equal(never[0], jnp.broadcast_to(images, never[0].shape))
+    np.testing.assert_array_equal(never[2], 1.0)
+    half = jax.vmap(lambda k: retrain.cutmix(images, k, probability=0.5))(keys)[2]
+    mixed = float(np.mean(np.asarray(half) < 1.0))
+    # P(mixed) = 0.5 * P(non-empty box): 0.5 * P(floor(12 sqrt(1 - lam)) >= 2) = 0.486 for a
+    # 12x12 image and lam ~ U(0, 1); 400 draws: a standard deviation of 0.025.
+    assert 0.38 < mixed < 0.59, mixed
+
+
+def test_idc_protocol_trains_and_differs_from_dc(problem, keys, trained):
+    (images, labels), (test_images, test_labels) = problem
+    idc = retrain.train_models(
+        _mlp(), images, labels, keys=keys, epochs=EPOCHS, batch_size=BATCH, augment=AUGMENT,
+        augment_mode="idc", lr_schedule="idc", cutmix_probability=0.5,
+    )  # fmt: skip
+    predictions = retrain.predict(_mlp(), idc, test_images)
+    assert np.all(np.asarray(retrain.accuracy(predictions, test_labels)) > 0.9)
+    assert _max_abs_diff(idc, trained) > 1e-3
+    with pytest.raises(ValueError, match="cutmix_probability"):
+        retrain.train_models(_mlp(), images, labels, keys=keys, epochs=1, cutmix_probability=2)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        retrain.train_models(_mlp(), images, labels, keys=keys, epochs=1, lr_schedule="cos")
+
+
 def test_optimizer_is_pytorch_sgd_with_decay():
     tx = retrain.create_optimizer(learning_rate=0.1, total_steps=4, momentum=0.9, weight_decay=0.5)
     params = jnp.array([2.0, -1.0])
