@@ -372,10 +372,8 @@ def train_models(
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}.")
     augment_lib.parse_strategy(augment)  # Fail on a bad strategy before compiling.
-    if augment_mode not in augment_lib.MODES:
-        raise ValueError(f"augment_mode must be one of {augment_lib.MODES}, got {augment_mode!r}.")
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}.")
+    # An unknown augment_mode or lr_schedule fails while tracing, in `augment.augment` and
+    # `learning_rate_schedule`, before anything compiles.
     if not 0.0 <= cutmix_probability <= 1.0 or not cutmix_beta > 0:
         raise ValueError(
             f"cutmix_probability must lie in [0, 1] and cutmix_beta be > 0, got "
