@@ -76,12 +76,18 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     config.match.outer_loop = -1
     config.match.inner_loop = -1
     config.match.inner_batch = 256  # DC's batch_train for those epochs.
-    # What the matched network trains on between updates: synthetic (DC) | real_robust (the
-    # reference code's, fixed: one step per inner epoch on the update's real pool with mean CE +
-    # mean and max over the Voronoi cells of each cell's CVaR(robust.alpha); needs
-    # cluster.assign=voronoi).
+    # What the matched network trains on between updates: synthetic (DC) | real (IDC's: each
+    # inner epoch, match.net_data random real images in minibatches of match.inner_batch, with
+    # CutMix at probability match.net_cutmix; IDC's settings: outer_loop=100 inner_loop=1
+    # inner_batch=64 net_momentum=0.9 net_weight_decay=0.0005) | real_robust (the reference
+    # code's, fixed: one step per inner epoch on the update's real pool with mean CE + mean and
+    # max over the Voronoi cells of each cell's CVaR(robust.alpha); needs cluster.assign=voronoi).
     config.match.net_train = "synthetic"
     config.match.net_lr = 0.01  # DC's lr_net (plain SGD).
+    config.match.net_momentum = 0.0  # SGD momentum of the matched network (DC 0, IDC 0.9).
+    config.match.net_weight_decay = 0.0  # Its weight decay (DC 0, IDC 5e-4).
+    config.match.net_data = 500  # net_train=real: real images per inner epoch (IDC's n_data).
+    config.match.net_cutmix = 1.0  # net_train=real: CutMix probability per batch (IDC's mix_p).
     config.match.unroll_steps = 10  # risk family: T unrolled SGD steps.
     config.match.unroll_lr = 0.01  # risk family: learning rate of the unrolled steps.
     config.match.unroll_remat = "nested"  # risk family: nested (O(sqrt T) memory) | step | none.

@@ -166,7 +166,8 @@ def _check_choice(config: ml_collections.ConfigDict, field: str, choices) -> Non
 _POSITIVE = (
     "ipc", "num_iterations", "log.every", "model.width", "model.depth",
     "cluster.num_clusters", "cluster.num_iters", "cluster.pool", "match.num_real",
-    "match.inner_batch", "match.unroll_steps", "match.net_max_updates", "syn.factor",
+    "match.inner_batch", "match.unroll_steps", "match.net_max_updates", "match.net_data",
+    "syn.factor",
     "eval.num_models", "eval.epochs", "eval.batch_size",
     "eval.select_num_models", "eval.global_k", "eval.per_class_k", "checkpoint.every",
 )  # fmt: skip
@@ -246,6 +247,13 @@ def _check_unknown(config: ml_collections.ConfigDict) -> None:
 def _check_schedule(config: ml_collections.ConfigDict) -> None:
     """DC's loops exist for the ipc; the other families match through a fresh network."""
     outer, inner = config.match.outer_loop, config.match.inner_loop
+    if config.match.net_train == "real" and config.match.family not in ("gradient", "krr"):
+        _fail(
+            "match.net_train",
+            "real",
+            f"'synthetic' with match.family={config.match.family!r}, whose network is never "
+            "trained (the gradient and krr families train it between updates)",
+        )
     if config.match.net_train == "real_robust":
         if config.cluster.assign != "voronoi":
             _fail(
@@ -309,9 +317,16 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
         value = _get(config, field)
         if isinstance(value, bool) or not isinstance(value, float | int) or not 0 < value < 0.5:
             _fail(field, value, "a fraction in (0, 0.5): the minority must stay a minority")
-    cutmix = config.eval.cutmix
-    if isinstance(cutmix, bool) or not isinstance(cutmix, float | int) or not 0 <= cutmix <= 1:
-        _fail("eval.cutmix", cutmix, "a probability in [0, 1] (0: no CutMix)")
+    for field in ("eval.cutmix", "match.net_cutmix"):
+        value = _get(config, field)
+        if isinstance(value, bool) or not isinstance(value, float | int) or not 0 <= value <= 1:
+            _fail(field, value, "a probability in [0, 1] (0: no CutMix)")
+    momentum = config.match.net_momentum
+    if isinstance(momentum, bool) or not isinstance(momentum, float | int) or not 0 <= momentum < 1:
+        _fail("match.net_momentum", momentum, "an SGD momentum in [0, 1) (DC 0, IDC 0.9)")
+    decay = config.match.net_weight_decay
+    if isinstance(decay, bool) or not isinstance(decay, float | int) or decay < 0:
+        _fail("match.net_weight_decay", decay, "a weight decay >= 0 (DC 0, IDC 5e-4)")
     if not config.eval.cutmix_beta > 0:
         _fail("eval.cutmix_beta", config.eval.cutmix_beta, "a positive Beta parameter")
     alpha = config.robust.alpha
@@ -471,6 +486,10 @@ _ADDED_FIELDS = {
     "cluster.assign": "kmeans",
     "cluster.pool": 256,
     "match.net_train": "synthetic",
+    "match.net_momentum": 0.0,
+    "match.net_weight_decay": 0.0,
+    "match.net_data": 500,
+    "match.net_cutmix": 1.0,
     "syn.param": "pixels",
     "syn.factor": 1,
     "syn.learn_labels": False,

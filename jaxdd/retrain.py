@@ -44,6 +44,7 @@ __all__ = [
     "accuracy",
     "create_optimizer",
     "cutmix",
+    "cutmix_cross_entropy",
     "group_accuracy",
     "learning_rate_schedule",
     "predict",
@@ -185,6 +186,17 @@ def cutmix(
     return mixed, permutation, ratio
 
 
+def cutmix_cross_entropy(
+    logits: jax.Array, labels: jax.Array, mixed_labels: jax.Array | None, ratio: ArrayLike
+) -> jax.Array:
+    """Mean cross-entropy of a batch `cutmix` mixed: `ratio * CE(labels) + (1 - ratio) *
+    CE(mixed_labels)` (IDC `train.py` 211); plain mean CE when `mixed_labels` is None."""
+    loss = jnp.mean(models.cross_entropy(logits, labels))
+    if mixed_labels is None:
+        return loss
+    return ratio * loss + (1.0 - ratio) * jnp.mean(models.cross_entropy(logits, mixed_labels))
+
+
 def _train_one(
     model: nn.Module,
     images: jax.Array,
@@ -219,10 +231,7 @@ def _train_one(
 
     def loss_fn(params, x, y, y_mixed, ratio):
         logits, _ = model.apply({"params": params}, x)
-        loss = jnp.mean(models.cross_entropy(logits, y))
-        if y_mixed is None:
-            return loss
-        return ratio * loss + (1.0 - ratio) * jnp.mean(models.cross_entropy(logits, y_mixed))
+        return cutmix_cross_entropy(logits, y, y_mixed, ratio)
 
     def step(carry, inputs):
         params, opt_state = carry

@@ -121,7 +121,10 @@ def _start(config, dataset, decoder_params):
     groups = build.create_groups(config, dataset, key=cluster_key)
     model = build.create_model(config, dataset.num_classes, dataset.image_shape)
     real = step.RealData(
-        images=jnp.asarray(dataset.train.images), groups=groups, decoder=decoder_params
+        images=jnp.asarray(dataset.train.images),
+        groups=groups,
+        decoder=decoder_params,
+        labels=jnp.asarray(dataset.train.labels, jnp.int32),
     )
     state = build.create_state(
         config, real, key=init_key, train_labels=dataset.train.labels, model=model

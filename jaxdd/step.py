@@ -10,7 +10,10 @@ but the last followed by `inner_loop` epochs of training that network on the (de
 synthetic set, minibatches of at most `inner_batch` images with per-image DSA (DC's `epoch`,
 `utils.py` 297). DC's `get_loops` gives IPC 1 -> 1/1, 10 -> 10/50, 50 -> 50/10; the
 distribution (DM) and risk families take 1/0: a fresh random network for every update.
-Nothing of the network outlives its iteration, so the state holds only the synthetic set and
+With `net_train='real'` the network trains on random real images between updates instead
+(IDC's, `snu-mllab/Efficient-Dataset-Condensation` `condense.py` 489-542: 100 updates per
+network, each followed by 500 real images with CutMix), so the set matches gradients along a
+trajectory trained on real data. Nothing of the network outlives its iteration, so the state holds only the synthetic set and
 what is learned with it (`LearnedLrState`), except for the krr family's pool (`PooledState`).
 
 The objective of an update is `C *` the risk of the (C, K) group losses (`robust_objective`):
@@ -48,7 +51,7 @@ from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
 from jaxdd import groups as groups_lib
-from jaxdd import matching, models, risk, sharding
+from jaxdd import matching, models, retrain, risk, sharding
 
 # (stored set, labels, decoder parameters) -> the training images and labels they decode to
 # (`jaxdd.synthetic`: identity for pixels, IDC's multi-formation for factorized, G(latents) for
@@ -64,7 +67,7 @@ def identity_decode(
 
 
 # `net_train`: what the matched network trains on between updates.
-NET_TRAINING = ("synthetic", "real_robust")
+NET_TRAINING = ("synthetic", "real", "real_robust")
 
 # DC's `get_loops` (`utils.py` 275-294): ipc -> (outer_loop, inner_loop).
 DC_LOOPS: dict[int, tuple[int, int]] = {
@@ -92,6 +95,8 @@ class RealData:
     groups: groups_lib.Groups  # (C, K, Gmax) member indices and (C, K) sizes.
     # Parameters of the set's decoder (a generator's), passed like the data; None otherwise.
     decoder: Any = None
+    # (N,) int32 classes of `images`: what `net_train='real'` trains the network on.
+    labels: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -295,6 +300,63 @@ def _train_network(
     return jax.lax.fori_loop(0, num_epochs, epoch, (params, opt_state))
 
 
+def _train_network_real(
+    params: Any,
+    opt_state: optax.OptState,
+    images: jax.Array,
+    labels: jax.Array,
+    *,
+    key: jax.Array,
+    num_epochs: ArrayLike,
+    num_data: int,
+    batch_size: int,
+    apply_fn: matching.ApplyFn,
+    optimizer: optax.GradientTransformation,
+    augment_fn: matching.AugmentFn,
+    cutmix_probability: float,
+) -> tuple[Any, optax.OptState]:
+    """IDC's network update between image updates (`snu-mllab/Efficient-Dataset-Condensation`
+    `condense.py` 532-542, `train.py` `train_epoch` 180-247): each of `num_epochs` epochs is
+    `ceil(num_data / batch_size)` minibatches (IDC stops the epoch once it has seen `n_data`
+    images) of real training images drawn without replacement, augmented per image, mixed by
+    CutMix with probability `cutmix_probability` per batch (IDC's `mixup_net='cut'`, `mix_p`
+    1); mean cross-entropy, mixed as CutMix mixes it (`retrain.cutmix_cross_entropy`).
+
+    images: (N, H, W, Ch) the real training set; labels: (N,) its classes.
+    """
+    num_batches = -(-num_data // batch_size)
+    if num_batches * batch_size > images.shape[0]:
+        raise ValueError(
+            f"net_train='real' draws {num_batches} x {batch_size} real images per epoch "
+            f"(match.net_data={num_data}, match.inner_batch={batch_size}) from "
+            f"{images.shape[0]}: lower match.net_data."
+        )
+
+    def loss_fn(params, x, y, y_mixed, ratio):
+        return retrain.cutmix_cross_entropy(apply_fn(params, x)[0], y, y_mixed, ratio)
+
+    def batch_step(carry, inputs):
+        params, opt_state = carry
+        index, step_key = inputs
+        aug_key, mix_key = jax.random.split(step_key)
+        x, y = augment_fn(images[index], aug_key), labels[index]
+        y_mixed, ratio = None, None
+        if cutmix_probability > 0:
+            x, permutation, ratio = retrain.cutmix(x, mix_key, probability=cutmix_probability)
+            y_mixed = y[permutation]
+        grads = jax.grad(loss_fn)(params, x, y, y_mixed, ratio)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    def epoch(i, carry):
+        perm_key, batch_key = jax.random.split(jax.random.fold_in(key, i))
+        drawn = jax.random.permutation(perm_key, images.shape[0])[: num_batches * batch_size]
+        batches = drawn.reshape(num_batches, batch_size)
+        return jax.lax.scan(batch_step, carry, (batches, jax.random.split(batch_key, num_batches)))[0]
+
+    return jax.lax.fori_loop(0, num_epochs, epoch, (params, opt_state))
+
+
 def robust_network_loss(
     apply_fn: matching.ApplyFn,
     params: Any,
@@ -492,6 +554,8 @@ def train_step(
     decode_fn: DecodeFn = identity_decode,
     pool_max_updates: int = 0,
     max_decoded: int = 0,
+    net_data: int = 500,
+    net_cutmix: float = 1.0,
 ) -> tuple[State, dict[str, jax.Array]]:
     """One DC iteration; pure, so `fold_in(run_key, step)` keys make runs reproducible.
 
@@ -510,8 +574,11 @@ def train_step(
       assign: 'kmeans' (the groups of `real`) or 'voronoi' (`real.groups` are whole classes,
         `groups.class_groups`; each update's groups are the Voronoi cells of the synthetic
         images among `pool_size` real images per class, in the matched network's embedding).
-      net_train: 'synthetic' (DC) or 'real_robust' (the network trains on the update's real
-        pool with `robust_network_loss`, one full-pool step per inner epoch; needs 'voronoi').
+      net_train: 'synthetic' (DC), 'real' (IDC: each inner epoch, `net_data` random real
+        images of `real.labels`' classes in minibatches of `inner_batch`, with CutMix at
+        probability `net_cutmix`; `_train_network_real`) or 'real_robust' (the network trains
+        on the update's real pool with `robust_network_loss`, one full-pool step per inner
+        epoch; needs 'voronoi').
       decode_fn: stored set -> training images (`DecodeFn`); the state holds the stored set,
         gradients reach it through the decoding, and the matching, the Voronoi cells and the
         network's training see the decoded images.
@@ -535,6 +602,11 @@ def train_step(
     if net_train == "real_robust" and assign != "voronoi":
         raise ValueError(
             "net_train='real_robust' trains on the Voronoi cells: use assign='voronoi'."
+        )
+    if net_train == "real" and real.labels is None:
+        raise ValueError(
+            "net_train='real' trains the network on the real images' classes: build "
+            "RealData(..., labels=<(N,) int classes>)."
         )
     pool = state.pool if isinstance(state, PooledState) else None
     init_key, loop_key = jax.random.split(key)
@@ -600,6 +672,21 @@ def train_step(
                 optimizer=net_optimizer,
                 augment_fn=net_augment_fn,
                 alpha=alpha,
+            )
+        elif net_train == "real":
+            net_params, net_opt_state = _train_network_real(
+                net_params,
+                net_opt_state,
+                real.images,
+                real.labels,
+                key=train_key,
+                num_epochs=num_epochs,
+                num_data=net_data,
+                batch_size=inner_batch,
+                apply_fn=apply_fn,
+                optimizer=net_optimizer,
+                augment_fn=net_augment_fn,
+                cutmix_probability=net_cutmix,
             )
         else:
             decoded, targets = jax.lax.stop_gradient(decode(images, label_targets(labels)))

@@ -97,7 +97,11 @@ def test_installed_copy_loads_configs_from_another_directory(tmp_path):
         ("data.rare_fraction", 0.0, "config.data.rare_fraction=0.0"),
         ("cluster.assign", "dbscan", "config.cluster.assign"),
         ("cluster.pool", 0, "config.cluster.pool=0"),
-        ("match.net_train", "real", "config.match.net_train"),
+        ("match.net_train", "real_data", "config.match.net_train"),
+        ("match.net_cutmix", 1.5, "config.match.net_cutmix=1.5 .* probability"),
+        ("match.net_momentum", 1.0, "config.match.net_momentum=1.0 .* momentum in \\[0, 1\\)"),
+        ("match.net_weight_decay", -1e-4, "config.match.net_weight_decay=-0.0001"),
+        ("match.net_data", 0, "config.match.net_data=0"),
         ("eval.cutmix", 1.5, "config.eval.cutmix=1.5 .* probability"),
         ("eval.cutmix_beta", 0.0, "config.eval.cutmix_beta"),
         ("eval.lr_schedule", "cosine", "config.eval.lr_schedule"),
@@ -117,6 +121,15 @@ def test_validation_names_the_field(field, value, message):
     section, _, key = field.rpartition(".")
     (config[section] if section else config)[key] = value
     with pytest.raises(ValueError, match=message):
+        config_lib.validate(config)
+
+
+def test_real_network_training_needs_a_family_that_trains_its_network():
+    config = smoke.get_config()
+    config.match.net_train = "real"
+    config_lib.validate(config)  # The gradient family trains it.
+    config.match.family = "distribution"
+    with pytest.raises(ValueError, match="match.family='distribution', whose network is never"):
         config_lib.validate(config)
 
 

@@ -338,6 +338,106 @@ def test_robust_network_loss_is_ce_plus_mean_and_max_of_cell_cvars(run):
     assert float(difference) > 1e-3  # Not the reference's (detached) gradient of CE alone.
 
 
+def _real_training(params, images, labels, **kwargs):
+    model = models.ConvNet(num_classes=2, width=4, depth=1)
+    optimizer = optax.sgd(0.05, momentum=0.9)
+    train = functools.partial(
+        step._train_network_real,
+        params,
+        optimizer.init(params),
+        images,
+        labels,
+        key=jax.random.key(1),
+        apply_fn=lambda p, x: model.apply({"params": p}, x),
+        optimizer=optimizer,
+        **kwargs,
+    )
+    return model, train
+
+
+def test_real_network_training_draws_distinct_real_batches_and_learns_them():
+    labels = jnp.arange(40) % 2
+    images = jax.random.normal(jax.random.key(0), (40, 8, 8, 1)) + 2.0 * labels[:, None, None, None]
+    model = models.ConvNet(num_classes=2, width=4, depth=1)
+    params = _net(model)
+    seen = []
+
+    def recording_augment(x, key):
+        seen.append(x)
+        return x
+
+    model, train = _real_training(
+        params, images, labels, num_data=10, batch_size=4, augment_fn=recording_augment,
+        cutmix_probability=0.0,
+    )  # fmt: skip
+    untouched, _ = train(num_epochs=jnp.asarray(0))
+    chex.assert_trees_all_equal(untouched, params)
+    trained, _ = train(num_epochs=jnp.asarray(1))
+    assert {x.shape[0] for x in seen} == {4}  # ceil(10 / 4) = 3 batches of 4.
+    assert not np.allclose(trained["fc"]["kernel"], params["fc"]["kernel"])
+
+    # One epoch draws 12 distinct images: record them eagerly (one batch per scan step).
+    batches = []
+    with jax.disable_jit():
+        train(num_epochs=1, augment_fn=lambda x, key: batches.append(np.asarray(x)) or x)
+    drawn = np.concatenate(batches).reshape(12, -1)
+    assert len(np.unique(drawn, axis=0)) == 12
+
+    def real_loss(p):
+        logits = model.apply({"params": p}, images)[0]
+        return float(jnp.mean(models.cross_entropy(logits, labels)))
+
+    # Many epochs on the separable real data lower its loss, with CutMix as without.
+    for cutmix in (0.0, 1.0):
+        _, train = _real_training(
+            params, images, labels, num_data=8, batch_size=8, augment_fn=matching.no_augment,
+            cutmix_probability=cutmix,
+        )  # fmt: skip
+        assert real_loss(train(num_epochs=jnp.asarray(30))[0]) < 0.7 * real_loss(params)
+    with pytest.raises(ValueError, match="lower match.net_data"):
+        _real_training(
+            params, images, labels, num_data=41, batch_size=4, augment_fn=matching.no_augment,
+            cutmix_probability=0.0,
+        )[1](num_epochs=1)  # fmt: skip
+
+
+def test_real_network_training_step_needs_labels_and_changes_the_update(run):
+    config, image_shape, model, real, state, labels = run  # outer_loop 2, inner_loop 2.
+    config = config.copy_and_resolve_references()
+    config.match.net_train, config.match.net_data, config.match.inner_batch = "real", 8, 4
+    labelled = real.replace(labels=jnp.asarray(labels, jnp.int32))
+    real_step = build.create_step(config, model, image_shape)
+    s1, m1 = real_step(state, jax.random.key(7), labelled)
+    again, _ = real_step(state, jax.random.key(7), labelled)
+    np.testing.assert_array_equal(s1.images, again.images)
+    assert np.isfinite(float(m1["loss"])) and not np.array_equal(s1.images, state.images)
+    config.match.net_train = "synthetic"
+    synthetic, _ = build.create_step(config, model, image_shape)(state, jax.random.key(7), real)
+    assert not np.allclose(synthetic.images, s1.images, atol=1e-6)
+    with pytest.raises(ValueError, match="RealData\\(..., labels="):
+        real_step(state, jax.random.key(7), real)
+
+
+def test_net_optimizer_is_pytorch_sgd_with_momentum_and_weight_decay():
+    config = smoke.get_config()
+    config.match.net_lr, config.match.net_momentum, config.match.net_weight_decay = 0.1, 0.9, 0.01
+    optimizer = build.create_net_optimizer(config)
+    params, grads = jnp.array([1.0, -2.0]), [jnp.array([0.5, 0.25]), jnp.array([-1.0, 2.0])]
+    state = optimizer.init(params)
+    p, buf = np.array([1.0, -2.0]), None
+    for g in grads:  # torch.optim.SGD(lr, momentum, weight_decay), dampening 0.
+        d = np.asarray(g) + 0.01 * p
+        buf = d if buf is None else 0.9 * buf + d
+        p = p - 0.1 * buf
+        updates, state = optimizer.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(params, p, rtol=1e-6)
+    config.match.net_momentum, config.match.net_weight_decay = 0.0, 0.0  # DC's: plain SGD.
+    plain = build.create_net_optimizer(config)
+    updates, _ = plain.update(grads[0], plain.init(params), params)
+    np.testing.assert_allclose(updates, -0.1 * grads[0])
+
+
 @pytest.mark.parametrize("net_train", ["synthetic", "real_robust"])
 def test_voronoi_step_is_deterministic_with_one_group_per_synthetic_image(run, net_train):
     config, image_shape, model, real, state, labels = run
