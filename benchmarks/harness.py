@@ -32,12 +32,11 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 import jaxdd
-from jaxdd import build, data, step
+from jaxdd import build, data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -125,7 +124,7 @@ def initial_run(config: ml_collections.ConfigDict) -> types.SimpleNamespace:
     cluster_key, init_key, third_key = jax.random.split(jax.random.key(config.seed), 3)
     groups = build.create_groups(config, dataset, key=cluster_key)
     model = build.create_model(config, dataset.num_classes, dataset.image_shape)
-    real = step.RealData(images=jnp.asarray(dataset.train.images), groups=groups)
+    real = build.create_real(dataset, groups)
     state = build.create_state(
         config, real, key=init_key, train_labels=dataset.train.labels, model=model
     )

@@ -40,7 +40,7 @@ import numpy as np
 
 import jaxdd
 from benchmarks import harness
-from jaxdd import build, report, step
+from jaxdd import build, report
 
 SIDES = ("random", "jaxdd", "torch")
 METHODS = ("dc", "dsa", "dm")
@@ -78,7 +78,7 @@ def initial_indices(config, dataset) -> np.ndarray:
     checked: every initial image is exactly one train image of its class."""
     cluster_key, init_key, _ = jax.random.split(jax.random.key(config.seed), 3)
     groups = build.create_groups(config, dataset, key=cluster_key)
-    real = step.RealData(images=jax.numpy.asarray(dataset.train.images), groups=groups)
+    real = build.create_real(dataset, groups)
     state = build.create_state(config, real, key=init_key, train_labels=dataset.train.labels)
     images = np.asarray(state.images).reshape(-1, *dataset.image_shape)
     flat = dataset.train.images.reshape(len(dataset.train), -1)

@@ -105,6 +105,19 @@ def create_groups(
     )
 
 
+def create_real(
+    dataset: data.Dataset, groups: groups_lib.Groups, decoder: Any = None
+) -> step.RealData:
+    """The step's real data: the train split's images and classes, its `groups`, and the set's
+    `decoder` parameters (`create_decoder`)."""
+    return step.RealData(
+        images=jnp.asarray(dataset.train.images),
+        groups=groups,
+        decoder=decoder,
+        labels=jnp.asarray(dataset.train.labels, jnp.int32),
+    )
+
+
 def create_decoder(
     config: ml_collections.ConfigDict, image_shape=None
 ) -> tuple[step.DecodeFn, Any]:

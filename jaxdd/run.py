@@ -120,12 +120,7 @@ def _start(config, dataset, decoder_params):
     cluster_key, init_key, step_root = jax.random.split(jax.random.key(config.seed), 3)
     groups = build.create_groups(config, dataset, key=cluster_key)
     model = build.create_model(config, dataset.num_classes, dataset.image_shape)
-    real = step.RealData(
-        images=jnp.asarray(dataset.train.images),
-        groups=groups,
-        decoder=decoder_params,
-        labels=jnp.asarray(dataset.train.labels, jnp.int32),
-    )
+    real = build.create_real(dataset, groups, decoder_params)
     state = build.create_state(
         config, real, key=init_key, train_labels=dataset.train.labels, model=model
     )

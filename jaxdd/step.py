@@ -13,8 +13,9 @@ distribution (DM) and risk families take 1/0: a fresh random network for every u
 With `net_train='real'` the network trains on random real images between updates instead
 (IDC's, `snu-mllab/Efficient-Dataset-Condensation` `condense.py` 489-542: 100 updates per
 network, each followed by 500 real images with CutMix), so the set matches gradients along a
-trajectory trained on real data. Nothing of the network outlives its iteration, so the state holds only the synthetic set and
-what is learned with it (`LearnedLrState`), except for the krr family's pool (`PooledState`).
+trajectory trained on real data. Nothing of the network outlives its iteration, so the state
+holds only the synthetic set and what is learned with it (`LearnedLrState`), except for the
+krr family's pool (`PooledState`).
 
 The objective of an update is `C *` the risk of the (C, K) group losses (`robust_objective`):
 with K = 1 and the mean that is DC's (and DM's) sum of per-class losses, and for every risk the
@@ -352,7 +353,8 @@ def _train_network_real(
         perm_key, batch_key = jax.random.split(jax.random.fold_in(key, i))
         drawn = jax.random.permutation(perm_key, images.shape[0])[: num_batches * batch_size]
         batches = drawn.reshape(num_batches, batch_size)
-        return jax.lax.scan(batch_step, carry, (batches, jax.random.split(batch_key, num_batches)))[0]
+        keys = jax.random.split(batch_key, num_batches)
+        return jax.lax.scan(batch_step, carry, (batches, keys))[0]
 
     return jax.lax.fori_loop(0, num_epochs, epoch, (params, opt_state))
 
