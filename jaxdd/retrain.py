@@ -334,7 +334,8 @@ def train_models(
     `epochs * ceil(N / B)` steps. With `augment` != 'none' every batch is augmented with
     parameters drawn per image, by default one DSA family per batch (`augment_mode` 'single').
     IDC's evaluation protocol is `augment_mode='idc'`, `lr_schedule='idc'` and
-    `cutmix_probability=0.5` (`cutmix`), with its batch size 64 and 300 epochs.
+    `cutmix_probability=0.5` (`cutmix`), with its batch size 64, 1000 epochs and the DSA
+    strategy without cutout (IDC drops it when it mixes: `argument.py` 436-452).
 
     Network `i` depends only on `keys[i]`: its init, batch order and augmentation come from it
     (`fold_in` per epoch and step), so it equals a run with `keys[i]` alone, and re-running with

@@ -179,6 +179,16 @@ def test_methods_take_their_papers_settings():
     assert (dc.match.augment, dc.eval.augment, dc.eval.epochs) == ("none", "none", 300)
     assert (dm.match.family, dm.syn.lr, dm.num_iterations) == ("distribution", 1.0, 20000)
     assert build.loops(dm) == (1, 0)  # A fresh random network for every update.
+    idc = config_lib.load(REPO / "configs" / "fashion_mnist.py:idc")
+    assert (idc.syn.param, idc.syn.factor, idc.syn.init) == ("factorized", 2, "mix")
+    assert (idc.match.net_train, build.loops(idc), idc.match.inner_batch) == ("real", (100, 1), 64)
+    assert idc.cluster.num_clusters * idc.match.num_real == 64  # IDC's batch_real per class.
+    assert (idc.match.net_momentum, idc.match.net_weight_decay, idc.match.net_cutmix) == (
+        0.9, 5e-4, 0.5
+    )  # fmt: skip
+    assert (idc.eval.augment_mode, idc.eval.lr_schedule, idc.eval.cutmix) == ("idc", "idc", 0.5)
+    assert (idc.eval.batch_size, idc.eval.epochs) == (64, 1000)
+    assert "cutout" not in idc.eval.augment  # IDC drops cutout when it mixes.
     digits_dc = config_lib.load(REPO / "configs" / "digits.py:dc")
     assert digits_dc.match.augment == "none"  # Dropping flips keeps 'none'.
     with pytest.raises(flags.IllegalFlagValueError, match="unknown method 'mtt'"):

@@ -138,6 +138,15 @@ def test_other_families_run_end_to_end(tmp_path, family):
     assert np.isfinite(result.metrics["loss"])
 
 
+def test_idc_method_runs_end_to_end_with_real_network_training(tmp_path):
+    config = _tiny(config_lib.load(REPO / "configs" / "digits.py:idc"))
+    config.match.net_data, config.eval.batch_size = 16, 16
+    result = jaxdd.distill(config, tmp_path)
+    assert result.metrics["step"] == 2 and np.isfinite(result.metrics["loss"])
+    stored = np.load(tmp_path / "synthetic.npz")
+    assert stored["images"].shape[0] == 4 * stored["stored"].shape[0]  # f = 2: 4 per stored.
+
+
 # Configs of one image shape run in one test, one after the other: the second reuses the first's
 # compiled step and training programs from the compilation cache (MNIST and SVHN/CIFAR-10 load
 # through the real TFDS code, offline, 200 random examples per split; Fashion-MNIST from its
