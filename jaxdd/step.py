@@ -267,71 +267,37 @@ def _train_network(
     optimizer: optax.GradientTransformation,
     augment_fn: matching.AugmentFn,
     batch_size: int,
+    num_data: int = 0,
+    cutmix_probability: float = 0.0,
 ) -> tuple[Any, optax.OptState]:
-    """DC's inner loop: `num_epochs` epochs of the network on the synthetic set.
+    """`num_epochs` epochs of the network on `images` (per-image augmentation, mean CE).
 
-    Each epoch shuffles the N images into `ceil(N / batch_size)` equal minibatches (DC's
-    DataLoader with `batch_train`; a remainder of fewer images than batches sits the epoch
-    out); with N <= batch_size, as at IPC <= 25 on 10 classes, one full batch per epoch, as DC.
+    DC's inner loop on the synthetic set (`num_data` 0): each epoch shuffles the N images into
+    `ceil(N / batch_size)` equal minibatches (DC's DataLoader with `batch_train`; a remainder
+    of fewer images than batches sits the epoch out); with N <= batch_size, as at IPC <= 25 on
+    10 classes, one full batch per epoch, as DC.
+
+    IDC's network update on the real training set (`num_data` > 0,
+    `snu-mllab/Efficient-Dataset-Condensation` `condense.py` 532-542, `train.py` `train_epoch`
+    180-247): each epoch is `ceil(num_data / batch_size)` minibatches of `batch_size` images
+    drawn without replacement (IDC stops the epoch once it has seen `n_data` images), mixed by
+    CutMix with probability `cutmix_probability` per batch (IDC's `mixup_net='cut'`), the loss
+    mixed as CutMix mixes it (`retrain.cutmix_cross_entropy`).
+
     `num_epochs` may be traced (DC skips the training after an iteration's last update).
     """
-    grad_fn = jax.grad(functools.partial(matching.mean_cross_entropy, apply_fn))
     num_examples = images.shape[0]
-    num_batches = -(-num_examples // batch_size)
-    per_batch = num_examples // num_batches
-
-    def batch_step(carry, inputs):
-        params, opt_state = carry
-        index, step_key = inputs
-        grads = grad_fn(params, augment_fn(images[index], step_key), labels[index])
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), None
-
-    def epoch(i, carry):
-        epoch_key = jax.random.fold_in(key, i)
-        perm_key, aug_key = jax.random.split(epoch_key)
-        if num_batches == 1:  # Order within one full batch changes nothing: no permutation.
-            batches = jnp.arange(num_examples)[None]
-        else:
-            perm = jax.random.permutation(perm_key, num_examples)
-            batches = perm[: num_batches * per_batch].reshape(num_batches, per_batch)
-        keys = jax.random.split(aug_key, num_batches)
-        return jax.lax.scan(batch_step, carry, (batches, keys))[0]
-
-    return jax.lax.fori_loop(0, num_epochs, epoch, (params, opt_state))
-
-
-def _train_network_real(
-    params: Any,
-    opt_state: optax.OptState,
-    images: jax.Array,
-    labels: jax.Array,
-    *,
-    key: jax.Array,
-    num_epochs: ArrayLike,
-    num_data: int,
-    batch_size: int,
-    apply_fn: matching.ApplyFn,
-    optimizer: optax.GradientTransformation,
-    augment_fn: matching.AugmentFn,
-    cutmix_probability: float,
-) -> tuple[Any, optax.OptState]:
-    """IDC's network update between image updates (`snu-mllab/Efficient-Dataset-Condensation`
-    `condense.py` 532-542, `train.py` `train_epoch` 180-247): each of `num_epochs` epochs is
-    `ceil(num_data / batch_size)` minibatches (IDC stops the epoch once it has seen `n_data`
-    images) of real training images drawn without replacement, augmented per image, mixed by
-    CutMix with probability `cutmix_probability` per batch (IDC's `mixup_net='cut'`, `mix_p`
-    1); mean cross-entropy, mixed as CutMix mixes it (`retrain.cutmix_cross_entropy`).
-
-    images: (N, H, W, Ch) the real training set; labels: (N,) its classes.
-    """
-    num_batches = -(-num_data // batch_size)
-    if num_batches * batch_size > images.shape[0]:
-        raise ValueError(
-            f"net_train='real' draws {num_batches} x {batch_size} real images per epoch "
-            f"(match.net_data={num_data}, match.inner_batch={batch_size}) from "
-            f"{images.shape[0]}: lower match.net_data."
-        )
+    if num_data:
+        num_batches, per_batch = -(-num_data // batch_size), batch_size
+        if num_batches * per_batch > num_examples:
+            raise ValueError(
+                f"net_train='real' draws {num_batches} x {per_batch} real images per epoch "
+                f"(match.net_data={num_data}, match.inner_batch={batch_size}) from "
+                f"{num_examples}: lower match.net_data."
+            )
+    else:
+        num_batches = -(-num_examples // batch_size)
+        per_batch = num_examples // num_batches
 
     def loss_fn(params, x, y, y_mixed, ratio):
         return retrain.cutmix_cross_entropy(apply_fn(params, x)[0], y, y_mixed, ratio)
@@ -339,10 +305,10 @@ def _train_network_real(
     def batch_step(carry, inputs):
         params, opt_state = carry
         index, step_key = inputs
-        aug_key, mix_key = jax.random.split(step_key)
-        x, y = augment_fn(images[index], aug_key), labels[index]
+        x, y = augment_fn(images[index], step_key), labels[index]
         y_mixed, ratio = None, None
         if cutmix_probability > 0:
+            mix_key = jax.random.fold_in(step_key, 1)
             x, permutation, ratio = retrain.cutmix(x, mix_key, probability=cutmix_probability)
             y_mixed = y[permutation]
         grads = jax.grad(loss_fn)(params, x, y, y_mixed, ratio)
@@ -350,10 +316,14 @@ def _train_network_real(
         return (optax.apply_updates(params, updates), opt_state), None
 
     def epoch(i, carry):
-        perm_key, batch_key = jax.random.split(jax.random.fold_in(key, i))
-        drawn = jax.random.permutation(perm_key, images.shape[0])[: num_batches * batch_size]
-        batches = drawn.reshape(num_batches, batch_size)
-        keys = jax.random.split(batch_key, num_batches)
+        epoch_key = jax.random.fold_in(key, i)
+        perm_key, aug_key = jax.random.split(epoch_key)
+        if num_batches == 1 and not num_data:  # One full batch: its order changes nothing.
+            batches = jnp.arange(num_examples)[None]
+        else:
+            perm = jax.random.permutation(perm_key, num_examples)
+            batches = perm[: num_batches * per_batch].reshape(num_batches, per_batch)
+        keys = jax.random.split(aug_key, num_batches)
         return jax.lax.scan(batch_step, carry, (batches, keys))[0]
 
     return jax.lax.fori_loop(0, num_epochs, epoch, (params, opt_state))
@@ -578,7 +548,7 @@ def train_step(
         images among `pool_size` real images per class, in the matched network's embedding).
       net_train: 'synthetic' (DC), 'real' (IDC: each inner epoch, `net_data` random real
         images of `real.labels`' classes in minibatches of `inner_batch`, with CutMix at
-        probability `net_cutmix`; `_train_network_real`) or 'real_robust' (the network trains
+        probability `net_cutmix`; `_train_network`) or 'real_robust' (the network trains
         on the update's real pool with `robust_network_loss`, one full-pool step per inner
         epoch; needs 'voronoi').
       decode_fn: stored set -> training images (`DecodeFn`); the state holds the stored set,
@@ -675,34 +645,28 @@ def train_step(
                 augment_fn=net_augment_fn,
                 alpha=alpha,
             )
-        elif net_train == "real":
-            net_params, net_opt_state = _train_network_real(
-                net_params,
-                net_opt_state,
-                real.images,
-                real.labels,
-                key=train_key,
-                num_epochs=num_epochs,
-                num_data=net_data,
-                batch_size=inner_batch,
-                apply_fn=apply_fn,
-                optimizer=net_optimizer,
-                augment_fn=net_augment_fn,
-                cutmix_probability=net_cutmix,
-            )
         else:
-            decoded, targets = jax.lax.stop_gradient(decode(images, label_targets(labels)))
+            if net_train == "real":  # IDC's: random real images, with CutMix.
+                train_images, train_labels = real.images, real.labels
+                num_data, cutmix = net_data, net_cutmix
+            else:  # DC's: the (detached) decoded synthetic set, whole.
+                decoded, targets = jax.lax.stop_gradient(decode(images, label_targets(labels)))
+                train_images = decoded.reshape(-1, *decoded.shape[2:])
+                train_labels = targets.reshape(-1, *targets.shape[2:])
+                num_data, cutmix = 0, 0.0
             net_params, net_opt_state = _train_network(
                 net_params,
                 net_opt_state,
-                decoded.reshape(-1, *decoded.shape[2:]),
-                targets.reshape(-1, *targets.shape[2:]),
+                train_images,
+                train_labels,
                 key=train_key,
                 num_epochs=num_epochs,
                 apply_fn=apply_fn,
                 optimizer=net_optimizer,
                 augment_fn=net_augment_fn,
                 batch_size=inner_batch,
+                num_data=num_data,
+                cutmix_probability=cutmix,
             )
         return (images, labels, log_lr, opt_state, net_params, net_opt_state), metrics
 

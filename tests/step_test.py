@@ -342,7 +342,7 @@ def _real_training(params, images, labels, **kwargs):
     model = models.ConvNet(num_classes=2, width=4, depth=1)
     optimizer = optax.sgd(0.05, momentum=0.9)
     train = functools.partial(
-        step._train_network_real,
+        step._train_network,
         params,
         optimizer.init(params),
         images,
