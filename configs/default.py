@@ -90,7 +90,7 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     config.match.net_momentum = 0.0  # SGD momentum of the matched network (DC 0, IDC 0.9).
     config.match.net_weight_decay = 0.0  # Its weight decay (DC 0, IDC 5e-4).
     config.match.net_data = 500  # net_train=real: real images per inner epoch (IDC's n_data).
-    config.match.net_cutmix = 1.0  # net_train=real: CutMix probability per batch (IDC's mix_p).
+    config.match.net_cutmix = 0.5  # net_train=real: CutMix per batch (IDC mix_p, non-ImageNet).
     config.match.unroll_steps = 10  # risk family: T unrolled SGD steps.
     config.match.unroll_lr = 0.01  # risk family: learning rate of the unrolled steps.
     config.match.unroll_remat = "nested"  # risk family: nested (O(sqrt T) memory) | step | none.

@@ -489,7 +489,7 @@ _ADDED_FIELDS = {
     "match.net_momentum": 0.0,
     "match.net_weight_decay": 0.0,
     "match.net_data": 500,
-    "match.net_cutmix": 1.0,
+    "match.net_cutmix": 0.5,
     "syn.param": "pixels",
     "syn.factor": 1,
     "syn.learn_labels": False,

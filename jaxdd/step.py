@@ -527,7 +527,7 @@ def train_step(
     pool_max_updates: int = 0,
     max_decoded: int = 0,
     net_data: int = 500,
-    net_cutmix: float = 1.0,
+    net_cutmix: float = 0.5,
 ) -> tuple[State, dict[str, jax.Array]]:
     """One DC iteration; pure, so `fold_in(run_key, step)` keys make runs reproducible.
 
