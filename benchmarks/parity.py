@@ -14,10 +14,13 @@ with the overrides below): image and network learning rates, real batch per clas
 
 Every (key, side) is a record merged into `benchmarks/results/parity.json` as soon as it
 finishes, so a long run can be interrupted and resumed (a finished record is not redone). The
-jaxdd side also resumes within a record: it distils in a kept workdir
-(`--workdir-root`/<key>, checkpointed every twentieth of the run), so a killed run restarts
-from its last checkpoint, bit-identically; its distillation time is then the sum of the
-segments' clocks (each compile included; the steps lost since the last checkpoint not). And
+distilling sides also resume within a record: jaxdd distils in a kept workdir
+(`--workdir-root`/<key>) and the torch side saves `--workdir-root`/<key>_torch.pt
+(`torch_reference.Checkpoint`), each every twentieth of the run, so a killed run restarts from
+its last checkpoint, bit-identically; its distillation time is then the sum of the segments'
+clocks (each compile included; the steps lost since the last checkpoint not). A run longer
+than one machine's session can be carried to the next by pointing `--workdir-root` at a
+tracked folder and committing it (about 150 KB a side at Fashion-MNIST IPC 1). And
 `parity.md` is rewritten from the JSON (`--render` rewrites it without running anything).
 Hand-written findings go to `parity_findings.md`.
 
@@ -102,10 +105,12 @@ def torch_settings(config, dataset) -> dict[str, Any]:
     }
 
 
-def torch_distill(config, dataset, init: np.ndarray) -> np.ndarray:
+def torch_distill(config, dataset, init: np.ndarray, checkpoint: pathlib.Path) -> np.ndarray:
     from benchmarks import torch_reference
 
     common = {
+        "checkpoint": checkpoint,
+        "checkpoint_every": config.checkpoint.every,
         "init_indices": init,
         "num_classes": dataset.num_classes,
         "iterations": config.num_iterations,
@@ -167,7 +172,8 @@ def segments_seconds(metrics_path: pathlib.Path) -> tuple[float, int]:
 
 def run_side(side: str, config, dataset, init: np.ndarray, workdir: pathlib.Path) -> dict[str, Any]:
     """Distils with `side` ('random': none) and scores the set with both evaluators. The jaxdd
-    side distils in `workdir` (kept, so an interrupted run resumes; removed when done)."""
+    side distils in `workdir`, the torch side checkpoints to `<workdir>_torch.pt` (both kept,
+    so an interrupted run resumes; removed when done)."""
     labels = dataset.train.labels[init]
     jaxdd_eval, distill_s, extra = None, 0.0, {}
     if side == "random":
@@ -181,12 +187,15 @@ def run_side(side: str, config, dataset, init: np.ndarray, workdir: pathlib.Path
         shutil.rmtree(workdir)
         jaxdd_eval = result.report  # The run's report is jaxdd's evaluator on this set.
     else:
-        timer = harness.Timer()
-        images = torch_distill(config, dataset, init)
-        distill_s = timer()
+        from benchmarks import torch_reference
+
+        # Resumable as the jaxdd side: a checkpoint beside its workdir, every twentieth.
+        checkpoint = workdir.with_name(f"{workdir.name}_torch.pt")
+        images = torch_distill(config, dataset, init, checkpoint)
+        distill_s, extra["segments"] = torch_reference.checkpoint_seconds(checkpoint)
     if jaxdd_eval is None:
         jaxdd_eval = jaxdd.evaluate(config, images, labels)
-    return {
+    record = {
         "distill_s": distill_s,
         "jaxdd_eval": {
             "accuracy_mean": jaxdd_eval["accuracy_mean"],
@@ -196,6 +205,9 @@ def run_side(side: str, config, dataset, init: np.ndarray, workdir: pathlib.Path
         "torch_eval": torch_evaluate(config, dataset, images, labels),
         **extra,
     }
+    if side == "torch":
+        checkpoint.unlink()  # After scoring: a run killed while scoring does not distil again.
+    return record
 
 
 def record_key(record: dict[str, Any]) -> tuple:

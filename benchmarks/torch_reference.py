@@ -99,7 +99,10 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import hashlib
 import math
+import os
+import pathlib
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -112,11 +115,13 @@ from torch import nn
 
 __all__ = [
     "DEFAULT_DSA_STRATEGY",
+    "Checkpoint",
     "ConvNet",
     "DSADraw",
     "ParamDiffAug",
     "RandomStreams",
     "apply_diff_augment",
+    "checkpoint_seconds",
     "cvar",
     "dc_distill",
     "diff_augment",
@@ -739,6 +744,101 @@ class RandomStreams:
         """The seed of the next network (`init_network`)."""
         return int(self.networks.integers(2**63 - 1))
 
+    def state(self) -> dict[str, Any]:
+        """Every stream's position (`set_state` continues from it exactly)."""
+        return {
+            "networks": self.networks.bit_generator.state,
+            "real": self.real.bit_generator.state,
+            "augment": self.augment.get_state(),
+            "shuffle": self.shuffle.get_state(),
+        }
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self.networks.bit_generator.state = state["networks"]
+        self.real.bit_generator.state = state["real"]
+        self.augment.set_state(state["augment"])
+        self.shuffle.set_state(state["shuffle"])
+
+
+class Checkpoint:
+    """Resumes an interrupted `dc_distill` / `dm_distill` exactly where it stopped.
+
+    Every `every` iterations (and after the last) the run's whole state is written to `path`
+    (atomically: a temporary file, then a rename): the iteration, the images, the image
+    optimizer's momentum, every random stream (`RandomStreams.state`), the distillation seconds
+    so far, and the run's `signature` (its arguments). A run given an existing `path` restores
+    it and continues; the images it returns are bit-identical to an uninterrupted run's. A file
+    written by a run with other arguments is refused (delete it to start over). `seconds` sums
+    the segments' clocks, each up to its last save (iterations redone after a resume are not
+    counted twice); `segments` counts the processes that ran it.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, every: int, signature: Mapping[str, Any]):
+        if path is not None and every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 with a checkpoint, got {every}.")
+        self.path = None if path is None else pathlib.Path(path)
+        self.every, self.signature = every, dict(signature)
+        self.seconds, self.segments, self._start = 0.0, 1, time.perf_counter()
+
+    def restore(self, images: torch.Tensor, optimizer, streams: RandomStreams) -> int:
+        """Loads `path` into the run's state if it exists; returns the iteration to start at."""
+        if self.path is None or not self.path.exists():
+            return 0
+        saved = torch.load(self.path, weights_only=False)
+        if saved["signature"] != self.signature:
+            changed = sorted(
+                k
+                for k in {**saved["signature"], **self.signature}
+                if saved["signature"].get(k) != self.signature.get(k)
+            )
+            raise ValueError(
+                f"{self.path} was written by a run with other arguments ({', '.join(changed)}); "
+                "delete it to start this run over, or pass the arguments it was written with."
+            )
+        with torch.no_grad():
+            images.copy_(saved["images"])
+        optimizer.load_state_dict(saved["optimizer"])
+        streams.set_state(saved["streams"])
+        self.seconds, self.segments = saved["seconds"], saved["segments"] + 1
+        self._start = time.perf_counter()
+        return saved["iteration"]
+
+    def after(self, iteration: int, images: torch.Tensor, optimizer, streams, last: bool) -> None:
+        """Called after each iteration (0-based `iteration`): saves when one is due."""
+        if self.path is None or not (last or (iteration + 1) % self.every == 0):
+            return
+        now = time.perf_counter()
+        self.seconds, self._start = self.seconds + now - self._start, now
+        state = {
+            "iteration": iteration + 1,
+            "images": images.detach().cpu().clone(),
+            "optimizer": optimizer.state_dict(),
+            "streams": streams.state(),
+            "seconds": self.seconds,
+            "segments": self.segments,
+            "signature": self.signature,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        torch.save(state, temporary)
+        os.replace(temporary, self.path)
+
+
+def _run_signature(train_images: np.ndarray, train_labels: np.ndarray, **arguments) -> dict:
+    """What makes two runs the same run (`Checkpoint`): the data's fingerprint and every
+    argument that changes the result (the iteration count may grow between segments)."""
+    fingerprint = hashlib.sha256(np.ascontiguousarray(train_images, dtype=np.float32))
+    fingerprint.update(np.ascontiguousarray(train_labels, dtype=np.int64))
+    arguments["init_indices"] = [int(i) for i in arguments["init_indices"]]
+    arguments["param"] = dataclasses.asdict(arguments["param"])
+    return {"data": fingerprint.hexdigest(), **arguments}
+
+
+def checkpoint_seconds(path: str | os.PathLike) -> tuple[float, int]:
+    """(distillation seconds, segments) recorded in a run's checkpoint (see `Checkpoint`)."""
+    saved = torch.load(path, weights_only=False)
+    return float(saved["seconds"]), int(saved["segments"])
+
 
 def _nchw(images: np.ndarray, device: str | torch.device) -> torch.Tensor:
     """(N, H, W, Ch) NumPy -> (N, Ch, H, W) float32 tensor."""
@@ -842,6 +942,17 @@ def _train_epoch(
     return loss_sum / images.shape[0], correct / images.shape[0]
 
 
+def _first_iteration(resume: Checkpoint, images, optimizer, streams, iterations: int) -> int:
+    """The iteration a run starts at: 0, or where its checkpoint left it."""
+    start = resume.restore(images, optimizer, streams)
+    if start > iterations:
+        raise ValueError(
+            f"{resume.path} holds {start} iterations, more than the {iterations} asked for; "
+            "ask for at least as many, or delete it to start over."
+        )
+    return start
+
+
 def dc_distill(
     train_images: np.ndarray,
     train_labels: np.ndarray,
@@ -864,6 +975,8 @@ def dc_distill(
     log_every: int = 0,
     param: ParamDiffAug = _DEFAULT_DSA_PARAM,
     device: str | torch.device = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 50,
 ) -> np.ndarray:
     """DC / DSA gradient matching: the training loop of `main.py` 99-221.
 
@@ -884,6 +997,8 @@ def dc_distill(
       width, depth, stem_pad: the `ConvNet`. seed: every random draw (`RandomStreams`).
       log_every: print the iteration's mean loss (`main.py` 218-221) every so many; 0: never.
       param: DSA hyperparameters. device: where the tensors live.
+      checkpoint: a file to resume from and save to every `checkpoint_every` iterations
+        (`Checkpoint`); None: no checkpoints.
 
     Returns:
       (C * ipc, H, W, Ch) float32 synthetic images, class-major.
@@ -898,7 +1013,32 @@ def dc_distill(
 
     optimizer_img = torch.optim.SGD([image_syn], lr=lr_img, momentum=0.5)
     optimizer_img.zero_grad()
-    for it in range(iterations):
+    resume = Checkpoint(
+        checkpoint,
+        checkpoint_every,
+        _run_signature(
+            train_images,
+            train_labels,
+            kind="dc",
+            init_indices=init_indices,
+            method=method,
+            outer_loop=outer_loop,
+            inner_loop=inner_loop,
+            lr_img=lr_img,
+            lr_net=lr_net,
+            batch_real=batch_real,
+            batch_train=batch_train,
+            dsa_strategy=strategy,
+            width=width,
+            depth=depth,
+            stem_pad=stem_pad,
+            seed=seed,
+            param=param,
+        ),
+    )
+    for it in range(
+        _first_iteration(resume, image_syn, optimizer_img, streams, iterations), iterations
+    ):
         net = init_network(
             image_shape,
             num_classes,
@@ -952,6 +1092,7 @@ def dc_distill(
         loss_avg /= num_classes * outer_loop
         if log_every > 0 and it % log_every == 0:
             print(f"{method} iter = {it:04d}, loss = {loss_avg:.4f}")
+        resume.after(it, image_syn, optimizer_img, streams, last=it == iterations - 1)
     return _nhwc(image_syn)
 
 
@@ -972,6 +1113,8 @@ def dm_distill(
     log_every: int = 0,
     param: ParamDiffAug = _DEFAULT_DSA_PARAM,
     device: str | torch.device = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 500,
 ) -> np.ndarray:
     """DM distribution matching: the ConvNet branch of `main_DM.py` 101-200.
 
@@ -995,7 +1138,27 @@ def dm_distill(
 
     optimizer_img = torch.optim.SGD([image_syn], lr=lr_img, momentum=0.5)
     optimizer_img.zero_grad()
-    for it in range(iterations):
+    resume = Checkpoint(
+        checkpoint,
+        checkpoint_every,
+        _run_signature(
+            train_images,
+            train_labels,
+            kind="dm",
+            init_indices=init_indices,
+            lr_img=lr_img,
+            batch_real=batch_real,
+            dsa_strategy=strategy,
+            width=width,
+            depth=depth,
+            stem_pad=stem_pad,
+            seed=seed,
+            param=param,
+        ),
+    )
+    for it in range(
+        _first_iteration(resume, image_syn, optimizer_img, streams, iterations), iterations
+    ):
         net = init_network(
             image_shape,
             num_classes,
@@ -1025,6 +1188,7 @@ def dm_distill(
         loss_avg = loss.item() / num_classes  # `main_DM.py` 194-197
         if log_every > 0 and it % log_every == 0:
             print(f"DM iter = {it:05d}, loss = {loss_avg:.4f}")
+        resume.after(it, image_syn, optimizer_img, streams, last=it == iterations - 1)
     return _nhwc(image_syn)
 
 

@@ -559,3 +559,49 @@ def test_evaluate_synset_runs_epochs_plus_one_with_one_decay(tiny, monkeypatch):
     assert all(o.defaults["momentum"] == 0.9 for o in optimizers)
     assert all(o.defaults["weight_decay"] == 5e-4 for o in optimizers)
     assert all(kw["dsa_strategy"] is None for _, kw in epochs)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        functools.partial(_dc, method="DSA", iterations=3),
+        functools.partial(_dm, iterations=3),
+    ],
+)
+def test_an_interrupted_run_resumes_bit_identically(tiny, tmp_path, monkeypatch, run):
+    straight = run(tiny)
+    path = tmp_path / "run.pt"
+    original, calls = torch_reference.init_network, []
+
+    def interrupted(*args, **kwargs):  # Stops the run at the start of its third iteration.
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch_reference, "init_network", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny, checkpoint=path, checkpoint_every=1)
+    assert torch.load(path, weights_only=False)["iteration"] == 2
+    monkeypatch.setattr(torch_reference, "init_network", original)
+    resumed = run(tiny, checkpoint=path, checkpoint_every=1)
+    np.testing.assert_array_equal(resumed, straight)
+    saved = torch.load(path, weights_only=False)
+    seconds, segments = torch_reference.checkpoint_seconds(path)
+    assert saved["iteration"] == 3 and seconds > 0 and segments == 2
+    # A finished checkpoint returns its set without distilling again.
+    monkeypatch.setattr(torch_reference, "init_network", None)
+    np.testing.assert_array_equal(run(tiny, checkpoint=path), straight)
+
+
+def test_a_checkpoint_from_other_arguments_is_refused(tiny, tmp_path):
+    path = tmp_path / "run.pt"
+    _dc(tiny, checkpoint=path, checkpoint_every=1)
+    with pytest.raises(ValueError, match="other arguments \\(seed\\).*delete it"):
+        _dc(tiny, checkpoint=path, seed=1)
+    with pytest.raises(ValueError, match="holds 2 iterations, more than the 1"):
+        _dc(tiny, checkpoint=path, iterations=1)
+    # More iterations continue the run: the same set as one run of that length.
+    np.testing.assert_array_equal(_dc(tiny, checkpoint=path, iterations=3), _dc(tiny, iterations=3))
+    with pytest.raises(ValueError, match="checkpoint_every must be >= 1"):
+        _dm(tiny, checkpoint=tmp_path / "dm.pt", checkpoint_every=0)
