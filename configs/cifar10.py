@@ -4,7 +4,6 @@ from configs import default
 
 
 def get_config(method: str = "dsa"):
-    config = default.get_config(method)
-    config.data.name = "tfds:cifar10"
+    config = default.get_config(method, "tfds:cifar10")
     config.match.group_batch = 8  # Bounds memory at this image size (see configs/default.py).
     return config

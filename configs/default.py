@@ -19,7 +19,20 @@ METHODS = ("dc", "dsa", "dm", "idc")
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"  # DSA's ParamDiffAug strategy.
 
 
-def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
+# IDC's matching per dataset (`misc/reproduce.py` 13-33): distance and lr_img in its [0, 1]
+# pixel units, and the dataset's pixel std (mean over channels), since jaxdd's images are
+# standardised and the same step there is syn.lr = lr_img / std^2. Digits (not in IDC) takes
+# Fashion-MNIST's recipe at its own std.
+IDC_MATCHING = {
+    "fashion_mnist": ("l1", 1e-4, 0.3530),
+    "mnist": ("l1", 1e-4, 0.3081),
+    "digits": ("l1", 1e-4, 0.3760),
+    "tfds:svhn_cropped": ("mse", 5e-3, 0.1987),
+    "tfds:cifar10": ("mse", 5e-3, 0.2507),
+}
+
+
+def get_config(method: str = "dsa", dataset: str = "digits") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # The one seed of the run: clustering, sampling, init and evaluation keys.
     config.ipc = 10  # Synthetic images per class.
@@ -29,7 +42,7 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     # digits | fashion_mnist | mnist | tfds:<name> | npz:<path> | folder:<path>.
-    config.data.name = "digits"
+    config.data.name = dataset
     config.data.dir = ""  # Data directory (IDX files or TFDS data_dir); '' = the default.
     # Resize folder images to this square size (bilinear); 0 = keep their size, which must then
     # be equal.
@@ -69,6 +82,15 @@ def get_config(method: str = "dsa") -> ml_collections.ConfigDict:
     # m: real samples drawn per group per update; K * m = 256 is DC's batch_real per class.
     config.match.num_real = 64
     config.match.augment = DSA_STRATEGY  # DSA strategy; 'none' = off.
+    # single (DSA's mode 'S': one family per draw) | all | idc (IDC's DiffAug: flip and color
+    # on every batch, one other family drawn, then cutout). The network's training batches use
+    # the same mode, with parameters per image.
+    config.match.augment_mode = "single"
+    # Gradient family: dc (DC's layer-wise cosine) | l1 | mse (IDC's sums over elements; set
+    # syn.lr for them, see IDC_MATCHING). Matched parameters: weights (DC: conv and dense
+    # kernels) | conv (IDC's bias=False fc=False: conv kernels only).
+    config.match.distance = "dc"
+    config.match.distance_layers = "weights"
     # Groups vmapped together, 0 = all (speed and memory only; see jaxdd.matching). Chunks of
     # 8 bound memory at 28x28 and up: all 40 groups at once needed 8 GiB of XLA temporaries at
     # 28x28 and 21 GiB at 32x32x3 (IPC 1), chunks of 8 need 1.9 and 4.3 GiB.
@@ -219,9 +241,13 @@ def apply_method(config: ml_collections.ConfigDict, method: str) -> ml_collectio
         # initialisation; 2000 iterations of a fresh ConvNet-3 matched by 100 updates, each
         # followed by 500 real images (batch 64, CutMix at mix_p 0.5, SGD lr 0.01 momentum 0.9
         # wd 5e-4); 64 real images per class per update (batch_real: 16 per group at the
-        # dataset configs' K = 4). Kept from DSA: its matching augmentation and DC's layer-wise
-        # distance at DC's image lr (IDC matches l1 at lr_img 1e-4; its README: "the metric
-        # choice does not matter much" once the lr is set for it).
+        # dataset configs' K = 4). Matching as IDC's (`condense.py` 356-430, `argument.py`
+        # 175-191): its DiffAug 'color_crop_cutout' shared by the real and synthetic batch,
+        # the per-dataset distance and image step of IDC_MATCHING on the conv kernels' gradients.
+        config.match.augment, config.match.augment_mode = "color_crop_cutout", "idc"
+        distance, lr_img, std = IDC_MATCHING.get(config.data.name, IDC_MATCHING["fashion_mnist"])
+        config.match.distance, config.match.distance_layers = distance, "conv"
+        config.syn.lr = lr_img / std**2
         config.syn.param, config.syn.factor, config.syn.init = "factorized", 2, "mix"
         config.match.net_train = "real"
         config.match.outer_loop, config.match.inner_loop, config.match.inner_batch = 100, 1, 64

@@ -9,8 +9,7 @@ from configs import default
 
 
 def get_config(method: str = "dsa"):
-    config = default.get_config(method)
-    config.data.name = "fashion_mnist"
+    config = default.get_config(method, "fashion_mnist")
     config.cluster.num_clusters = 4
     config.match.group_batch = 8  # Bounds memory at this image size (see configs/default.py).
     return config

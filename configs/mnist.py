@@ -4,7 +4,6 @@ from configs import default
 
 
 def get_config(method: str = "dsa"):
-    config = default.without_flips(default.get_config(method))  # No flips for digits.
-    config.data.name = "mnist"
+    config = default.without_flips(default.get_config(method, "mnist"))  # No flips for digits.
     config.match.group_batch = 8  # Bounds memory at this image size (see configs/default.py).
     return config

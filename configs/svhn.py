@@ -8,7 +8,6 @@ from configs import default
 
 def get_config(method: str = "dsa"):
     # House numbers are not symmetric: no flips.
-    config = default.without_flips(default.get_config(method))
-    config.data.name = "tfds:svhn_cropped"
+    config = default.without_flips(default.get_config(method, "tfds:svhn_cropped"))
     config.match.group_batch = 8  # Bounds memory at this image size (see configs/default.py).
     return config

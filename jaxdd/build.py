@@ -188,6 +188,15 @@ def create_syn_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTra
     return optax.multi_transform({name: sgd(lr) for name, lr in rates.items()}, labels)
 
 
+def net_strategy(config: ml_collections.ConfigDict) -> str:
+    """The augmentation of the matched network's training batches: the matching strategy,
+    without cutout when they train on real data with CutMix (IDC, `condense.py` 365-366)."""
+    strategy = config.match.augment
+    if config.match.net_train == "real" and config.match.net_cutmix > 0 and strategy != "none":
+        strategy = "_".join(f for f in strategy.split("_") if f != "cutout") or "none"
+    return strategy
+
+
 def create_net_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """The matched network's optimiser: SGD at `match.net_lr` with `match.net_momentum` and
     PyTorch-style weight decay `match.net_weight_decay` (DC's optimizer_net: plain SGD, 0 and
@@ -203,9 +212,13 @@ def create_losses_fn(config: ml_collections.ConfigDict, apply_fn: matching.Apply
     """The configured matching family with its hyperparameters bound."""
     kwargs: dict[str, Any] = {
         "apply_fn": apply_fn,
-        "augment_fn": matching.siamese_augment(config.match.augment),
+        "augment_fn": matching.siamese_augment(config.match.augment, config.match.augment_mode),
         "group_batch": config.match.group_batch,
     }
+    if config.match.family == "gradient":
+        kwargs["distance"] = matching.gradient_distance(
+            config.match.distance, config.match.distance_layers
+        )
     if config.match.family == "risk":
         kwargs.update(
             num_steps=config.match.unroll_steps,
@@ -244,7 +257,7 @@ def create_step(
         apply_fn=apply_fn,
         syn_optimizer=create_syn_optimizer(config),
         net_optimizer=create_net_optimizer(config),
-        net_augment_fn=matching.per_image_augment(config.match.augment),
+        net_augment_fn=matching.per_image_augment(net_strategy(config), config.match.augment_mode),
         risk_name=config.robust.risk,
         alpha=float(config.robust.alpha),
         num_real=config.match.num_real,

@@ -424,7 +424,19 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "match.unroll_optimizer", matching.UNROLL_OPTIMIZERS)
     _check_choice(config, "syn.optimizer", build.SYN_OPTIMIZERS)
     _check_choice(config, "eval.augment_mode", augment.MODES)
+    _check_choice(config, "match.augment_mode", augment.MODES)
     _check_choice(config, "eval.lr_schedule", retrain.LR_SCHEDULES)
+    _check_choice(config, "match.distance", matching.DISTANCES)
+    _check_choice(config, "match.distance_layers", matching.DISTANCE_LAYERS)
+    if config.match.family != "gradient":
+        for field, default in (("distance", "dc"), ("distance_layers", "weights")):
+            if config.match[field] != default:
+                _fail(
+                    f"match.{field}",
+                    config.match[field],
+                    f"{default!r} with match.family={config.match.family!r} (it sets the "
+                    "gradient family's distance)",
+                )
     if config.match.unroll_window > config.match.unroll_steps:
         _fail(
             "match.unroll_window",
@@ -490,6 +502,9 @@ _ADDED_FIELDS = {
     "match.net_weight_decay": 0.0,
     "match.net_data": 500,
     "match.net_cutmix": 0.5,
+    "match.augment_mode": "single",
+    "match.distance": "dc",
+    "match.distance_layers": "weights",
     "syn.param": "pixels",
     "syn.factor": 1,
     "syn.learn_labels": False,

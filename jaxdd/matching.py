@@ -58,18 +58,74 @@ def no_augment(images: jax.Array, key: jax.Array) -> jax.Array:
     return images
 
 
-def siamese_augment(strategy: str) -> AugmentFn:
-    """DSA with one parameter draw per call, shared by every batch augmented with that key."""
+def siamese_augment(strategy: str, mode: str = "single") -> AugmentFn:
+    """DSA with one parameter draw per call, shared by every batch augmented with that key
+    (`augment.augment`'s `mode`: DSA's 'single' or IDC's 'idc')."""
     if not augment_lib.parse_strategy(strategy):
         return no_augment
-    return functools.partial(augment_lib.augment, strategy=strategy, batch_shared=True)
+    return functools.partial(augment_lib.augment, strategy=strategy, mode=mode, batch_shared=True)
 
 
-def per_image_augment(strategy: str) -> AugmentFn:
+def per_image_augment(strategy: str, mode: str = "single") -> AugmentFn:
     """DSA with parameters drawn per image (DC's `epoch` training the matched network)."""
     if not augment_lib.parse_strategy(strategy):
         return no_augment
-    return functools.partial(augment_lib.augment, strategy=strategy, batch_shared=False)
+    return functools.partial(augment_lib.augment, strategy=strategy, mode=mode, batch_shared=False)
+
+
+def _cosine_rows(a: jax.Array, b: jax.Array) -> jax.Array:
+    a = a.reshape(-1, a.shape[-1])
+    b = b.reshape(-1, b.shape[-1])
+    dot = jnp.sum(a * b, axis=0)
+    norms = jnp.linalg.norm(a, axis=0) * jnp.linalg.norm(b, axis=0)
+    return jnp.sum(1.0 - dot / (norms + _COSINE_EPS))
+
+
+# Per-parameter distances (`gradient_distance`): DC's layer-wise cosine, IDC's l1 and mse
+# (`condense.py` `dist`, 374-391: sums over every element of the difference).
+_LEAF_DISTANCES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "dc": _cosine_rows,
+    "l1": lambda a, b: jnp.sum(jnp.abs(a - b)),
+    "mse": lambda a, b: jnp.sum(jnp.square(a - b)),
+}
+DISTANCES = tuple(_LEAF_DISTANCES)
+# Which parameters' gradients are matched, by their number of axes: 'weights' (DC), every
+# kernel, conv (kh, kw, in, out) and dense (in, out); 'conv' (IDC's `bias=False, fc=False`,
+# `condense.py` 424-430), conv kernels only. Biases and norm scales (one axis) never are.
+_MIN_AXES = {"weights": 2, "conv": 3}
+DISTANCE_LAYERS = tuple(_MIN_AXES)
+
+
+def gradient_distance(name: str = "dc", layers: str = "weights") -> Callable[[Any, Any], jax.Array]:
+    """The distance between two gradient pytrees: the sum over the matched parameters
+    (`layers`) of the per-parameter distance `name`.
+
+    'dc' is DC's 'ours' (`utils.py` 218-246): each output unit of a parameter viewed as
+    `(rest, out)` contributes 1 - cos between its columns. 'l1' and 'mse' are IDC's: the sum of
+    |a - b| and of (a - b)^2 over the parameter. IDC matches l1 on Fashion-MNIST and MNIST at
+    lr_img 1e-4 and mse on SVHN and CIFAR at 5e-3 (`misc/reproduce.py` 13-33), in [0, 1] pixel
+    units: jaxdd's images are standardised, so the same step is `syn.lr` = lr_img / std^2.
+
+    Raises ValueError (while tracing) when no parameter of the network is matched, e.g. 'conv'
+    on an MLP: the objective would be a constant.
+    """
+    if name not in _LEAF_DISTANCES:
+        raise ValueError(f"unknown gradient distance {name!r}; choose from {DISTANCES}.")
+    if layers not in _MIN_AXES:
+        raise ValueError(f"unknown matched layers {layers!r}; choose from {DISTANCE_LAYERS}.")
+    leaf_distance, min_axes = _LEAF_DISTANCES[name], _MIN_AXES[layers]
+
+    def distance(grads_a: Any, grads_b: Any) -> jax.Array:
+        pairs = zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b), strict=True)
+        terms = [leaf_distance(a, b) for a, b in pairs if a.ndim >= min_axes]
+        if not terms:
+            raise ValueError(
+                f"match.distance_layers={layers!r} matches no parameter of this network (it "
+                f"matches parameters of >= {min_axes} axes); use 'weights'."
+            )
+        return sum(terms)
+
+    return distance
 
 
 def layerwise_cosine_distance(grads_a: Any, grads_b: Any) -> jax.Array:
@@ -85,17 +141,7 @@ def layerwise_cosine_distance(grads_a: Any, grads_b: Any) -> jax.Array:
     Returns:
       () the distance, >= 0.
     """
-
-    def leaf(a: jax.Array, b: jax.Array) -> jax.Array:
-        if a.ndim < 2:
-            return jnp.zeros((), a.dtype)
-        a = a.reshape(-1, a.shape[-1])
-        b = b.reshape(-1, b.shape[-1])
-        dot = jnp.sum(a * b, axis=0)
-        norms = jnp.linalg.norm(a, axis=0) * jnp.linalg.norm(b, axis=0)
-        return jnp.sum(1.0 - dot / (norms + _COSINE_EPS))
-
-    return sum(jax.tree.leaves(jax.tree.map(leaf, grads_a, grads_b)))
+    return gradient_distance("dc", "weights")(grads_a, grads_b)
 
 
 def mean_cross_entropy(apply_fn: ApplyFn, params: Any, images: jax.Array, labels: jax.Array):
@@ -137,11 +183,13 @@ def gradient(
     apply_fn: ApplyFn,
     augment_fn: AugmentFn = no_augment,
     group_batch: int = 0,
+    distance: Callable[[Any, Any], jax.Array] = layerwise_cosine_distance,
 ) -> jax.Array:
     """DC/DSA gradient matching, one loss per group.
 
     For class c with DSA key k_c (shared by its synthetic batch and all its groups):
-    L_{c,k} = layerwise_cosine_distance(grad_theta CE(A(S_c; k_c)), grad_theta CE(A(R_{c,k}; k_c))).
+    L_{c,k} = distance(grad_theta CE(A(S_c; k_c)), grad_theta CE(A(R_{c,k}; k_c))), DC's
+    layer-wise cosine distance by default (`gradient_distance` for IDC's).
 
     Args:
       params: network parameters theta (not differentiated through the real term).
@@ -151,6 +199,7 @@ def gradient(
       apply_fn: network apply function. augment_fn: siamese augmentation.
       group_batch: groups vmapped together when computing the real gradients (0 = all);
         the synthetic gradients take classes of at most group_batch * m images at once.
+      distance: the distance between two gradient pytrees (`gradient_distance`).
 
     Returns:
       (C, K) losses.
@@ -173,7 +222,7 @@ def gradient(
     def class_losses(args):
         images, labels, class_key, grads_c = args
         syn_grad = grad_fn(params, augment_fn(images, class_key), labels)
-        return jax.vmap(lambda g: layerwise_cosine_distance(syn_grad, g))(grads_c)
+        return jax.vmap(lambda g: distance(syn_grad, g))(grads_c)
 
     # The synthetic side maps over classes, as many at once as hold at most the real side's
     # group_batch * m images: all classes in the shipped configs, whose loop-free program

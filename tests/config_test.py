@@ -189,6 +189,15 @@ def test_methods_take_their_papers_settings():
     assert (idc.eval.augment_mode, idc.eval.lr_schedule, idc.eval.cutmix) == ("idc", "idc", 0.5)
     assert (idc.eval.batch_size, idc.eval.epochs) == (64, 1000)
     assert "cutout" not in idc.eval.augment  # IDC drops cutout when it mixes.
+    # IDC's matching: DiffAug color_crop_cutout, l1 on the conv kernels, lr_img 1e-4 in [0, 1]
+    # pixels = 1e-4 / std^2 on standardised images; its network trains without cutout.
+    assert (idc.match.augment, idc.match.augment_mode) == ("color_crop_cutout", "idc")
+    assert (idc.match.distance, idc.match.distance_layers) == ("l1", "conv")
+    assert idc.syn.lr == pytest.approx(1e-4 / 0.3530**2)
+    assert build.net_strategy(idc) == "color_crop"
+    assert build.net_strategy(dsa) == dsa.match.augment  # DC's network keeps every family.
+    svhn_idc = config_lib.load(REPO / "configs" / "svhn.py:idc")
+    assert svhn_idc.match.distance == "mse" and svhn_idc.syn.lr == pytest.approx(5e-3 / 0.1987**2)
     digits_dc = config_lib.load(REPO / "configs" / "digits.py:dc")
     assert digits_dc.match.augment == "none"  # Dropping flips keeps 'none'.
     with pytest.raises(flags.IllegalFlagValueError, match="unknown method 'mtt'"):
@@ -198,6 +207,18 @@ def test_methods_take_their_papers_settings():
 def test_distribution_matching_refuses_a_trained_network():
     config = config_lib.load(REPO / "configs" / "digits.py:dm", "match.inner_loop=5")
     with pytest.raises(ValueError, match="fresh random network for every update"):
+        config_lib.validate(config)
+
+
+def test_idc_distances_serve_the_gradient_family_only():
+    config = config_lib.load(REPO / "configs" / "digits.py:dm", "match.distance=l1")
+    with pytest.raises(ValueError, match="config.match.distance='l1' .* 'dc' with match.family"):
+        config_lib.validate(config)
+    config = config_lib.load(REPO / "configs" / "digits.py", "match.distance=cosine")
+    with pytest.raises(ValueError, match="match.distance"):
+        config_lib.validate(config)
+    config = config_lib.load(REPO / "configs" / "digits.py", "match.augment_mode=double")
+    with pytest.raises(ValueError, match="match.augment_mode"):
         config_lib.validate(config)
 
 

@@ -65,6 +65,64 @@ def test_layerwise_cosine_distance_matches_numpy():
     )
 
 
+def test_idc_distances_by_hand_and_the_matched_layers():
+    keys = jax.random.split(jax.random.key(2), 6)
+
+    def tree(k):
+        return {
+            "conv": jax.random.normal(k[0], (3, 3, 2, 5)),
+            "bias": jax.random.normal(k[1], (5,)),
+            "dense": jax.random.normal(k[2], (7, 4)),
+        }
+
+    a, b = tree(keys[:3]), tree(keys[3:])
+    conv, dense = np.asarray(a["conv"] - b["conv"]), np.asarray(a["dense"] - b["dense"])
+    # IDC's `dist` (condense.py 374-391): sums over elements; bias never, fc with 'weights'.
+    expected = {
+        ("l1", "weights"): np.abs(conv).sum() + np.abs(dense).sum(),
+        ("l1", "conv"): np.abs(conv).sum(),
+        ("mse", "weights"): np.square(conv).sum() + np.square(dense).sum(),
+        ("mse", "conv"): np.square(conv).sum(),
+        ("dc", "weights"): _numpy_distance(a, b),
+        ("dc", "conv"): _numpy_distance({"c": a["conv"]}, {"c": b["conv"]}),
+    }
+    for (name, layers), value in expected.items():
+        got = matching.gradient_distance(name, layers)(a, b)
+        np.testing.assert_allclose(got, value, rtol=1e-5, err_msg=f"{name} {layers}")
+    np.testing.assert_allclose(
+        matching.layerwise_cosine_distance(a, b), expected[("dc", "weights")], rtol=1e-5
+    )
+    # A network without conv kernels would be matched on nothing: refused, not a constant.
+    mlp = {"dense": a["dense"], "bias": a["bias"]}
+    with pytest.raises(ValueError, match="matches no parameter of this network.*'weights'"):
+        matching.gradient_distance("l1", "conv")(mlp, mlp)
+    with pytest.raises(ValueError, match="unknown gradient distance 'l2'"):
+        matching.gradient_distance("l2")
+    with pytest.raises(ValueError, match="unknown matched layers 'all'"):
+        matching.gradient_distance("l1", "all")
+
+
+def test_gradient_family_uses_the_given_distance(setup):
+    apply_fn, params, syn, real, labels = setup
+    key = jax.random.key(3)
+    common = dict(labels=labels, real=real, key=key, apply_fn=apply_fn)
+    base = matching.gradient(params, syn, **common)
+    l1 = matching.gradient(params, syn, distance=matching.gradient_distance("l1", "conv"), **common)
+    assert base.shape == l1.shape == (C, K)
+    # Group (c, k) by hand: l1 between the conv kernels' gradients of the class and the group.
+    grad_fn = jax.grad(functools.partial(matching.mean_cross_entropy, apply_fn))
+    c, k = 1, 0
+    g_syn = grad_fn(params, syn[c], labels[c])
+    g_real = grad_fn(params, real[c, k], jnp.full((M,), c))
+    by_hand = sum(
+        float(jnp.abs(x - y).sum())
+        for x, y in zip(jax.tree.leaves(g_syn), jax.tree.leaves(g_real), strict=True)
+        if x.ndim >= 3
+    )
+    np.testing.assert_allclose(l1[c, k], by_hand, rtol=1e-4)
+    assert not np.allclose(base, l1)
+
+
 def _bind(setup, family, *, key, strategy, **kwargs):
     """`family` with everything but the synthetic images bound, on the `setup` problem."""
     apply_fn, params, _, real, labels = setup
