@@ -942,15 +942,48 @@ def _train_epoch(
     return loss_sum / images.shape[0], correct / images.shape[0]
 
 
-def _first_iteration(resume: Checkpoint, images, optimizer, streams, iterations: int) -> int:
-    """The iteration a run starts at: 0, or where its checkpoint left it."""
-    start = resume.restore(images, optimizer, streams)
-    if start > iterations:
-        raise ValueError(
-            f"{resume.path} holds {start} iterations, more than the {iterations} asked for; "
-            "ask for at least as many, or delete it to start over."
+class _Run:
+    """A distillation's starting state, shared by `dc_distill` and `dm_distill`: its random
+    streams, the real data, the synthetic images from `init_indices` with their labels, the
+    image optimizer SGD(lr_img, momentum 0.5) (`main.py` 100), and where it starts: iteration
+    0, or where its checkpoint left it (`Checkpoint`, whose signature is `signature`)."""
+
+    def __init__(
+        self,
+        train_images: np.ndarray,
+        train_labels: np.ndarray,
+        *,
+        init_indices: Sequence[int],
+        num_classes: int,
+        lr_img: float,
+        seed: int,
+        device: str | torch.device,
+        checkpoint: str | os.PathLike | None,
+        checkpoint_every: int,
+        iterations: int,
+        **signature,
+    ):
+        self.streams = RandomStreams(seed)
+        self.real = _RealData(train_images, train_labels, num_classes, device)
+        self.images, self.labels, self.ipc = _initial_synset(
+            self.real, train_labels, init_indices, num_classes
         )
-    return start
+        self.optimizer = torch.optim.SGD([self.images], lr=lr_img, momentum=0.5)
+        self.optimizer.zero_grad()
+        signature.update(init_indices=init_indices, lr_img=lr_img, seed=seed)
+        self.checkpoint = Checkpoint(
+            checkpoint, checkpoint_every, _run_signature(train_images, train_labels, **signature)
+        )
+        self.start = self.checkpoint.restore(self.images, self.optimizer, self.streams)
+        if self.start > iterations:
+            raise ValueError(
+                f"{checkpoint} holds {self.start} iterations, more than the {iterations} asked "
+                "for; ask for at least as many, or delete it to start over."
+            )
+
+    def after(self, iteration: int, *, last: bool) -> None:
+        """After each iteration: a checkpoint when one is due."""
+        self.checkpoint.after(iteration, self.images, self.optimizer, self.streams, last=last)
 
 
 def dc_distill(
@@ -1006,39 +1039,34 @@ def dc_distill(
     if method not in ("DC", "DSA"):
         raise ValueError(f"method must be 'DC' or 'DSA', got {method!r}.")
     strategy = dsa_strategy if method == "DSA" else None  # args.dsa (`main.py` 38)
-    streams = RandomStreams(seed)
-    real = _RealData(train_images, train_labels, num_classes, device)
-    image_syn, label_syn, ipc = _initial_synset(real, train_labels, init_indices, num_classes)
-    image_shape = train_images.shape[1:]
-
-    optimizer_img = torch.optim.SGD([image_syn], lr=lr_img, momentum=0.5)
-    optimizer_img.zero_grad()
-    resume = Checkpoint(
-        checkpoint,
-        checkpoint_every,
-        _run_signature(
-            train_images,
-            train_labels,
-            kind="dc",
-            init_indices=init_indices,
-            method=method,
-            outer_loop=outer_loop,
-            inner_loop=inner_loop,
-            lr_img=lr_img,
-            lr_net=lr_net,
-            batch_real=batch_real,
-            batch_train=batch_train,
-            dsa_strategy=strategy,
-            width=width,
-            depth=depth,
-            stem_pad=stem_pad,
-            seed=seed,
-            param=param,
-        ),
+    run = _Run(
+        train_images,
+        train_labels,
+        init_indices=init_indices,
+        num_classes=num_classes,
+        lr_img=lr_img,
+        seed=seed,
+        device=device,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        iterations=iterations,
+        kind="dc",
+        method=method,
+        outer_loop=outer_loop,
+        inner_loop=inner_loop,
+        lr_net=lr_net,
+        batch_real=batch_real,
+        batch_train=batch_train,
+        dsa_strategy=strategy,
+        width=width,
+        depth=depth,
+        stem_pad=stem_pad,
+        param=param,
     )
-    for it in range(
-        _first_iteration(resume, image_syn, optimizer_img, streams, iterations), iterations
-    ):
+    # The reference's names for the loop below.
+    streams, real, ipc, optimizer_img = run.streams, run.real, run.ipc, run.optimizer
+    image_syn, label_syn, image_shape = run.images, run.labels, train_images.shape[1:]
+    for it in range(run.start, iterations):
         net = init_network(
             image_shape,
             num_classes,
@@ -1092,7 +1120,7 @@ def dc_distill(
         loss_avg /= num_classes * outer_loop
         if log_every > 0 and it % log_every == 0:
             print(f"{method} iter = {it:04d}, loss = {loss_avg:.4f}")
-        resume.after(it, image_syn, optimizer_img, streams, last=it == iterations - 1)
+        run.after(it, last=it == iterations - 1)
     return _nhwc(image_syn)
 
 
@@ -1131,34 +1159,29 @@ def dm_distill(
       (C * ipc, H, W, Ch) float32 synthetic images, class-major.
     """
     strategy = None if _is_no_strategy(dsa_strategy) else dsa_strategy  # `main_DM.py` 38
-    streams = RandomStreams(seed)
-    real = _RealData(train_images, train_labels, num_classes, device)
-    image_syn, _, ipc = _initial_synset(real, train_labels, init_indices, num_classes)
-    image_shape = train_images.shape[1:]
-
-    optimizer_img = torch.optim.SGD([image_syn], lr=lr_img, momentum=0.5)
-    optimizer_img.zero_grad()
-    resume = Checkpoint(
-        checkpoint,
-        checkpoint_every,
-        _run_signature(
-            train_images,
-            train_labels,
-            kind="dm",
-            init_indices=init_indices,
-            lr_img=lr_img,
-            batch_real=batch_real,
-            dsa_strategy=strategy,
-            width=width,
-            depth=depth,
-            stem_pad=stem_pad,
-            seed=seed,
-            param=param,
-        ),
+    run = _Run(
+        train_images,
+        train_labels,
+        init_indices=init_indices,
+        num_classes=num_classes,
+        lr_img=lr_img,
+        seed=seed,
+        device=device,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        iterations=iterations,
+        kind="dm",
+        batch_real=batch_real,
+        dsa_strategy=strategy,
+        width=width,
+        depth=depth,
+        stem_pad=stem_pad,
+        param=param,
     )
-    for it in range(
-        _first_iteration(resume, image_syn, optimizer_img, streams, iterations), iterations
-    ):
+    # The reference's names for the loop below.
+    streams, real, ipc, optimizer_img = run.streams, run.real, run.ipc, run.optimizer
+    image_syn, image_shape = run.images, train_images.shape[1:]
+    for it in range(run.start, iterations):
         net = init_network(
             image_shape,
             num_classes,
@@ -1188,7 +1211,7 @@ def dm_distill(
         loss_avg = loss.item() / num_classes  # `main_DM.py` 194-197
         if log_every > 0 and it % log_every == 0:
             print(f"DM iter = {it:05d}, loss = {loss_avg:.4f}")
-        resume.after(it, image_syn, optimizer_img, streams, last=it == iterations - 1)
+        run.after(it, last=it == iterations - 1)
     return _nhwc(image_syn)
 
 
