@@ -22,7 +22,8 @@ DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"  # DSA's ParamDiffAug strat
 # IDC's matching per dataset (`misc/reproduce.py` 13-33): distance and lr_img in its [0, 1]
 # pixel units, and the dataset's pixel std (mean over channels), since jaxdd's images are
 # standardised and the same step there is syn.lr = lr_img / std^2. Digits (not in IDC) takes
-# Fashion-MNIST's recipe at its own std.
+# Fashion-MNIST's recipe at its own std; other data (npz:, folder:, tfds: names not listed)
+# takes Fashion-MNIST's entry: set syn.lr = lr_img / std^2 for yours.
 IDC_MATCHING = {
     "fashion_mnist": ("l1", 1e-4, 0.3530),
     "mnist": ("l1", 1e-4, 0.3081),
