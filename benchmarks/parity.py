@@ -184,7 +184,6 @@ def run_side(side: str, config, dataset, init: np.ndarray, workdir: pathlib.Path
         # The loop's own clock (compile included), before the run's final evaluation.
         distill_s, segments = segments_seconds(workdir / "metrics.jsonl")
         extra["segments"] = segments
-        shutil.rmtree(workdir)
         jaxdd_eval = result.report  # The run's report is jaxdd's evaluator on this set.
     else:
         from benchmarks import torch_reference
@@ -205,8 +204,11 @@ def run_side(side: str, config, dataset, init: np.ndarray, workdir: pathlib.Path
         "torch_eval": torch_evaluate(config, dataset, images, labels),
         **extra,
     }
-    if side == "torch":
-        checkpoint.unlink()  # After scoring: a run killed while scoring does not distil again.
+    # After scoring: a run killed while scoring does not distil again.
+    if side == "jaxdd":
+        shutil.rmtree(workdir)
+    elif side == "torch":
+        checkpoint.unlink()
     return record
 
 
