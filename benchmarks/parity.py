@@ -20,7 +20,8 @@ distilling sides also resume within a record: jaxdd distils in a kept workdir
 its last checkpoint, bit-identically; its distillation time is then the sum of the segments'
 clocks (each compile included; the steps lost since the last checkpoint not). A run longer
 than one machine's session can be carried to the next by pointing `--workdir-root` at a
-tracked folder and committing it (about 150 KB a side at Fashion-MNIST IPC 1). And
+tracked folder and committing it (at Fashion-MNIST IPC 1: ~156 KB a jaxdd checkpoint, a few
+kept, and ~60 KB for torch). And
 `parity.md` is rewritten from the JSON (`--render` rewrites it without running anything).
 Hand-written findings go to `parity_findings.md`.
 
