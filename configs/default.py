@@ -15,6 +15,8 @@ schedule, iteration count and evaluation of its paper's code (`VICO-UoE/DatasetC
 
 import ml_collections
 
+from jaxdd import augment
+
 METHODS = ("dc", "dsa", "dm", "idc")
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"  # DSA's ParamDiffAug strategy.
 
@@ -270,6 +272,5 @@ def apply_method(config: ml_collections.ConfigDict, method: str) -> ml_collectio
 def without_flips(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Drops 'flip' from the matching and evaluation augmentation (digits are not symmetric)."""
     for section in (config.match, config.eval):
-        if section.augment != "none":
-            section.augment = "_".join(f for f in section.augment.split("_") if f != "flip")
+        section.augment = augment.without(section.augment, "flip")
     return config

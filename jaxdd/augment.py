@@ -414,6 +414,11 @@ TRANSFORMS: dict[str, Callable[..., jax.Array]] = {
 }
 
 
+def without(strategy: str, family: str) -> str:
+    """`strategy` without `family` ('none' when nothing is left)."""
+    return "_".join(name for name in parse_strategy(strategy) if name != family) or "none"
+
+
 def parse_strategy(strategy: str) -> tuple[str, ...]:
     """Splits a DSA strategy string ('color_crop_flip') into validated family names.
 

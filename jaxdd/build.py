@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxdd import data, matching, models, step, synthetic, xla
+from jaxdd import augment, data, matching, models, step, synthetic, xla
 from jaxdd import groups as groups_lib
 
 
@@ -191,10 +191,9 @@ def create_syn_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTra
 def net_strategy(config: ml_collections.ConfigDict) -> str:
     """The augmentation of the matched network's training batches: the matching strategy,
     without cutout when they train on real data with CutMix (IDC, `condense.py` 365-366)."""
-    strategy = config.match.augment
-    if config.match.net_train == "real" and config.match.net_cutmix > 0 and strategy != "none":
-        strategy = "_".join(f for f in strategy.split("_") if f != "cutout") or "none"
-    return strategy
+    if config.match.net_train == "real" and config.match.net_cutmix > 0:
+        return augment.without(config.match.augment, "cutout")
+    return config.match.augment
 
 
 def create_net_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
