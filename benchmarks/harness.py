@@ -130,7 +130,10 @@ def initial_run(config: ml_collections.ConfigDict) -> types.SimpleNamespace:
     )
     return types.SimpleNamespace(
         dataset=dataset, rare=rare, groups=groups, model=model, real=real, state=state,
-        step_fn=build.create_step(config, model, dataset.image_shape), init_key=init_key,
+        step_fn=build.create_step(
+            config, model, dataset.image_shape, pixel_range=build.pixel_range(dataset)
+        ),
+        init_key=init_key,
         third_key=third_key,
     )  # fmt: skip
 

@@ -149,6 +149,9 @@ def get_config(method: str = "dsa", dataset: str = "digits") -> ml_collections.C
     # IDC's batch_syn_max: each update matches at most this many decoded images per class,
     # drawn afresh (binds when factor^2 * ipc > 128, e.g. factorized f = 2 at IPC 50); 0: all.
     config.syn.max_decoded = 128
+    # Clip the stored images to valid pixels ([0, 1] before normalisation) at the start of every
+    # iteration, as IDC does (`condense.py` 521; the `idc` method sets it); not for generators.
+    config.syn.clip_pixels = False
     # syn.param=generator (GLaD's interface): images = G(latents), G a flax Module
     # ('package.module:Name', built without arguments) with parameters written by
     # flax.serialization.to_bytes; the latents (latent_dim each, drawn N(0, 1): syn.init=noise)
@@ -252,6 +255,7 @@ def apply_method(config: ml_collections.ConfigDict, method: str) -> ml_collectio
         config.match.distance, config.match.distance_layers = distance, "conv"
         config.syn.lr = lr_img / std**2
         config.syn.param, config.syn.factor, config.syn.init = "factorized", 2, "mix"
+        config.syn.clip_pixels = True
         config.match.net_train = "real"
         config.match.outer_loop, config.match.inner_loop, config.match.inner_batch = 100, 1, 64
         config.match.net_momentum, config.match.net_weight_decay = 0.9, 5e-4

@@ -237,16 +237,23 @@ def create_step(
     image_shape,
     mesh: jax.sharding.Mesh | None = None,
     decode_fn: step.DecodeFn | None = None,
+    pixel_range: tuple[np.ndarray, np.ndarray] | None = None,
 ):
     """The jitted `(state, key, real) -> (state, metrics)` step with hyperparameters bound.
 
     With `mesh`, the groups are split over its devices (`sharding.compute_group_losses`) and
     every output is replicated on it; pass the state and real data replicated on it too
     (`sharding.replicate`). `decode_fn`: the set's decoder (None: `create_decoder`'s; a
-    generator's parameters travel in `RealData.decoder`).
+    generator's parameters travel in `RealData.decoder`). `pixel_range`: the dataset's
+    (`pixel_range(dataset)`), needed with `syn.clip_pixels`.
     """
     if decode_fn is None:
         decode_fn = create_decoder(config)[0]
+    if config.syn.clip_pixels and pixel_range is None:
+        raise ValueError(
+            "config.syn.clip_pixels=True clips the set to valid pixels: pass "
+            "pixel_range=build.pixel_range(dataset) to create_step."
+        )
     apply_fn = lambda params, x: model.apply({"params": params}, x)
     outer_loop, inner_loop = loops(config)
     train_step = functools.partial(
@@ -272,6 +279,7 @@ def create_step(
         max_decoded=config.syn.max_decoded,
         net_data=config.match.net_data,
         net_cutmix=float(config.match.net_cutmix),
+        pixel_range=pixel_range if config.syn.clip_pixels else None,
     )
     # `fast_compile`: the step's time goes to library GEMMs and convolutions (see jaxdd.xla).
     if mesh is None:
@@ -281,6 +289,11 @@ def create_step(
         out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
         compiler_options=xla.compiler_options(mesh.devices.flat[0].platform, fast_compile=True),
     )
+
+
+def pixel_range(dataset: data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high): the [0, 1] pixel range in `dataset`'s normalised space, per channel."""
+    return -dataset.mean / dataset.std, (1.0 - dataset.mean) / dataset.std
 
 
 def create_state(

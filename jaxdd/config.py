@@ -415,6 +415,10 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
         _fail("syn.learn_generator", config.syn.learn_generator, "True or False")
     if config.syn.learn_generator and config.syn.param != "generator":
         _fail("syn.learn_generator", True, "False unless syn.param='generator' (there is no G)")
+    if not isinstance(config.syn.clip_pixels, bool):
+        _fail("syn.clip_pixels", config.syn.clip_pixels, "True or False")
+    if config.syn.clip_pixels and config.syn.param == "generator":
+        _fail("syn.clip_pixels", True, "False with syn.param='generator' (the set is latents)")
     if config.syn.init == "mix" and config.syn.param != "factorized":
         _fail("syn.init", "mix", "another init with syn.param='pixels' (mix tiles factorized sets)")
     _check_choice(config, "match.family", matching.FAMILIES)
@@ -522,6 +526,7 @@ _ADDED_FIELDS = {
     "syn.optimizer": "sgd",
     "syn.learn_unroll_lr": False,
     "syn.max_decoded": 128,
+    "syn.clip_pixels": False,
     "syn.unroll_lr_lr": 0.01,
 }
 

@@ -159,7 +159,9 @@ def _set_up(config, dataset, rare, mesh, decoder) -> _Run:
         dataset=dataset,
         rare=rare,
         real=sharding.replicate(real, mesh),  # The state is replicated with the payload.
-        step_fn=build.create_step(config, model, dataset.image_shape, mesh, decode_fn),
+        step_fn=build.create_step(
+            config, model, dataset.image_shape, mesh, decode_fn, build.pixel_range(dataset)
+        ),
         payload=sharding.replicate(payload, mesh),
         fingerprint=config_lib.fingerprint(config, dataset),
         group_sizes=np.asarray(groups.sizes),

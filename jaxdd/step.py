@@ -50,6 +50,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike
+from jax.typing import ArrayLike
 
 from jaxdd import groups as groups_lib
 from jaxdd import matching, models, retrain, risk, sharding
@@ -528,6 +529,7 @@ def train_step(
     max_decoded: int = 0,
     net_data: int = 500,
     net_cutmix: float = 0.5,
+    pixel_range: tuple[ArrayLike, ArrayLike] | None = None,
 ) -> tuple[State, dict[str, jax.Array]]:
     """One DC iteration; pure, so `fold_in(run_key, step)` keys make runs reproducible.
 
@@ -561,6 +563,9 @@ def train_step(
       max_decoded: each update matches at most this many decoded images per class, drawn
         afresh (IDC's `batch_syn_max`, `subsample_decoded`); 0: all. The network still trains
         on the whole decoded set.
+      pixel_range: (low, high), per channel in the normalised space (`build.pixel_range`): the
+        stored images are clipped to it before the iteration's first update, as IDC clamps its
+        set to [0, 1] pixels once per iteration (`condense.py` 521); None: never clipped.
 
     Returns:
       The new state and scalar metrics averaged over the iteration's updates (plus the
@@ -671,7 +676,8 @@ def train_step(
         return (images, labels, log_lr, opt_state, net_params, net_opt_state), metrics
 
     log_lr = state.log_unroll_lr if isinstance(state, LearnedLrState) else None
-    carry = (state.images, state.labels, log_lr, state.opt_state, net_params, net_opt_state)
+    images = state.images if pixel_range is None else jnp.clip(state.images, *pixel_range)
+    carry = (images, state.labels, log_lr, state.opt_state, net_params, net_opt_state)
     inputs = (jnp.arange(outer_loop), jax.random.split(loop_key, outer_loop))
     (images, labels, log_lr, opt_state, net_params, net_opt_state), per_update = jax.lax.scan(
         update, carry, inputs

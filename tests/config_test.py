@@ -181,6 +181,7 @@ def test_methods_take_their_papers_settings():
     assert build.loops(dm) == (1, 0)  # A fresh random network for every update.
     idc = config_lib.load(REPO / "configs" / "fashion_mnist.py:idc")
     assert (idc.syn.param, idc.syn.factor, idc.syn.init) == ("factorized", 2, "mix")
+    assert idc.syn.clip_pixels and not dsa.syn.clip_pixels  # IDC clamps once per iteration.
     assert (idc.match.net_train, build.loops(idc), idc.match.inner_batch) == ("real", (100, 1), 64)
     assert idc.cluster.num_clusters * idc.match.num_real == 64  # IDC's batch_real per class.
     assert (idc.match.net_momentum, idc.match.net_weight_decay, idc.match.net_cutmix) == (

@@ -98,6 +98,7 @@ def test_generator_config_needs_its_module_checkpoint_latents_and_noise_init(che
         ({"syn__generator": ""}, "syn.generator .* set with it"),
         ({"syn__latent_dim": 0}, "latent size"),
         ({"syn__init": "real"}, "'noise' with a generator"),
+        ({"syn__clip_pixels": True}, "syn.clip_pixels=True .* \\(the set is latents\\)"),
     ]:
         with pytest.raises(ValueError, match=message):
             config_lib.validate(_config(checkpoint, **fields))

@@ -1,6 +1,7 @@
 """Tests for jaxdd.step: the robust gradient, the pure step, compile-once, the schedule."""
 
 import functools
+import types
 
 import chex
 import jax
@@ -531,3 +532,31 @@ def test_capped_update_moves_only_the_matched_images_of_each_class(run):
     new_state, _ = build.create_step(config, model, image_shape)(state, jax.random.key(0), real)
     moved = np.abs(np.asarray(new_state.images) - np.asarray(state.images)).max(axis=(2, 3, 4))
     np.testing.assert_array_equal((moved > 0).sum(axis=1), [2, 2, 2])
+
+
+def test_clip_pixels_clips_the_stored_set_before_the_iteration_only(run):
+    """syn.clip_pixels (IDC's clamp to [0, 1] once per iteration, `condense.py` 521): the
+    iteration starts from the stored set clipped to the pixel range, and its updates may then
+    leave the range (IDC saves its set unclamped)."""
+    config, image_shape, model, real, state, _ = run
+    config = config.copy_and_resolve_references()
+    config.syn.clip_pixels = True
+    with pytest.raises(ValueError, match="pixel_range=build.pixel_range"):
+        build.create_step(config, model, image_shape)
+    low, high = np.array([-0.5], np.float32), np.array([0.5], np.float32)
+    assert np.any(np.asarray(state.images) < low) and np.any(np.asarray(state.images) > high)
+    config.syn.lr = 0.0
+    frozen = build.create_step(config, model, image_shape, pixel_range=(low, high))
+    new, _ = frozen(state, jax.random.key(7), real)
+    np.testing.assert_array_equal(new.images, np.clip(state.images, low, high))
+    config.syn.lr, config.robust.risk = 10.0, "mean"
+    moving = build.create_step(config, model, image_shape, pixel_range=(low, high))
+    new, _ = moving(state, jax.random.key(7), real)
+    assert np.any(np.abs(np.asarray(new.images)) > 0.5)
+
+
+def test_pixel_range_is_zero_and_one_unnormalised():
+    dataset = types.SimpleNamespace(mean=np.array([0.25, 0.5]), std=np.array([0.5, 0.25]))
+    low, high = build.pixel_range(dataset)
+    np.testing.assert_allclose(low * dataset.std + dataset.mean, 0.0, atol=1e-7)
+    np.testing.assert_allclose(high * dataset.std + dataset.mean, 1.0, atol=1e-7)
