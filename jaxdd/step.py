@@ -612,15 +612,15 @@ def train_step(
         images, labels, log_lr, opt_state, net_params, net_opt_state = carry
         index, update_key = inputs
         sample_key, loss_key, train_key = jax.random.split(update_key, 3)
-        groups, cells, pool = real.groups, None, None
+        groups, cells, real_pool = real.groups, None, None
         if assign == "voronoi":
             pool_key = jax.random.fold_in(update_key, 3)  # K-means runs keep their keys.
-            pool = groups_lib.sample_groups(real.groups, pool_size, key=pool_key)[:, 0]
+            real_pool = groups_lib.sample_groups(real.groups, pool_size, key=pool_key)[:, 0]
             groups, cells = groups_lib.voronoi_groups(
                 lambda x: apply_fn(net_params, x)[1],
                 decode(images, labels)[0],
                 real.images,
-                pool,
+                real_pool,
             )
         images, labels, log_lr, opt_state, metrics = update_images(
             images,
@@ -633,14 +633,18 @@ def train_step(
             loss_key=loss_key,
         )
         # DC trains the network after every update of the iteration but the last; a pool's
-        # network outlives the iteration and trains after the last one too.
+        # network outlives the iteration and trains after the last one too. A schedule in
+        # which it never trains (no epochs, or one update and no pool: DM, the risk family, DC
+        # at IPC 1) leaves the training out of the program instead of compiling it for no trip.
+        if inner_loop == 0 or (outer_loop == 1 and pool is None):
+            return (images, labels, log_lr, opt_state, net_params, net_opt_state), metrics
         last = (index == outer_loop - 1) & (pool is None)
         num_epochs = jnp.where(last, 0, inner_loop)
         if net_train == "real_robust":
             net_params, net_opt_state = _train_network_robust(
                 net_params,
                 net_opt_state,
-                real.images[pool],
+                real.images[real_pool],
                 jnp.arange(num_classes),
                 cells,
                 key=train_key,
