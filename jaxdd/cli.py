@@ -11,15 +11,22 @@ JAX's backend probing) appears only with absl's `--verbosity=0`. A user error (a
 value, an override of a field that does not exist, missing or malformed data, a workdir in use
 or holding another run's checkpoints, a diverged run) is printed as one `error: ...` line and
 exits with status 2; any other exception is a bug and keeps its traceback.
+
+`jaxdd distill` and `jaxdd evaluate` keep XLA's compiled programs between runs in JAX's
+persistent compilation cache (`compilation_cache`), so a resumed, repeated or re-scored run
+does not compile its step and its evaluation again.
 """
 
 from __future__ import annotations
 
+import os
+import pathlib
 import re
 import runpy
 import sys
 from typing import NoReturn
 
+import jax
 from absl import flags, logging
 
 from jaxdd import checkpoint, errors
@@ -28,6 +35,7 @@ from jaxdd import config as config_lib
 __all__ = [
     "FLAG_ERRORS",
     "USER_ERRORS",
+    "compilation_cache",
     "config_flag",
     "fail",
     "flag_error",
@@ -90,6 +98,27 @@ def quiet() -> None:
     """WARNING and above unless `--verbosity` was given (absl's app.run turns on INFO)."""
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+
+
+# JAX's persistent compilation cache for the programs: JAXDD_COMPILATION_CACHE names its folder
+# (empty: off); JAX's own JAX_COMPILATION_CACHE_DIR, when set, is left in charge.
+CACHE_VARIABLE = "JAXDD_COMPILATION_CACHE"
+DEFAULT_CACHE = pathlib.Path("~/.cache/jaxdd/xla")
+
+
+def compilation_cache() -> pathlib.Path | None:
+    """Turns on JAX's persistent compilation cache (`jax_compilation_cache_dir`) in the folder
+    `$JAXDD_COMPILATION_CACHE` names, by default ~/.cache/jaxdd/xla; returns the folder in use,
+    None when `JAXDD_COMPILATION_CACHE` is empty. Its entries are keyed by the program, the
+    compile options and the jax/XLA versions, so a stale entry is never used."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # Read by JAX itself.
+        return pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
+    folder = os.environ.get(CACHE_VARIABLE, str(DEFAULT_CACHE))
+    if not folder:
+        return None
+    path = pathlib.Path(folder).expanduser()
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    return path
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}; settings are flags such as --config.ipc=1.")
     cli.quiet()
+    cli.compilation_cache()
     config = _CONFIG.value
     if config is None:
         cli.fail("pass --config=path/to/configs/<name>.py (e.g. configs/digits.py).")

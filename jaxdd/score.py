@@ -38,6 +38,7 @@ def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}; pass the set as --synthetic=PATH.")
     cli.quiet()
+    cli.compilation_cache()
     config, path = _CONFIG.value, flags.FLAGS.synthetic
     if not path:
         cli.fail("pass --synthetic=PATH: a run's workdir, an .npz or a folder of class folders.")
