@@ -362,11 +362,13 @@ def time_step(
     repeats: int = 5,
     seed: int = 0,
     threads: int | None = None,
+    stem_pad: int = 0,
 ) -> dict[str, Any]:
     """Seconds per `robust_matching_step` on random data: one warm-up step, then `repeats`.
 
     Args:
       image_shape: (H, W, Ch). threads: `torch.set_num_threads` (None: torch's default).
+      stem_pad: `ConvNet`'s (jaxdd's resolved `model.stem_pad`: the same network both sides).
       The rest: the problem size, named as in jaxdd's config (num_real is m).
 
     Returns:
@@ -376,7 +378,7 @@ def time_step(
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     height, width_px, channels = image_shape
-    net = ConvNet(image_shape, num_classes, width=width, depth=depth)
+    net = ConvNet(image_shape, num_classes, width=width, depth=depth, stem_pad=stem_pad)
     syn_images = torch.randn(num_classes, ipc, channels, height, width_px, requires_grad=True)
     syn_labels = torch.arange(num_classes).repeat_interleave(ipc).reshape(num_classes, ipc)
     real = torch.randn(num_classes, num_clusters, num_real, channels, height, width_px)
