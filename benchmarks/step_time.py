@@ -410,8 +410,8 @@ def render(results: dict, out: pathlib.Path) -> str:
             "both sides with the shipped configs' first-layer padding (`stem pad`: DC's "
             "padding-3 first conv on 1-channel images is 2; rows without it predate it, 0).",
             "",
-            "| image | stem pad | jaxdd s | jaxdd compile s | torch s | torch threads | jaxdd speed-up | "
-            "XLA GFLOP | at f32 matmul peak s | 2x target s | jaxdd kernel CPU s | "
+            "| image | stem pad | jaxdd s | jaxdd compile s | torch s | torch threads | "
+            "jaxdd speed-up | XLA GFLOP | at f32 matmul peak s | 2x target s | jaxdd kernel CPU s | "
             "jaxdd page faults |",
             "|---" * 12 + "|",
         ]

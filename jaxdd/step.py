@@ -50,7 +50,6 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 from jax.typing import ArrayLike
-from jax.typing import ArrayLike
 
 from jaxdd import groups as groups_lib
 from jaxdd import matching, models, retrain, risk, sharding
