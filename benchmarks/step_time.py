@@ -411,8 +411,8 @@ def render(results: dict, out: pathlib.Path) -> str:
             "padding-3 first conv on 1-channel images is 2; rows without it predate it, 0).",
             "",
             "| image | stem pad | jaxdd s | jaxdd compile s | torch s | torch threads | "
-            "jaxdd speed-up | XLA GFLOP | at f32 matmul peak s | 2x target s | jaxdd kernel CPU s | "
-            "jaxdd page faults |",
+            "jaxdd speed-up | XLA GFLOP | at f32 matmul peak s | 2x target s | "
+            "jaxdd kernel CPU s | jaxdd page faults |",
             "|---" * 12 + "|",
         ]
         for r in results["torch"]:
