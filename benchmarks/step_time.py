@@ -239,6 +239,7 @@ def bench_torch(args, peak: float) -> list[dict]:
         config.cluster.num_clusters, config.match.num_real = 4, 64
         config.match.group_batch = 0  # All 40 groups in one vmap: the fastest here.
         model, real, state = problem(config, (size, size, 1))
+        stem_pad = build.stem_pad(config, (size, size, 1))  # Torch builds the same network.
         objective, obj_args = _objective(config, model, state, real)
         timer = harness.Timer()
         compiled = objective.lower(*obj_args).compile()
@@ -249,12 +250,12 @@ def bench_torch(args, peak: float) -> list[dict]:
         ref = torch_reference.time_step(
             image_shape=(size, size, 1), num_classes=10, num_clusters=4, num_real=64, ipc=10,
             width=128, depth=3, alpha=config.robust.alpha, repeats=args.repeats,
-            stem_pad=build.stem_pad(config, (size, size, 1)),
+            stem_pad=stem_pad,
         )  # fmt: skip
         rows.append(
             {
                 "image_shape": [size, size, 1],
-                "stem_pad": build.stem_pad(config, (size, size, 1)),
+                "stem_pad": stem_pad,
                 "jaxdd_s": jax_s,
                 "jaxdd_compile_s": compile_s,
                 "jaxdd_sys_s": sys_s,
