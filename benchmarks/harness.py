@@ -181,6 +181,8 @@ def machine_header(record: dict[str, Any]) -> str:
     if "backend" in record:
         devices = f" ({record['devices']})" if "devices" in record else ""
         parts.append(f"JAX backend {record['backend']}{devices}")
+    if "torch_device" in record:
+        parts.append(f"torch on {record['torch_device']}")
     if "allocator" in record:
         parts.append(f"host allocator: {record['allocator']}")
     return "; ".join(parts)
