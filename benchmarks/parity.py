@@ -23,6 +23,10 @@ than one machine's session can be carried to the next by pointing `--workdir-roo
 tracked folder and committing it (at Fashion-MNIST IPC 1: ~156 KB a jaxdd checkpoint, a few
 kept, and ~60 KB for torch). And
 `parity.md` is rewritten from the JSON (`--render` rewrites it without running anything).
+`--torch-device=cuda` runs the torch side (distillation and evaluator) on a GPU; a run with
+either side on an accelerator writes `parity_gpu.json` / `.md` unless `--out` says otherwise,
+and the torch checkpoint's signature names its device type, so a CPU run is never resumed on
+a GPU.
 Hand-written findings go to `parity_findings.md`.
 
   python -m benchmarks.parity --dataset=digits --ipc=1 --method=dsa --iterations=1000
@@ -316,7 +320,12 @@ def main() -> None:
     parser.add_argument("--eval-epochs", type=int, default=0, help="0: the method's own")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--torch-device", default="cpu", help="the torch side's device (cuda)")
-    parser.add_argument("--out", default=str(harness.RESULTS / "parity"))
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results path without suffix (default: benchmarks/results/parity, or parity_gpu "
+        "when either side runs on an accelerator, so the tables never mix machines' rows)",
+    )
     parser.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
     parser.add_argument(
         "--workdir-root",
@@ -327,7 +336,8 @@ def main() -> None:
     unknown = set(args.sides.split(",")) - set(SIDES)
     if unknown:
         parser.error(f"unknown sides {sorted(unknown)}; choose from {SIDES}")
-    out = pathlib.Path(args.out)
+    accelerated = jax.default_backend() != "cpu" or args.torch_device != "cpu"
+    out = pathlib.Path(args.out or harness.RESULTS / ("parity_gpu" if accelerated else "parity"))
     records = harness.load_results(out.with_suffix(".json"), [])
     if not args.render:
         import torch

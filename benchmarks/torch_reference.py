@@ -787,11 +787,13 @@ class Checkpoint:
         if self.path is None or not self.path.exists():
             return 0
         saved = torch.load(self.path, weights_only=False)
-        if saved["signature"] != self.signature:
+        # Checkpoints written before the signature named the device all ran on the CPU.
+        signature = {"device": "cpu", **saved["signature"]}
+        if signature != self.signature:
             changed = sorted(
                 k
-                for k in {**saved["signature"], **self.signature}
-                if saved["signature"].get(k) != self.signature.get(k)
+                for k in {**signature, **self.signature}
+                if signature.get(k) != self.signature.get(k)
             )
             raise ValueError(
                 f"{self.path} was written by a run with other arguments ({', '.join(changed)}); "
@@ -972,7 +974,11 @@ class _Run:
         )
         self.optimizer = torch.optim.SGD([self.images], lr=lr_img, momentum=0.5)
         self.optimizer.zero_grad()
-        signature.update(init_indices=init_indices, lr_img=lr_img, seed=seed)
+        # The device's type too: a CPU run resumed on a GPU would change its trajectory and sum
+        # the two machines' seconds.
+        signature.update(
+            init_indices=init_indices, lr_img=lr_img, seed=seed, device=torch.device(device).type
+        )
         self.checkpoint = Checkpoint(
             checkpoint, checkpoint_every, _run_signature(train_images, train_labels, **signature)
         )

@@ -605,3 +605,18 @@ def test_a_checkpoint_from_other_arguments_is_refused(tiny, tmp_path):
     np.testing.assert_array_equal(_dc(tiny, checkpoint=path, iterations=3), _dc(tiny, iterations=3))
     with pytest.raises(ValueError, match="checkpoint_every must be >= 1"):
         _dm(tiny, checkpoint=tmp_path / "dm.pt", checkpoint_every=0)
+
+
+def test_a_checkpoint_names_its_device(tiny, tmp_path):
+    path = tmp_path / "run.pt"
+    _dc(tiny, checkpoint=path, checkpoint_every=1)
+    saved = torch.load(path, weights_only=False)
+    assert saved["signature"]["device"] == "cpu"
+    # Written on a GPU: refused on the CPU, naming the device.
+    torch.save({**saved, "signature": {**saved["signature"], "device": "cuda"}}, path)
+    with pytest.raises(ValueError, match="other arguments \\(device\\)"):
+        _dc(tiny, checkpoint=path, iterations=3)
+    # Written before signatures named the device (CPU only then): resumes on the CPU.
+    del saved["signature"]["device"]
+    torch.save(saved, path)
+    np.testing.assert_array_equal(_dc(tiny, checkpoint=path, iterations=3), _dc(tiny, iterations=3))
