@@ -52,9 +52,24 @@ FAMILY_SETTINGS = {
 RISKS = {"mean": "erm", "cvar": "robust"}
 
 
+# Overrides that act only on distillation: the random subset's record ignores them, so it is
+# shared by every run of its data, IPC and seed (a pixel and a factorized run, say).
+DISTILLATION_ONLY = ("syn.", "match.", "robust.", "cluster.")
+
+
+def settings_key(record: dict) -> str:
+    """A record's `--set` overrides, canonical: runs of one family with different settings (a
+    pixel and a factorized set, say) are different records, never one replacing the other."""
+    overrides = record.get("set", {})
+    if record["family"] == "random":
+        overrides = {k: v for k, v in overrides.items() if not k.startswith(DISTILLATION_ONLY)}
+    return json.dumps(overrides, sort_keys=True)
+
+
 def record_key(record: dict) -> tuple:
-    fields = ("dataset", "ipc", "seed", "family", "risk", "budget_s")
-    return tuple(record[field] for field in fields)
+    """(dataset, ipc, seed, family, risk, settings, budget_s): what one record stands for."""
+    fields = ("dataset", "ipc", "seed", "family", "risk")
+    return (*(record[field] for field in fields), settings_key(record), record["budget_s"])
 
 
 def seconds_per_iteration(config) -> float:
@@ -216,10 +231,11 @@ def run_point(args, path, records, budgets, dataset: str, ipc: int, seed: int) -
     yet in `records`, each merged into `path` as it finishes; the records after."""
     command, machine = harness.command("families"), harness.machine()
     point = {"dataset": dataset, "ipc": ipc, "seed": seed}
+    overrides = harness.parse_overrides(args.set)
 
     def store(key_fields: dict, result: dict) -> list[dict]:
         record = {**point, **key_fields, "command": command, "machine": machine,
-                  "set": harness.parse_overrides(args.set), **result}  # fmt: skip
+                  "set": overrides, **result}  # fmt: skip
         print(
             f"{dataset} ipc={ipc} seed={seed} {record['family']} {record['risk']} "
             f"{record['budget_s']:g} s: acc {record['report']['accuracy_mean']:.1f} "
@@ -228,13 +244,18 @@ def run_point(args, path, records, budgets, dataset: str, ipc: int, seed: int) -
         )
         return harness.merge_results(path, [record], key=record_key)
 
-    if not any(record_key(r)[:4] == (dataset, ipc, seed, "random") for r in records):
+    def settings(family: str) -> str:
+        return settings_key({"family": family, "set": overrides})
+
+    random_point = (dataset, ipc, seed, "random", "-", settings("random"))
+    if not any(record_key(r)[:6] == random_point for r in records):
         random_key = {"family": "random", "risk": "-", "budget_s": budgets[0]}
         records = store(random_key, run_random(args, dataset, ipc, seed))
     for family in args.families.split(","):
         for risk in args.risks.split(","):
             key = (dataset, ipc, seed, family, risk)
-            done = {r["budget_s"]: r for r in records if record_key(r)[:5] == key}
+            done = {r["budget_s"]: r for r in records
+                    if record_key(r)[:6] == (*key, settings(family))}  # fmt: skip
             workdir = pathlib.Path(args.workdir) / workdir_name(*key, args.set)
             for budget, result in run_stages(args, *key, budgets, done, workdir):
                 earlier = [b for b in budgets if b < budget]

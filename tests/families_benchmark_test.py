@@ -1,0 +1,43 @@
+"""Tests for benchmarks/families.py's records: one record per run, whatever else the file holds."""
+
+from benchmarks import families, harness
+
+
+def _record(family: str, overrides: dict, accuracy: float, budget: float = 1800.0) -> dict:
+    return {
+        "dataset": "fashion_mnist", "ipc": 10, "seed": 0, "family": family,
+        "risk": "-" if family == "random" else "mean", "budget_s": budget,
+        "set": overrides, "report": {"accuracy_mean": accuracy},
+    }  # fmt: skip
+
+
+def test_runs_with_other_settings_are_other_records(tmp_path):
+    """A pixel and a factorized run of one family, data, IPC, seed and budget are two records
+    (the key once left the overrides out, and the second run replaced the first's record)."""
+    path = tmp_path / "sets.json"
+    factorized = {"syn.param": "factorized", "syn.factor": 2}
+    harness.merge_results(
+        path, [_record("distribution", factorized, 80.0)], key=families.record_key
+    )
+    merged = harness.merge_results(
+        path, [_record("distribution", {}, 78.0)], key=families.record_key
+    )
+    assert sorted(r["report"]["accuracy_mean"] for r in merged) == [78.0, 80.0]
+    # The same run again replaces its own record.
+    merged = harness.merge_results(
+        path, [_record("distribution", {}, 78.5)], key=families.record_key
+    )
+    assert sorted(r["report"]["accuracy_mean"] for r in merged) == [78.5, 80.0]
+
+
+def test_the_random_subset_ignores_distillation_only_overrides():
+    """The random row is shared by every run of its point that scores it the same way: the
+    set's parameterisation does not change it; an evaluation override does."""
+    plain = families.record_key(_record("random", {}, 70.0))
+    factorized = {"syn.param": "factorized", "syn.factor": 2, "match.family": "distribution"}
+    assert families.record_key(_record("random", factorized, 70.0)) == plain
+    assert families.record_key(_record("random", {"eval.epochs": 300}, 70.0)) != plain
+    # Distillation runs keep every override in their key.
+    assert families.record_key(_record("gradient", factorized, 70.0)) != families.record_key(
+        _record("gradient", {}, 70.0)
+    )
