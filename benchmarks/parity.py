@@ -240,6 +240,29 @@ def _cell(per_seed: list[float], network_std: float) -> str:
     return f"{np.mean(per_seed):.2f} ± {network_std:.2f} (networks)"
 
 
+def _seeds(seeds: list[int]) -> str:
+    return ("seed " if len(seeds) == 1 else "seeds ") + ",".join(map(str, seeds))
+
+
+def _paired(a: tuple, b: tuple) -> tuple[tuple[float, float], list[int]]:
+    """Mean over the seeds both sides have of a − b, per evaluator, and those seeds.
+
+    `a` and `b` are (jaxdd-evaluator accuracies, torch-evaluator accuracies, seeds) of two
+    sides; a side whose other seeds are still running is compared on the shared ones only,
+    never a mean over some seeds against a mean over others."""
+    seeds = sorted(set(a[2]) & set(b[2]))
+    diffs = tuple(
+        float(np.mean([a[e][a[2].index(s)] - b[e][b[2].index(s)] for s in seeds])) if seeds else 0.0
+        for e in (0, 1)
+    )
+    return diffs, seeds
+
+
+def _partial(seeds: list[int], side_rows: list[dict[str, Any]]) -> str:
+    """' (seeds ...)' when a paired figure covers fewer seeds than the row shows."""
+    return "" if len(seeds) == len(side_rows) else f" ({_seeds(seeds)})"
+
+
 def table(records: list[dict[str, Any]]) -> list[str]:
     """One table per (dataset, ipc, method, iterations): the sides, both evaluators."""
     lines = []
@@ -263,11 +286,8 @@ def table(records: list[dict[str, Any]]) -> list[str]:
             per_side[side] = (jaxdd_acc, torch_acc, [r["seed"] for r in side_rows])
             gain = "–"
             if side != "random" and "random" in per_side:
-                base = per_side["random"]
-                gain = (
-                    f"{np.mean(jaxdd_acc) - np.mean(base[0]):+.2f} / "
-                    f"{np.mean(torch_acc) - np.mean(base[1]):+.2f}"
-                )
+                (dj, dt), seeds = _paired(per_side[side], per_side["random"])
+                gain = "–" if not seeds else f"{dj:+.2f} / {dt:+.2f}" + _partial(seeds, side_rows)
             seconds = np.mean([r["distill_s"] for r in side_rows])
             lines.append(
                 f"| {side} | {','.join(str(r['seed']) for r in side_rows)} | "
@@ -277,14 +297,20 @@ def table(records: list[dict[str, Any]]) -> list[str]:
                 + " |"
             )
         if "jaxdd" in per_side and "torch" in per_side:
-            j, t = per_side["jaxdd"], per_side["torch"]
-            jt = [np.mean([r["distill_s"] for r in rows if r["side"] == s]) for s in SIDES[1:]]
-            lines += [
-                "",
-                f"jaxdd − torch (mean over seeds): {np.mean(j[0]) - np.mean(t[0]):+.2f} points "
-                f"by jaxdd's evaluator, {np.mean(j[1]) - np.mean(t[1]):+.2f} by torch's; "
-                f"wall time jaxdd / torch = {jt[0] / jt[1]:.2f}.",
-            ]
+            (dj, dt), seeds = _paired(per_side["jaxdd"], per_side["torch"])
+            if seeds:
+                jt = [
+                    np.mean([r["distill_s"] for r in rows if r["side"] == s and r["seed"] in seeds])
+                    for s in SIDES[1:]
+                ]
+                shared = len(per_side["jaxdd"][2]) == len(per_side["torch"][2]) == len(seeds)
+                over = "mean over seeds" if shared else f"both sides' seeds: {_seeds(seeds)}"
+                lines += [
+                    "",
+                    f"jaxdd − torch ({over}): "
+                    f"{dj:+.2f} points by jaxdd's evaluator, {dt:+.2f} by torch's; "
+                    f"wall time jaxdd / torch = {jt[0] / jt[1]:.2f}.",
+                ]
         lines.append("")
     return lines
 

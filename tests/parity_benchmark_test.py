@@ -1,0 +1,36 @@
+"""Tests for benchmarks/parity.py's tables: sides compared on the seeds they share."""
+
+from benchmarks import parity
+
+
+def _record(side: str, seed: int, accuracy: float, distill_s: float = 0.0) -> dict:
+    return {
+        "dataset": "fashion_mnist", "ipc": 10, "method": "dc", "iterations": 10, "seed": seed,
+        "side": side, "distill_s": distill_s,
+        "jaxdd_eval": {"accuracy_mean": accuracy, "accuracy_std": 0.1},
+        "torch_eval": [accuracy - 0.5, accuracy + 0.5],
+    }  # fmt: skip
+
+
+def test_a_side_with_seeds_still_running_is_compared_on_the_shared_seeds():
+    """jaxdd has seeds 0 and 1, torch only 0: jaxdd − torch and torch's gain use seed 0 only
+    (the table once set jaxdd's mean over 0,1 against torch's seed 0)."""
+    records = [
+        _record("random", 0, 70.0), _record("random", 1, 60.0),
+        _record("jaxdd", 0, 80.0, 100.0), _record("jaxdd", 1, 90.0, 300.0),
+        _record("torch", 0, 79.0, 200.0),
+    ]  # fmt: skip
+    text = "\n".join(parity.table(records))
+    assert "jaxdd − torch (both sides' seeds: seed 0): +1.00 points by jaxdd's evaluator" in text
+    assert "wall time jaxdd / torch = 0.50." in text
+    torch_row = next(line for line in text.splitlines() if line.startswith("| torch |"))
+    assert "| +9.00 / +9.00 |" in torch_row  # 79 − 70 on seed 0, not 79 − mean(70, 60).
+    jaxdd_row = next(line for line in text.splitlines() if line.startswith("| jaxdd |"))
+    assert "| +20.00 / +20.00 |" in jaxdd_row  # (80 − 70 + 90 − 60) / 2.
+
+
+def test_sides_with_the_same_seeds_average_over_all_of_them():
+    sides = (("jaxdd", 80.0), ("torch", 79.5))
+    records = [_record(side, seed, acc + seed, 1.0) for side, acc in sides for seed in (0, 1, 2)]
+    text = "\n".join(parity.table(records))
+    assert "jaxdd − torch (mean over seeds): +0.50 points" in text
