@@ -244,18 +244,22 @@ def _seeds(seeds: list[int]) -> str:
     return ("seed " if len(seeds) == 1 else "seeds ") + ",".join(map(str, seeds))
 
 
-def _paired(a: tuple, b: tuple) -> tuple[tuple[float, float], list[int]]:
+def _accuracies(record: dict[str, Any]) -> tuple[float, float]:
+    """A record's test accuracy by jaxdd's evaluator and by torch's (mean over networks)."""
+    return record["jaxdd_eval"]["accuracy_mean"], float(np.mean(record["torch_eval"]))
+
+
+def _paired(a: dict[int, dict], b: dict[int, dict]) -> tuple[np.ndarray | None, list[int]]:
     """Mean over the seeds both sides have of a − b, per evaluator, and those seeds.
 
-    `a` and `b` are (jaxdd-evaluator accuracies, torch-evaluator accuracies, seeds) of two
-    sides; a side whose other seeds are still running is compared on the shared ones only,
-    never a mean over some seeds against a mean over others."""
-    seeds = sorted(set(a[2]) & set(b[2]))
-    diffs = tuple(
-        float(np.mean([a[e][a[2].index(s)] - b[e][b[2].index(s)] for s in seeds])) if seeds else 0.0
-        for e in (0, 1)
-    )
-    return diffs, seeds
+    `a` and `b` map seed -> record of two sides; a side whose other seeds are still running
+    is compared on the shared ones only, never a mean over some seeds against a mean over
+    others. No shared seed: (None, [])."""
+    seeds = sorted(a.keys() & b.keys())
+    if not seeds:
+        return None, seeds
+    diffs = [np.subtract(_accuracies(a[s]), _accuracies(b[s])) for s in seeds]
+    return np.mean(diffs, axis=0), seeds
 
 
 def _partial(seeds: list[int], side_rows: list[dict[str, Any]]) -> str:
@@ -281,13 +285,14 @@ def table(records: list[dict[str, Any]]) -> list[str]:
             side_rows = sorted((r for r in rows if r["side"] == side), key=lambda r: r["seed"])
             if not side_rows:
                 continue
-            jaxdd_acc = [r["jaxdd_eval"]["accuracy_mean"] for r in side_rows]
-            torch_acc = [float(np.mean(r["torch_eval"])) for r in side_rows]
-            per_side[side] = (jaxdd_acc, torch_acc, [r["seed"] for r in side_rows])
+            jaxdd_acc = [_accuracies(r)[0] for r in side_rows]
+            torch_acc = [_accuracies(r)[1] for r in side_rows]
+            per_side[side] = {r["seed"]: r for r in side_rows}
             gain = "–"
             if side != "random" and "random" in per_side:
-                (dj, dt), seeds = _paired(per_side[side], per_side["random"])
-                gain = "–" if not seeds else f"{dj:+.2f} / {dt:+.2f}" + _partial(seeds, side_rows)
+                diff, seeds = _paired(per_side[side], per_side["random"])
+                if seeds:
+                    gain = f"{diff[0]:+.2f} / {diff[1]:+.2f}" + _partial(seeds, side_rows)
             seconds = np.mean([r["distill_s"] for r in side_rows])
             lines.append(
                 f"| {side} | {','.join(str(r['seed']) for r in side_rows)} | "
@@ -297,19 +302,19 @@ def table(records: list[dict[str, Any]]) -> list[str]:
                 + " |"
             )
         if "jaxdd" in per_side and "torch" in per_side:
-            (dj, dt), seeds = _paired(per_side["jaxdd"], per_side["torch"])
+            diff, seeds = _paired(per_side["jaxdd"], per_side["torch"])
             if seeds:
-                jt = [
-                    np.mean([r["distill_s"] for r in rows if r["side"] == s and r["seed"] in seeds])
-                    for s in SIDES[1:]
-                ]
-                shared = len(per_side["jaxdd"][2]) == len(per_side["torch"][2]) == len(seeds)
+                jaxdd_s, torch_s = (
+                    np.mean([per_side[side][s]["distill_s"] for s in seeds])
+                    for side in ("jaxdd", "torch")
+                )
+                shared = len(per_side["jaxdd"]) == len(per_side["torch"]) == len(seeds)
                 over = "mean over seeds" if shared else f"both sides' seeds: {_seeds(seeds)}"
                 lines += [
                     "",
                     f"jaxdd − torch ({over}): "
-                    f"{dj:+.2f} points by jaxdd's evaluator, {dt:+.2f} by torch's; "
-                    f"wall time jaxdd / torch = {jt[0] / jt[1]:.2f}.",
+                    f"{diff[0]:+.2f} points by jaxdd's evaluator, {diff[1]:+.2f} by torch's; "
+                    f"wall time jaxdd / torch = {jaxdd_s / torch_s:.2f}.",
                 ]
         lines.append("")
     return lines
