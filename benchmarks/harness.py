@@ -7,7 +7,7 @@ Benchmarks run from the repository root as `python -m benchmarks.<name>` (so `ja
 - `load_config` / `protocol_config`: a shipped config by name, and the robustness protocol's
   config (the one `robust_gain` and `ablation` share);
 - `machine` / `machine_header`: the CPU, cores, jax version and backend, and the host allocator
-  (`LD_PRELOAD` / `MALLOC_CONF`), recorded with every result;
+  (`LD_PRELOAD` / `MALLOC_CONF`, or glibc's `GLIBC_TUNABLES`), recorded with every result;
 - `Timer`, `timed`, `host_cost`, `compiled_memory_bytes`: wall time, host-side cost and the
   compiled memory of a jitted program;
 - `command`, `load_results`, `merge_results`, `findings_link`: the recorded command line, the
@@ -153,11 +153,17 @@ def cpu_name() -> str:
 
 
 def host_allocator() -> str:
-    """The process's malloc as set from the environment (LD_PRELOAD, MALLOC_CONF)."""
+    """The process's malloc: a preloaded one (LD_PRELOAD, MALLOC_CONF) or glibc's, with its
+    malloc tunables (GLIBC_TUNABLES)."""
     preload = os.environ.get("LD_PRELOAD", "")
-    name = ", ".join(pathlib.Path(p).name for p in preload.split(":") if p) or "glibc malloc"
-    conf = os.environ.get("MALLOC_CONF")
-    return f"{name} (MALLOC_CONF={conf})" if conf else name
+    name = ", ".join(pathlib.Path(p).name for p in preload.split(":") if p)
+    if name:
+        conf = os.environ.get("MALLOC_CONF")
+        return f"{name} (MALLOC_CONF={conf})" if conf else name
+    tunables = ":".join(
+        t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t.startswith("glibc.malloc.")
+    )
+    return f"glibc malloc (GLIBC_TUNABLES={tunables})" if tunables else "glibc malloc"
 
 
 def machine() -> dict[str, Any]:
