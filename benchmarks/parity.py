@@ -45,6 +45,7 @@ import json
 import os
 import pathlib
 import shutil
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -233,7 +234,7 @@ def record_key(record: dict[str, Any]) -> tuple:
     return tuple(record[k] for k in ("dataset", "ipc", "method", "iterations", "seed", "side"))
 
 
-def _cell(per_seed: list[float], network_std: float) -> str:
+def _cell(per_seed: Sequence[float], network_std: float) -> str:
     """mean ± std over seeds; with one seed, ± the std over its evaluation networks."""
     if len(per_seed) > 1:
         return f"{np.mean(per_seed):.2f} ± {np.std(per_seed):.2f}"
@@ -285,8 +286,7 @@ def table(records: list[dict[str, Any]]) -> list[str]:
             side_rows = sorted((r for r in rows if r["side"] == side), key=lambda r: r["seed"])
             if not side_rows:
                 continue
-            jaxdd_acc = [_accuracies(r)[0] for r in side_rows]
-            torch_acc = [_accuracies(r)[1] for r in side_rows]
+            jaxdd_acc, torch_acc = zip(*map(_accuracies, side_rows), strict=True)
             per_side[side] = {r["seed"]: r for r in side_rows}
             gain = "–"
             if side != "random" and "random" in per_side:
