@@ -8,15 +8,15 @@ validation split and evaluation as `benchmarks.robust_gain`). Run from the repos
       --variant='erm:robust.risk=mean' --variant='cvar0.1:robust.alpha=0.1'
 
 merges every finished variant into benchmarks/results/ablation.json (so the same command
-resumes) and rewrites ablation.md with one table of all runs recorded there (`--render`: only
-that, running nothing).
+resumes; a variant stopped mid-run resumes from its workdir under `--workdir`, default
+`runs/ablation`) and rewrites ablation.md with one table of all runs recorded there
+(`--render`: only that, running nothing).
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
-import tempfile
 
 import numpy as np
 
@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--eval-epochs", type=int, default=150)
     parser.add_argument("--variant", action="append", default=[])
     parser.add_argument("--out", default=str(harness.RESULTS / "ablation"))
+    harness.add_workdir_argument(parser, "ablation")
     parser.add_argument(
         "--findings",
         default="robustness",
@@ -152,8 +153,11 @@ def main() -> None:
             overrides=overrides,
         )
         timer = harness.Timer()
-        with tempfile.TemporaryDirectory() as workdir:
-            report = jaxdd.distill(config, workdir).report
+        settings = {"eval": [args.eval_models, args.eval_epochs], "overrides": overrides}
+        workdir = harness.kept_workdir(args.workdir, (args.dataset, f"ipc{args.ipc}",
+                                                      f"seed{args.seed}", args.iterations, name),
+                                       settings)  # fmt: skip
+        report = jaxdd.distill(config, workdir).report
         record = {
             "dataset": args.dataset,
             "ipc": args.ipc,

@@ -26,7 +26,6 @@ so an interrupted benchmark resumes with the same command; `--render` rewrites t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import pathlib
 
@@ -104,10 +103,10 @@ def run_random(args, dataset: str, ipc: int, seed: int) -> dict:
     return {"report": result}
 
 
-def workdir_name(dataset: str, ipc: int, seed: int, family: str, risk: str, overrides) -> str:
+def workdir(root, dataset: str, ipc: int, seed: int, family: str, risk: str, overrides):
     """One run's workdir under `--workdir`: its key and a digest of its overrides."""
-    digest = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{dataset}_ipc{ipc}_seed{seed}_{family}_{risk}_{digest}"
+    parts = (dataset, f"ipc{ipc}", f"seed{seed}", family, risk)
+    return harness.kept_workdir(root, parts, overrides)
 
 
 def run_stages(
@@ -256,8 +255,8 @@ def run_point(args, path, records, budgets, dataset: str, ipc: int, seed: int) -
             key = (dataset, ipc, seed, family, risk)
             done = {r["budget_s"]: r for r in records
                     if record_key(r)[:6] == (*key, settings(family))}  # fmt: skip
-            workdir = pathlib.Path(args.workdir) / workdir_name(*key, args.set)
-            for budget, result in run_stages(args, *key, budgets, done, workdir):
+            run_dir = workdir(args.workdir, *key, args.set)
+            for budget, result in run_stages(args, *key, budgets, done, run_dir):
                 earlier = [b for b in budgets if b < budget]
                 if earlier:
                     result["continued_from"] = earlier[-1]

@@ -13,12 +13,16 @@ Benchmarks run from the repository root as `python -m benchmarks.<name>` (so `ja
 - `command`, `load_results`, `merge_results`, `findings_link`: the recorded command line, the
   results JSON merged by key (so a partial or resumed run keeps what it did not redo) and the
   link from a generated table to its hand-written findings (`<out>_findings.md`: prose lives
-  in .md files only, never in the generated JSON).
+  in .md files only, never in the generated JSON);
+- `kept_workdir` / `add_workdir_argument`: where a benchmark's distillation runs keep their
+  checkpoints, so that an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import hashlib
 import json
 import os
 import pathlib
@@ -77,7 +81,7 @@ def protocol_config(
         f"eval.epochs={eval_epochs}",
         f"eval.select_every={max(1, iterations // 2)}",
         "eval.select_num_models=2",
-        f"checkpoint.every={iterations}",
+        f"checkpoint.every={max(1, iterations // 10)}",  # A killed run resumes from these.
         "syn.init=real",
     ]
     if suffix:
@@ -348,3 +352,30 @@ def findings_link(out: str | pathlib.Path) -> list[str]:
     if not findings.exists():
         return []
     return [f"Findings (written by hand, not generated): [{findings.name}]({findings.name})", ""]
+
+
+# --- kept workdirs --------------------------------------------------------------------------
+
+
+def settings_digest(settings: Any) -> str:
+    """8 hex digits standing for `settings` (JSON-able): runs with other settings get other
+    workdirs, so none resumes another's checkpoint."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def kept_workdir(root: str | pathlib.Path, parts: Sequence[Any], settings: Any) -> pathlib.Path:
+    """The workdir under `root` of the run named by `parts` (dataset, IPC, seed, method, ...)
+    with `settings` (everything else its distillation depends on): kept between invocations,
+    so that a run stopped by SIGTERM/SIGINT (checkpointed on the signal) or killed (its last
+    periodic checkpoint) resumes bit-identically when the benchmark's command is run again."""
+    name = "_".join(str(part).replace(os.sep, "-") for part in (*parts, settings_digest(settings)))
+    return pathlib.Path(root) / name
+
+
+def add_workdir_argument(parser: argparse.ArgumentParser, name: str) -> None:
+    """`--workdir`, the root of a benchmark's kept workdirs (default `runs/<name>`, git-ignored)."""
+    parser.add_argument(
+        "--workdir",
+        default=str(REPO / "runs" / name),
+        help="root of the runs' workdirs, kept so that an interrupted run resumes there",
+    )

@@ -23,7 +23,10 @@ the repository root:
 writes benchmarks/results/robustness.md (means +- std over seeds, linking the hand-written
 robustness_findings.md), robustness.json (every run, with its command and machine) and
 robustness.png. Each finished run is merged into the JSON at once, so an interrupted benchmark
-resumes with the same command; `--render` rewrites the .md from the .json, running nothing.
+resumes with the same command, and each distillation keeps its workdir under `--workdir`
+(default `runs/robust_gain`), so the run it was in resumes from its last checkpoint (saved on
+SIGTERM/SIGINT, and every tenth of the iterations); `--render` rewrites the .md from the .json,
+running nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import tempfile
 
 import ml_collections
 import numpy as np
@@ -305,13 +307,13 @@ def run_missing(args: argparse.Namespace, records: list[dict], path: pathlib.Pat
                         "eval": f"{config.eval.num_models}x{config.eval.epochs} epochs",
                         "set": harness.parse_overrides(args.set),
                     }
-                    with tempfile.TemporaryDirectory() as workdir:
-                        result = run_method(
-                            method,
-                            config,
-                            pathlib.Path(workdir),
-                            frozenset(harness.parse_overrides(args.set)),
-                        )
+                    # Only the distilling methods write there; an interrupted one resumes.
+                    workdir = harness.kept_workdir(
+                        args.workdir, (dataset, f"ipc{key[1]}", f"seed{key[2]}", method), settings
+                    )
+                    result = run_method(
+                        method, config, workdir, frozenset(harness.parse_overrides(args.set))
+                    )
                     record = {
                         "dataset": dataset, "ipc": key[1], "seed": key[2], "method": method,
                         "seconds": timer(), "report": result, "settings": settings,
@@ -343,6 +345,7 @@ def main() -> None:
     parser.add_argument("--full-epochs", type=int, default=0, help="full data; 0 = eval-epochs")
     parser.add_argument("--set", action="append", default=[], help="config field=value")
     parser.add_argument("--out", default=str(harness.RESULTS / "robustness"))
+    harness.add_workdir_argument(parser, "robust_gain")
     parser.add_argument(
         "--render", action="store_true", help="run nothing: rewrite the .md from the .json"
     )
