@@ -25,8 +25,9 @@ robustness_findings.md), robustness.json (every run, with its command and machin
 robustness.png. Each finished run is merged into the JSON at once, so an interrupted benchmark
 resumes with the same command, and each distillation keeps its workdir under `--workdir`
 (default `runs/robust_gain`), so the run it was in resumes from its last checkpoint (saved on
-SIGTERM/SIGINT, and every tenth of the iterations); `--render` rewrites the .md from the .json,
-running nothing.
+SIGTERM/SIGINT, and every tenth of the iterations; a finished one is only scored again). To
+distil a run afresh (after a code change, say), remove its record and its workdir (the run's
+first line names it); `--render` rewrites the .md from the .json, running nothing.
 """
 
 from __future__ import annotations
