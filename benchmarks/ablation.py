@@ -154,9 +154,8 @@ def main() -> None:
         )
         timer = harness.Timer()
         settings = {"eval": [args.eval_models, args.eval_epochs], "overrides": overrides}
-        workdir = harness.kept_workdir(args.workdir, (args.dataset, f"ipc{args.ipc}",
-                                                      f"seed{args.seed}", args.iterations, name),
-                                       settings)  # fmt: skip
+        parts = (args.dataset, f"ipc{args.ipc}", f"seed{args.seed}", args.iterations, name)
+        workdir = harness.kept_workdir(args.workdir, parts, settings)
         report = jaxdd.distill(config, workdir).report
         record = {
             "dataset": args.dataset,

@@ -274,10 +274,9 @@ def main() -> None:
     parser.add_argument(
         "--budget-s", default="180", help="seconds of distillation; a list scores one run at each"
     )
-    parser.add_argument(
-        "--workdir", default=str(harness.REPO / "runs" / "families"),
-        help="the runs' workdirs (kept, so a longer budget resumes them)",
-    )  # fmt: skip
+    harness.add_workdir_argument(
+        parser, "families", help="the runs' workdirs (kept, so a longer budget resumes them)"
+    )
     parser.add_argument("--eval-models", type=int, default=3)
     parser.add_argument("--eval-epochs", type=int, default=300)
     parser.add_argument("--set", action="append", default=[], help="config field=value")

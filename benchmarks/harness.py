@@ -372,10 +372,10 @@ def kept_workdir(root: str | pathlib.Path, parts: Sequence[Any], settings: Any) 
     return pathlib.Path(root) / name
 
 
-def add_workdir_argument(parser: argparse.ArgumentParser, name: str) -> None:
+def add_workdir_argument(
+    parser: argparse.ArgumentParser,
+    name: str,
+    help: str = "root of the runs' workdirs, kept so that an interrupted run resumes there",
+) -> None:
     """`--workdir`, the root of a benchmark's kept workdirs (default `runs/<name>`, git-ignored)."""
-    parser.add_argument(
-        "--workdir",
-        default=str(REPO / "runs" / name),
-        help="root of the runs' workdirs, kept so that an interrupted run resumes there",
-    )
+    parser.add_argument("--workdir", default=str(REPO / "runs" / name), help=help)

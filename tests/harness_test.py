@@ -35,13 +35,10 @@ def test_host_allocator_names_what_the_environment_sets(monkeypatch, env, expect
 def test_kept_workdirs_are_named_by_run_and_settings(tmp_path):
     """Same run and settings: the same workdir (so it resumes); other settings: another one;
     the families benchmark's existing workdirs keep their names."""
-    first = harness.kept_workdir(tmp_path, ("digits+rare", "ipc10", "seed0", "erm"), {"a": 1})
-    assert first == harness.kept_workdir(
-        tmp_path, ("digits+rare", "ipc10", "seed0", "erm"), {"a": 1}
-    )
-    assert first != harness.kept_workdir(
-        tmp_path, ("digits+rare", "ipc10", "seed0", "erm"), {"a": 2}
-    )
+    parts = ("digits+rare", "ipc10", "seed0", "erm")
+    first = harness.kept_workdir(tmp_path, parts, {"a": 1})
+    assert first == harness.kept_workdir(tmp_path, parts, {"a": 1})
+    assert first != harness.kept_workdir(tmp_path, parts, {"a": 2})
     assert first.parent == tmp_path
     assert harness.kept_workdir(tmp_path, ("a/b",), {}).parent == tmp_path
     assert families.workdir("runs", "fashion_mnist", 10, 0, "krr", "mean", []).name == (
