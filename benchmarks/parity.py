@@ -41,7 +41,6 @@ distillation, ~38 of torch and ~12 of scoring per set, so ~1.7 h a seed.)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import shutil
@@ -174,18 +173,6 @@ def torch_evaluate(
     return [100.0 * float(a) for a in accuracies]
 
 
-def segments_seconds(metrics_path: pathlib.Path) -> tuple[float, int]:
-    """(distillation seconds, segments) of a possibly resumed run from its metrics.jsonl:
-    `elapsed_s` restarts at every resume, so the segments' last values are summed."""
-    elapsed = [
-        r["elapsed_s"]
-        for r in map(json.loads, metrics_path.read_text().splitlines())
-        if "elapsed_s" in r
-    ]
-    ends = [a for a, b in zip(elapsed, elapsed[1:], strict=False) if b < a] + elapsed[-1:]
-    return float(sum(ends)), len(ends)
-
-
 def run_side(
     side: str, config, dataset, init: np.ndarray, workdir: pathlib.Path, torch_device: str = "cpu"
 ) -> dict[str, Any]:
@@ -199,9 +186,9 @@ def run_side(
     elif side == "jaxdd":
         result = jaxdd.distill(config, workdir)
         images, labels = result.images, result.labels
-        # The loop's own clock (compile included), before the run's final evaluation.
-        distill_s, segments = segments_seconds(workdir / "metrics.jsonl")
-        extra["segments"] = segments
+        # The loop's own clock (compile included, summed over resumed segments), before the
+        # run's final evaluation.
+        distill_s = result.report["distill_seconds"]
         jaxdd_eval = result.report  # The run's report is jaxdd's evaluator on this set.
     else:
         from benchmarks import torch_reference

@@ -127,12 +127,13 @@ class MetricsLog:
 
     Lines past `start_step` (logged by a run that was killed after its last checkpoint) are
     dropped on opening, and TensorBoard purges events past it, so a resumed log equals an
-    uninterrupted one. Use as a context manager.
+    uninterrupted one. `elapsed_s` is the distillation wall time the kept lines had logged
+    (`elapsed_seconds`), from which a resumed run's clock goes on. Use as a context manager.
     """
 
     def __init__(self, out: pathlib.Path, *, start_step: int):
         self.path = out / "metrics.jsonl"
-        _truncate(self.path, after_step=start_step)
+        self.elapsed_s = elapsed_seconds(_truncate(self.path, after_step=start_step))
         import tensorboardX  # Only a run logs; it imports torch where torch is installed.
 
         self.writer = tensorboardX.SummaryWriter(str(out / "tensorboard"), purge_step=start_step)
@@ -154,10 +155,22 @@ class MetricsLog:
                 self.writer.add_scalar(f"{prefix}/{name}", value, record["step"])
 
 
-def _truncate(path: pathlib.Path, *, after_step: int) -> None:
-    """Drops log lines past the resumed step, so a resumed log equals an uninterrupted one."""
+def _truncate(path: pathlib.Path, *, after_step: int) -> list[dict[str, Any]]:
+    """Drops log lines past the resumed step, so a resumed log equals an uninterrupted one;
+    the kept records."""
     if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= after_step]
-    path.write_text("".join(line + "\n" for line in kept))
+        return []
+    lines = [(line, json.loads(line)) for line in path.read_text().splitlines()]
+    kept = [(line, record) for line, record in lines if record.get("step", 0) <= after_step]
+    path.write_text("".join(line + "\n" for line, _ in kept))
+    return [record for _, record in kept]
+
+
+def elapsed_seconds(records: list[dict[str, Any]]) -> float:
+    """The distillation wall time logged in metrics records (each compile included; the steps a
+    killed run lost after its last checkpoint not). `elapsed_s` counts on across resumes;
+    logs written before 2026-12-05 restarted it at every resume, so where it falls, the
+    segment before it ended and its last value is added."""
+    elapsed = [record["elapsed_s"] for record in records if "elapsed_s" in record]
+    ends = [a for a, b in zip(elapsed, elapsed[1:], strict=False) if b < a] + elapsed[-1:]
+    return float(sum(ends))

@@ -264,7 +264,7 @@ def _loop(run: _Run, checkpoints: _Checkpoints, log, workdir, start_step: int) -
     actions; the last logged metrics."""
     config, payload, last = run.config, run.payload, {}
     step_root = jax.random.wrap_key_data(payload["root_key"])  # Replicated: so are step keys.
-    start = time.time()
+    start = time.time() - log.elapsed_s  # A resumed run's clock goes on from its last log.
     progress = tqdm.tqdm(
         total=config.num_iterations, initial=start_step, desc="distill", unit="it", disable=None
     )
@@ -292,8 +292,9 @@ def _loop(run: _Run, checkpoints: _Checkpoints, log, workdir, start_step: int) -
     return last
 
 
-def _finish(run: _Run, out: pathlib.Path, log: artifacts.MetricsLog):
-    """Writes the last and the selected set, the grid and eval.json; (images, labels, report)."""
+def _finish(run: _Run, out: pathlib.Path, log: artifacts.MetricsLog, distill_s: float):
+    """Writes the last and the selected set, the grid and eval.json (with `distill_s`, the
+    distillation's wall time); (images, labels, report)."""
     config, dataset, best = run.config, run.dataset, run.payload["best"]
     state = run.payload["state"]
     best_state = state.replace(images=best["images"])
@@ -320,6 +321,7 @@ def _finish(run: _Run, out: pathlib.Path, log: artifacts.MetricsLog):
         dataset=dataset.name,
         ipc=config.ipc,
         label_type="soft" if config.syn.learn_labels else "hard",
+        distill_seconds=distill_s,
     )
     if isinstance(state, step.LearnedLrState):  # The risk family's learned unroll lr, last.
         result["learned_unroll_lr"] = float(jnp.exp(state.log_unroll_lr))
@@ -369,7 +371,9 @@ def distill(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> R
         with artifacts.MetricsLog(out, start_step=start_step) as log:
             (out / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
             last = _loop(run, checkpoints, log, workdir, start_step)
-            images, labels, result = _finish(run, out, log)
+            # Summed over resumed segments; a finished run only rescored logged it already.
+            distill_s = last.get("elapsed_s", log.elapsed_s)
+            images, labels, result = _finish(run, out, log, distill_s)
     logging.info(
         "test accuracy %.2f +- %.2f, worst group %.2f (selected step %d)",
         result["accuracy_mean"],

@@ -51,6 +51,27 @@ def test_metrics_log_drops_lines_past_the_resumed_step(tmp_path):
     assert [(line["step"], line["loss"]) for line in lines] == [(2, 2.0), (4, 4.0), (6, 60.0)]
 
 
+def test_metrics_log_goes_on_with_the_distillation_clock_of_the_kept_lines(tmp_path):
+    """A resumed run's clock starts where the kept lines left it; the lost steps' time (past
+    the resumed step) is not counted, and a log whose clock restarted at a resume (written
+    before the clock went on) sums its segments."""
+
+    def elapsed(start_step):
+        with artifacts.MetricsLog(tmp_path, start_step=start_step) as log:
+            return log.elapsed_s
+
+    assert elapsed(0) == 0.0
+    with artifacts.MetricsLog(tmp_path, start_step=0) as log:
+        for step, seconds in ((2, 10.0), (4, 20.0), (6, 30.0)):
+            log.log({"step": step, "loss": 1.0, "elapsed_s": seconds})
+        log.log({"step": 6, "validation_accuracy": 50.0})  # Other records carry no clock.
+    assert elapsed(4) == 20.0
+    with artifacts.MetricsLog(tmp_path, start_step=4) as log:
+        log.log({"step": 6, "loss": 1.0, "elapsed_s": 3.0})  # An old log's restarted clock.
+        log.log({"step": 8, "loss": 1.0, "elapsed_s": 7.0})
+    assert elapsed(8) == 27.0
+
+
 def test_factorized_set_keeps_its_stored_images(tmp_path, dataset):
     """A factorized set's npz holds the decoded training images (what `jaxdd evaluate` scores)
     and the stored images they decode from."""

@@ -83,6 +83,14 @@ def _assert_same_run(workdir, reference):
         for line in path.read_text().splitlines()
     ]
     assert strip(workdir / "metrics.jsonl") == strip(reference / "metrics.jsonl")
+    elapsed = [
+        record["elapsed_s"]
+        for record in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+        if "elapsed_s" in record
+    ]
+    assert elapsed == sorted(elapsed)  # The clock goes on across the resume...
+    report = json.loads((workdir / "eval.json").read_text())
+    assert report["distill_seconds"] == elapsed[-1]  # ...to the run's distillation time.
 
 
 def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted):
