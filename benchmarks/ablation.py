@@ -156,6 +156,7 @@ def main() -> None:
         settings = {"eval": [args.eval_models, args.eval_epochs], "overrides": overrides}
         parts = (args.dataset, f"ipc{args.ipc}", f"seed{args.seed}", args.iterations, name)
         workdir = harness.kept_workdir(args.workdir, parts, settings)
+        timer.add(harness.logged_seconds(workdir))  # A resumed run's earlier share.
         report = jaxdd.distill(config, workdir).report
         record = {
             "dataset": args.dataset,

@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 
 import jaxdd
-from jaxdd import build, data
+from jaxdd import artifacts, build, data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -219,6 +219,10 @@ class Timer:
     def __call__(self) -> float:
         return time.perf_counter() - self.start
 
+    def add(self, seconds: float) -> None:
+        """Counts `seconds` spent before it started (earlier invocations of a resumed run)."""
+        self.start -= seconds
+
 
 def wall(fn: Callable, *args: Any) -> float:
     """Seconds of one call of `fn(*args)`, waiting for its arrays."""
@@ -370,6 +374,16 @@ def kept_workdir(root: str | pathlib.Path, parts: Sequence[Any], settings: Any) 
     periodic checkpoint) resumes bit-identically when the benchmark's command is run again."""
     name = "_".join(str(part).replace(os.sep, "-") for part in (*parts, settings_digest(settings)))
     return pathlib.Path(root) / name
+
+
+def logged_seconds(workdir: str | pathlib.Path) -> float:
+    """Distillation seconds that earlier invocations logged in a kept workdir (0.0 for a new
+    one; the steps a killed one lost after its last checkpoint included: they were spent). A
+    resumed run's record adds them, so its time is the run's, not its last invocation's."""
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return 0.0
+    return artifacts.elapsed_seconds([json.loads(line) for line in path.read_text().splitlines()])
 
 
 def add_workdir_argument(

@@ -312,6 +312,7 @@ def run_missing(args: argparse.Namespace, records: list[dict], path: pathlib.Pat
                     workdir = harness.kept_workdir(
                         args.workdir, (dataset, f"ipc{key[1]}", f"seed{key[2]}", method), settings
                     )
+                    timer.add(harness.logged_seconds(workdir))  # A resumed run's earlier share.
                     result = run_method(
                         method, config, workdir, frozenset(harness.parse_overrides(args.set))
                     )

@@ -2,6 +2,7 @@
 workdirs from which an interrupted benchmark run resumes."""
 
 import argparse
+import json
 
 import pytest
 
@@ -49,7 +50,8 @@ def test_kept_workdirs_are_named_by_run_and_settings(tmp_path):
 def test_an_interrupted_robust_gain_run_resumes_from_its_workdir(tmp_path, monkeypatch, capsys):
     """The benchmark's distillation stops after 2 of its 4 iterations (a crash after the
     checkpoint); running the same command again resumes at iteration 2, not from scratch, and
-    reports what an uninterrupted run reports."""
+    reports what an uninterrupted run reports, its time the whole run's, not the last
+    invocation's."""
     args = argparse.Namespace(
         datasets="smoke", ipcs="2", seeds="0", methods="erm", iterations=4, eval_models=1,
         eval_epochs=2, full_epochs=0, set=[], workdir=str(tmp_path / "runs"),
@@ -66,6 +68,12 @@ def test_an_interrupted_robust_gain_run_resumes_from_its_workdir(tmp_path, monke
     with pytest.raises(RuntimeError, match="crashed"):
         robust_gain.run_missing(args, [], tmp_path / "robustness.json")
     assert not (tmp_path / "robustness.json").exists()
+    # As if the first invocation had distilled for 1000 s more than this machine took.
+    (kept,) = (tmp_path / "runs").iterdir()
+    log = [json.loads(line) for line in (kept / "metrics.jsonl").read_text().splitlines()]
+    shifted = [{**r, "elapsed_s": r["elapsed_s"] + 1000} if "elapsed_s" in r else r for r in log]
+    (kept / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in shifted))
+    assert harness.logged_seconds(kept) > 1000
     monkeypatch.setattr(jaxdd, "distill", distill)
     capsys.readouterr()
     (resumed,) = robust_gain.run_missing(args, [], tmp_path / "robustness.json")
@@ -74,3 +82,5 @@ def test_an_interrupted_robust_gain_run_resumes_from_its_workdir(tmp_path, monke
     (whole,) = robust_gain.run_missing(args, [], tmp_path / "uninterrupted.json")
     assert resumed["report"]["accuracy_mean"] == whole["report"]["accuracy_mean"]
     assert resumed["report"]["group_accuracy"] == whole["report"]["group_accuracy"]
+    assert resumed["seconds"] > 1000 and resumed["report"]["distill_seconds"] > 1000
+    assert whole["seconds"] < 1000 and whole["report"]["distill_seconds"] < 1000
