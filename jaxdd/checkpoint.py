@@ -12,6 +12,7 @@ truncated) is skipped with a warning in favour of the one before it.
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -73,9 +74,15 @@ def _global_arrays(tree: Any) -> Any:
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], directory: pathlib.Path):
-    differences = {
-        k: (saved.get(k), current.get(k)) for k in current if saved.get(k) != current.get(k)
-    }
+    differences = {}
+    for k in current:
+        a, b = saved.get(k), current.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):  # A config section: name its fields.
+            differences.update(
+                {f"{k}.{f}": (a.get(f), b.get(f)) for f in {**a, **b} if a.get(f) != b.get(f)}
+            )
+        elif a != b:
+            differences[k] = (a, b)
     if differences:
         details = ", ".join(
             f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in differences.items()
@@ -87,11 +94,16 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], directory: 
 
 
 def restore_latest(
-    manager: ocp.CheckpointManager, abstract_payload: Any, fingerprint: dict[str, Any]
+    manager: ocp.CheckpointManager,
+    abstract_payload: Any,
+    fingerprint: dict[str, Any],
+    comparable: Callable[[dict[str, Any]], dict[str, Any]] = lambda saved: saved,
 ) -> tuple[int, Any] | None:
     """The newest readable checkpoint as (step, payload), or None when there is none.
 
-    Unreadable newer checkpoints are renamed `<step>.unreadable` (see `_set_aside`).
+    Unreadable newer checkpoints are renamed `<step>.unreadable` (see `_set_aside`). A saved
+    fingerprint is compared with `fingerprint` as `comparable` makes it (`config.comparable`:
+    without the fields its run does not use).
 
     Raises:
       IncompatibleCheckpointError: the newest readable checkpoint's fingerprint differs from
@@ -107,7 +119,7 @@ def restore_latest(
             logging.warning("checkpoint %d is unreadable (%s); trying the previous one", step, e)
             unreadable.append(step)
             continue
-        check_compatible(meta.get("fingerprint", {}), fingerprint, manager.directory)
+        check_compatible(comparable(meta.get("fingerprint", {})), fingerprint, manager.directory)
         try:
             restored = manager.restore(
                 step,

@@ -531,17 +531,49 @@ _ADDED_FIELDS = {
 }
 
 
+# Fields that only one matching family reads. A run of another family depends on none of
+# them, so they are left out of its fingerprint, and out of a saved one before the two are
+# compared (`comparable`): changing, say, the risk family's default unroll lr leaves every
+# other family's checkpoints resumable, while the risk family's own are refused, naming it.
+_FAMILY_ONLY_FIELDS = {
+    "risk": (
+        "match.unroll_steps",
+        "match.unroll_lr",
+        "match.unroll_remat",
+        "match.unroll_window",
+        "match.unroll_optimizer",
+        "syn.learn_unroll_lr",
+        "syn.unroll_lr_lr",
+    ),
+    "krr": ("match.krr_ridge",),
+}
+
+
+def comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """`fingerprint` (a run's, or one read from a checkpoint) without the fields of the matching
+    families its run does not use."""
+    family = fingerprint.get("match", {}).get("family")
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in fingerprint.items()}
+    for other, fields in _FAMILY_ONLY_FIELDS.items():
+        for field in fields if other != family else ():
+            section, _, key = field.partition(".")
+            out.get(section, {}).pop(key, None)
+    return out
+
+
 def fingerprint(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, Any]:
     """What a checkpoint must agree on to be resumed (num_iterations, eval and logging may
-    change)."""
+    change; so may the fields of the matching families the run does not use)."""
     resolved = json.loads(config.to_json_best_effort())
     for field, default in _ADDED_FIELDS.items():
         section, _, key = field.partition(".")
         if resolved[section].get(key) == default:
             del resolved[section][key]
-    return {
-        **{field: resolved[field] for field in _FINGERPRINT_FIELDS},
-        "dataset": dataset.name,
-        "image_shape": list(dataset.image_shape),
-        "num_classes": dataset.num_classes,
-    }
+    return comparable(
+        {
+            **{field: resolved[field] for field in _FINGERPRINT_FIELDS},
+            "dataset": dataset.name,
+            "image_shape": list(dataset.image_shape),
+            "num_classes": dataset.num_classes,
+        }
+    )

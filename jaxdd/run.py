@@ -180,7 +180,7 @@ class _Checkpoints:
     def restore(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """(step, payload) of the latest compatible checkpoint, or (0, `payload`)."""
         restored = checkpoint_lib.restore_latest(
-            self.manager, checkpoint_lib.abstract(payload), self.fingerprint
+            self.manager, checkpoint_lib.abstract(payload), self.fingerprint, config_lib.comparable
         )
         if restored is None:
             return 0, payload

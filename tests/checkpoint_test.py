@@ -16,6 +16,7 @@ import pytest
 import jaxdd
 from configs import smoke
 from jaxdd import checkpoint
+from jaxdd import config as config_lib
 from jaxdd import run as run_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -137,6 +138,26 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
         jaxdd.distill(_config(num_iterations=2, ipc=3), tmp_path)
     # num_iterations and evaluation may change: continuing a finished run for more works.
     assert jaxdd.distill(_config(num_iterations=4), tmp_path).metrics["step"] == 4
+
+
+def test_fields_of_families_a_run_does_not_use_do_not_refuse_its_checkpoint(tmp_path, monkeypatch):
+    """Another family's settings (a changed default, say) leave a run's checkpoints resumable,
+    also those saved before such fields were left out of fingerprints; its own family's are
+    still a different run."""
+    other_families = {"match.unroll_lr": 0.5, "match.krr_ridge": 1e-3}
+    for saved_before in (True, False):  # A fingerprint with every field / as saved today.
+        with monkeypatch.context() as patch:
+            if saved_before:
+                patch.setattr(config_lib, "comparable", lambda fingerprint: fingerprint)
+            jaxdd.distill(_config(num_iterations=2, **other_families), tmp_path / str(saved_before))
+        resumed = jaxdd.distill(_config(num_iterations=4), tmp_path / str(saved_before))
+        assert resumed.metrics["step"] == 4
+    risk = {"match.family": "risk", "match.unroll_steps": 2}
+    risk.update({"match.outer_loop": -1, "match.inner_loop": -1})  # The risk family's 1 / 0.
+    jaxdd.distill(_config(num_iterations=1, **risk), tmp_path / "risk")
+    refused = "match.unroll_lr: checkpoint 0.1 vs config 0.5"  # Only the field that differs.
+    with pytest.raises(checkpoint.IncompatibleCheckpointError, match=f"{refused}\\)"):
+        jaxdd.distill(_config(num_iterations=2, **risk, **other_families), tmp_path / "risk")
 
 
 @pytest.mark.parametrize(
