@@ -88,8 +88,10 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], directory: 
             f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in differences.items()
         )
         raise IncompatibleCheckpointError(
-            f"{directory} holds a checkpoint of a different run ({details}). Use another "
-            "--workdir, or delete that directory to start this config from scratch."
+            f"{directory} holds a checkpoint of a different run ({details}). To resume it, "
+            "set those fields to the checkpoint's values (a default may have changed since); "
+            "otherwise use another --workdir, or delete that directory to start this config "
+            "from scratch."
         )
 
 
