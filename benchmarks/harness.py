@@ -380,10 +380,7 @@ def logged_seconds(workdir: str | pathlib.Path) -> float:
     """Distillation seconds that earlier invocations logged in a kept workdir (0.0 for a new
     one; the steps a killed one lost after its last checkpoint included: they were spent). A
     resumed run's record adds them, so its time is the run's, not its last invocation's."""
-    path = pathlib.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return 0.0
-    return artifacts.elapsed_seconds([json.loads(line) for line in path.read_text().splitlines()])
+    return artifacts.elapsed_seconds(artifacts.read_metrics(workdir))
 
 
 def add_workdir_argument(

@@ -122,6 +122,9 @@ def scalars(metrics: dict[str, jax.Array]) -> dict[str, float]:
     }
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
 class MetricsLog:
     """`metrics.jsonl` plus TensorBoard events in `out`, resumable at `start_step`.
 
@@ -132,8 +135,8 @@ class MetricsLog:
     """
 
     def __init__(self, out: pathlib.Path, *, start_step: int):
-        self.path = out / "metrics.jsonl"
-        self.elapsed_s = elapsed_seconds(_truncate(self.path, after_step=start_step))
+        self.path = out / METRICS_FILE
+        self.elapsed_s = elapsed_seconds(_truncate(out, after_step=start_step))
         import tensorboardX  # Only a run logs; it imports torch where torch is installed.
 
         self.writer = tensorboardX.SummaryWriter(str(out / "tensorboard"), purge_step=start_step)
@@ -155,15 +158,22 @@ class MetricsLog:
                 self.writer.add_scalar(f"{prefix}/{name}", value, record["step"])
 
 
-def _truncate(path: pathlib.Path, *, after_step: int) -> list[dict[str, Any]]:
-    """Drops log lines past the resumed step, so a resumed log equals an uninterrupted one;
-    the kept records."""
+def read_metrics(out: str | pathlib.Path) -> list[dict[str, Any]]:
+    """The records of `out`'s metrics log, in order ([] when it has none)."""
+    path = pathlib.Path(out) / METRICS_FILE
     if not path.exists():
         return []
-    lines = [(line, json.loads(line)) for line in path.read_text().splitlines()]
-    kept = [(line, record) for line, record in lines if record.get("step", 0) <= after_step]
-    path.write_text("".join(line + "\n" for line, _ in kept))
-    return [record for _, record in kept]
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _truncate(out: pathlib.Path, *, after_step: int) -> list[dict[str, Any]]:
+    """Drops log lines past the resumed step, so a resumed log equals an uninterrupted one;
+    the kept records (rewritten as `MetricsLog.log` wrote them: the same bytes)."""
+    kept = [record for record in read_metrics(out) if record.get("step", 0) <= after_step]
+    path = out / METRICS_FILE
+    if path.exists():
+        path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+    return kept
 
 
 def elapsed_seconds(records: list[dict[str, Any]]) -> float:
