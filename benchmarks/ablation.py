@@ -141,8 +141,6 @@ def main() -> None:
     for text in [] if args.render else args.variant:
         name, overrides = parse_variant(text)
         key = (args.dataset, args.ipc, args.seed, args.iterations, name)
-        if any(record_key(r) == key for r in records):
-            continue
         config = harness.protocol_config(
             args.dataset,
             ipc=args.ipc,
@@ -152,8 +150,13 @@ def main() -> None:
             eval_epochs=args.eval_epochs,
             overrides=overrides,
         )
+        resolved = harness.record_config(config)
+        if harness.current_record(records, record_key, key, resolved):
+            continue
         timer = harness.Timer()
-        settings = {"eval": [args.eval_models, args.eval_epochs], "overrides": overrides}
+        # The name digests the resolved config too: a run under other defaults is another run.
+        settings = {"eval": [args.eval_models, args.eval_epochs], "overrides": overrides,
+                    "config": resolved}  # fmt: skip
         parts = (args.dataset, f"ipc{args.ipc}", f"seed{args.seed}", args.iterations, name)
         workdir = harness.kept_workdir(args.workdir, parts, settings)
         timer.add(harness.logged_seconds(workdir))  # A resumed run's earlier share.
@@ -167,6 +170,7 @@ def main() -> None:
             "variant": name,
             "overrides": harness.parse_overrides(overrides),
             "report": report,
+            "config": resolved,
             "seconds": timer(),
             "command": command,
             "machine": machine,

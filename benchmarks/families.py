@@ -35,6 +35,7 @@ import numpy as np
 import jaxdd
 from benchmarks import harness
 from jaxdd import build, checkpoint, report, synthetic
+from jaxdd import config as config_lib
 
 # Each family's settings on a dataset's shipped config (the config's own: DSA's gradient
 # matching with DC's loops). distribution: DM's lr_img; krr: FRePo's pool of 10 networks and
@@ -103,19 +104,26 @@ def run_random(args, dataset: str, ipc: int, seed: int) -> dict:
     return {"report": result}
 
 
-def workdir(root, dataset: str, ipc: int, seed: int, family: str, risk: str, overrides):
-    """One run's workdir under `--workdir`: its key and a digest of its overrides."""
+def workdir(root, dataset: str, ipc: int, seed: int, family: str, risk: str, overrides, config):
+    """One run's workdir under `--workdir`: its key and a digest of its overrides and of the
+    resolved config it distils (`config.resolved`), so that a run under other defaults is
+    another run, never refused by the checkpoint of this one."""
     parts = (dataset, f"ipc{ipc}", f"seed{seed}", family, risk)
-    return harness.kept_workdir(root, parts, overrides)
+    settings = {"set": overrides, "config": config_lib.resolved(config)}
+    return harness.kept_workdir(root, parts, settings)
 
 
-def run_stages(
-    args, dataset: str, ipc: int, seed: int, family: str, risk: str, budgets, done: dict, workdir
-):
+def stage_config(config) -> dict:
+    """What a stage's record stands for (`harness.record_config`), the selection interval left
+    out: it follows the budget, which the record's key holds."""
+    resolved = harness.record_config(config)
+    resolved["eval"].pop("select_every", None)
+    return resolved
+
+
+def run_stages(config, budgets, done: dict, workdir):
     """Yields (budget, result) for each budget in `budgets` (ascending) not already in `done`
-    (budget -> record): one run in `workdir`, resumed from stage to stage."""
-    config = family_config(args, dataset, ipc, seed, family)
-    config.robust.risk = risk
+    (budget -> record): one run of `config` in `workdir`, resumed from stage to stage."""
     measured = [r["seconds_per_iteration"] for r in done.values()]
     per_iteration = measured[0] if measured else seconds_per_iteration(config)
     for budget in budgets:
@@ -232,9 +240,9 @@ def run_point(args, path, records, budgets, dataset: str, ipc: int, seed: int) -
     point = {"dataset": dataset, "ipc": ipc, "seed": seed}
     overrides = harness.parse_overrides(args.set)
 
-    def store(key_fields: dict, result: dict) -> list[dict]:
+    def store(key_fields: dict, result: dict, config: dict) -> list[dict]:
         record = {**point, **key_fields, "command": command, "machine": machine,
-                  "set": overrides, **result}  # fmt: skip
+                  "set": overrides, "config": config, **result}  # fmt: skip
         print(
             f"{dataset} ipc={ipc} seed={seed} {record['family']} {record['risk']} "
             f"{record['budget_s']:g} s: acc {record['report']['accuracy_mean']:.1f} "
@@ -247,20 +255,37 @@ def run_point(args, path, records, budgets, dataset: str, ipc: int, seed: int) -
         return settings_key({"family": family, "set": overrides})
 
     random_point = (dataset, ipc, seed, "random", "-", settings("random"))
-    if not any(record_key(r)[:6] == random_point for r in records):
+    random_config = harness.record_config(
+        family_config(args, dataset, ipc, seed, "random"), harness.UNDISTILLED_SECTIONS
+    )
+
+    def point_of(record: dict) -> tuple:  # The random subset's key: it has no budget.
+        return record_key(record)[:6]
+
+    if not harness.current_record(records, point_of, random_point, random_config):
         random_key = {"family": "random", "risk": "-", "budget_s": budgets[0]}
-        records = store(random_key, run_random(args, dataset, ipc, seed))
+        records = store(random_key, run_random(args, dataset, ipc, seed), random_config)
     for family in args.families.split(","):
         for risk in args.risks.split(","):
             key = (dataset, ipc, seed, family, risk)
-            done = {r["budget_s"]: r for r in records
-                    if record_key(r)[:6] == (*key, settings(family))}  # fmt: skip
-            run_dir = workdir(args.workdir, *key, args.set)
-            for budget, result in run_stages(args, *key, budgets, done, run_dir):
+            config = family_config(args, dataset, ipc, seed, family)
+            config.robust.risk = risk
+            resolved = stage_config(config)
+            done = {}
+            for budget in budgets:
+                record = harness.current_record(
+                    records, record_key, (*key, settings(family), budget), resolved
+                )
+                if record is not None:
+                    done[budget] = record
+            run_dir = workdir(args.workdir, *key, args.set, config)
+            for budget, result in run_stages(config, budgets, done, run_dir):
                 earlier = [b for b in budgets if b < budget]
                 if earlier:
                     result["continued_from"] = earlier[-1]
-                records = store({"family": family, "risk": risk, "budget_s": budget}, result)
+                records = store(
+                    {"family": family, "risk": risk, "budget_s": budget}, result, resolved
+                )
     return records
 
 

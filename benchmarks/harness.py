@@ -40,7 +40,8 @@ import ml_collections
 import numpy as np
 
 import jaxdd
-from jaxdd import artifacts, build, data
+from jaxdd import artifacts, build, checkpoint, data
+from jaxdd import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -356,6 +357,57 @@ def findings_link(out: str | pathlib.Path) -> list[str]:
     if not findings.exists():
         return []
     return [f"Findings (written by hand, not generated): [{findings.name}]({findings.name})", ""]
+
+
+# --- records and the configs they stand for -------------------------------------------------
+
+# The config sections a score of a set that is not distilled (random real images, the full
+# training set) depends on.
+UNDISTILLED_SECTIONS = ("seed", "ipc", "data", "model", "eval")
+
+
+def record_config(
+    config: ml_collections.ConfigDict, sections: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """What a benchmark record's score depends on, resolved from `config` with every default
+    filled in (`config.resolved`): the sections a checkpoint is fingerprinted on and the
+    evaluation's, or the `sections` given (`UNDISTILLED_SECTIONS` for a set that is not
+    distilled). Records store it, so that a later invocation tells a record of its own config
+    from one made under other settings or other defaults (`current_record`)."""
+    if sections is None:
+        sections = (*config_lib.FINGERPRINT_SECTIONS, "eval")
+    return config_lib.resolved(config, tuple(sections))
+
+
+def current_record(
+    records: Sequence[dict[str, Any]],
+    key_of: Callable[[dict[str, Any]], Hashable],
+    key: Hashable,
+    config: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The record of `key` (`key_of(record) == key`) that stands for `config` (a
+    `record_config`), or None where the benchmark has to run it. A record of `key` made under
+    another config (a default changed since, say) is not reused: the fields that differ are
+    printed, and the new run's record replaces it. A record from before records stored their
+    config is reused, and said so."""
+    for record in records:
+        if key_of(record) != key:
+            continue
+        saved = record.get("config")
+        if saved is None:
+            print(
+                f"{key}: reusing its record, made before records stored their config; delete it "
+                "from the results JSON to rerun it under today's config",
+                flush=True,
+            )
+            return record
+        changed = checkpoint.differences(config_lib.comparable(saved), config)
+        if not changed:
+            return record
+        details = ", ".join(f"{k}: recorded {a!r}, now {b!r}" for k, (a, b) in changed.items())
+        print(f"{key}: rerunning, its record was made under another config ({details})", flush=True)
+        return None
+    return None
 
 
 # --- kept workdirs --------------------------------------------------------------------------

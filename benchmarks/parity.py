@@ -384,7 +384,9 @@ def main() -> None:
             init = initial_indices(config, dataset)
             for side in args.sides.split(","):
                 key = (args.dataset, args.ipc, args.method, args.iterations, seed, side)
-                if any(record_key(r) == key for r in records):
+                sections = harness.UNDISTILLED_SECTIONS if side == "random" else None
+                resolved = harness.record_config(config, sections)
+                if harness.current_record(records, record_key, key, resolved):
                     continue
                 name = "_".join(map(str, key[:-1]))
                 result = run_side(
@@ -401,6 +403,7 @@ def main() -> None:
                     result,
                     eval_epochs=config.eval.epochs,
                     init_indices=init.tolist(),
+                    config=resolved,
                     command=command,
                     machine=machine,
                     pid=os.getpid(),

@@ -91,14 +91,12 @@ def record_key(record: dict) -> tuple:
     return record["dataset"], record["ipc"], record["seed"], record["method"]
 
 
-def run_method(
-    method: str,
-    config: ml_collections.ConfigDict,
-    workdir: pathlib.Path,
-    overridden: frozenset[str] = frozenset(),
-) -> dict:
-    """The test report (eval.json's) of `method`'s set under `config` (`overridden`: the
-    fields `--set` gave, which the reference mode's own values do not replace)."""
+def method_config(
+    method: str, config: ml_collections.ConfigDict, overridden: frozenset[str] = frozenset()
+) -> ml_collections.ConfigDict:
+    """`config` as `method` runs it (`overridden`: the fields `--set` gave, which the reference
+    mode's own values do not replace): the reference mode's fields, the initialisation after
+    '+', ERM's or the robust risk."""
     risk, _, init = method.partition("+")
     if method == "reference":
         reference = jaxdd.load_config(
@@ -107,11 +105,28 @@ def run_method(
         for field in set(REFERENCE_FIELDS) - overridden:
             section, key = field.split(".")
             config[section][key] = reference[section][key]
-        return jaxdd.distill(config, workdir).report
+        return config
     if init:
         config.syn.init = init
     if risk in ("erm", "robust"):
         config.robust.risk = "mean" if risk == "erm" else "cvar"
+    return config
+
+
+def depends_on(method: str) -> tuple[str, ...] | None:
+    """The config sections `method`'s score depends on (`harness.record_config`; None: every
+    section a distillation does)."""
+    if method == "full":  # Neither the IPC nor the distillation seed.
+        return tuple(s for s in harness.UNDISTILLED_SECTIONS if s not in ("ipc", "seed"))
+    if method in ("random", "herding", "k_center"):
+        return harness.UNDISTILLED_SECTIONS
+    return None
+
+
+def run_method(method: str, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    """The test report (eval.json's) of `method`'s set under `config` (`method_config`'s)."""
+    risk = method.partition("+")[0]
+    if method == "reference" or risk in ("erm", "robust"):
         return jaxdd.distill(config, workdir).report
     dataset, rare = build.load_data(config)
     if risk == "start":
@@ -288,9 +303,6 @@ def run_missing(args: argparse.Namespace, records: list[dict], path: pathlib.Pat
                     key = (dataset, None, 0, method) if method == "full" else (
                         dataset, ipc, seed, method
                     )  # fmt: skip
-                    if any(record_key(r) == key for r in records):
-                        continue
-                    timer = harness.Timer()
                     config = harness.protocol_config(
                         dataset,
                         ipc=ipc,
@@ -302,24 +314,32 @@ def run_missing(args: argparse.Namespace, records: list[dict], path: pathlib.Pat
                     )
                     if method == "full" and args.full_epochs:
                         config.eval.epochs = args.full_epochs
+                    overridden = frozenset(harness.parse_overrides(args.set))
+                    config = method_config(method, config, overridden)
+                    resolved = harness.record_config(config, depends_on(method))
+                    if harness.current_record(records, record_key, key, resolved):
+                        continue
+                    timer = harness.Timer()
                     settings = {
                         # A start row is the set before any iteration.
                         "iterations": 0 if method.startswith("start") else args.iterations,
                         "eval": f"{config.eval.num_models}x{config.eval.epochs} epochs",
                         "set": harness.parse_overrides(args.set),
                     }
-                    # Only the distilling methods write there; an interrupted one resumes.
+                    # Only the distilling methods write there; an interrupted one resumes. Its
+                    # name digests the resolved config too: a run under other defaults is
+                    # another run.
                     workdir = harness.kept_workdir(
-                        args.workdir, (dataset, f"ipc{key[1]}", f"seed{key[2]}", method), settings
+                        args.workdir,
+                        (dataset, f"ipc{key[1]}", f"seed{key[2]}", method),
+                        {**settings, "config": resolved},
                     )
                     timer.add(harness.logged_seconds(workdir))  # A resumed run's earlier share.
-                    result = run_method(
-                        method, config, workdir, frozenset(harness.parse_overrides(args.set))
-                    )
+                    result = run_method(method, config, workdir)
                     record = {
                         "dataset": dataset, "ipc": key[1], "seed": key[2], "method": method,
                         "seconds": timer(), "report": result, "settings": settings,
-                        "command": command, "machine": machine,
+                        "config": resolved, "command": command, "machine": machine,
                     }  # fmt: skip
                     records = harness.merge_results(path, [record], key=record_key)
                     print(

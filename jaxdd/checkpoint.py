@@ -73,19 +73,27 @@ def _global_arrays(tree: Any) -> Any:
     return jax.tree.map(to_global, tree)
 
 
-def check_compatible(saved: dict[str, Any], current: dict[str, Any], directory: pathlib.Path):
-    differences = {}
+def differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The fields in which a saved resolved config (a fingerprint) differs from `current`'s:
+    'section.field' (or a top-level key of `current`) -> (saved value, current value); a field
+    one side lacks reads None there."""
+    out = {}
     for k in current:
         a, b = saved.get(k), current.get(k)
         if isinstance(a, dict) and isinstance(b, dict):  # A config section: name its fields.
-            differences.update(
+            out.update(
                 {f"{k}.{f}": (a.get(f), b.get(f)) for f in {**a, **b} if a.get(f) != b.get(f)}
             )
         elif a != b:
-            differences[k] = (a, b)
-    if differences:
+            out[k] = (a, b)
+    return out
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], directory: pathlib.Path):
+    changed = differences(saved, current)
+    if changed:
         details = ", ".join(
-            f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in differences.items()
+            f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in changed.items()
         )
         raise IncompatibleCheckpointError(
             f"{directory} holds a checkpoint of a different run ({details}). To resume it, "

@@ -490,11 +490,13 @@ def validate_against_data(config: ml_collections.ConfigDict, dataset: data.Datas
 
 
 # Config sections that fix the meaning of a checkpointed state; a resumed run must match them.
-_FINGERPRINT_FIELDS = ("seed", "ipc", "data", "model", "cluster", "match", "robust", "syn")
+FINGERPRINT_SECTIONS = ("seed", "ipc", "data", "model", "cluster", "match", "robust", "syn")
 
 
 # Fields added to fingerprinted sections after runs were checkpointed: at their default they
-# are left out of the fingerprint, so that those runs still resume.
+# are left out of the fingerprint, so that those runs still resume. A field added to `eval`
+# belongs here too: benchmark records store the resolved eval section (`resolved`), and a
+# record made before the field existed still stands for a run at its default.
 _ADDED_FIELDS = {
     "data.image_size": 0,
     "data.spurious": "",
@@ -561,19 +563,26 @@ def comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def fingerprint(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, Any]:
-    """What a checkpoint must agree on to be resumed (num_iterations, eval and logging may
-    change; so may the fields of the matching families the run does not use)."""
+def resolved(
+    config: ml_collections.ConfigDict, sections: tuple[str, ...] = FINGERPRINT_SECTIONS
+) -> dict[str, Any]:
+    """`config`'s `sections` (top-level fields) as JSON values, without the fields added since
+    runs were recorded while they hold their defaults (`_ADDED_FIELDS`) and without the
+    fields of matching families the config does not use (`comparable`)."""
     resolved = json.loads(config.to_json_best_effort())
     for field, default in _ADDED_FIELDS.items():
         section, _, key = field.partition(".")
-        if resolved[section].get(key) == default:
+        if section in resolved and resolved[section].get(key) == default:
             del resolved[section][key]
-    return comparable(
-        {
-            **{field: resolved[field] for field in _FINGERPRINT_FIELDS},
-            "dataset": dataset.name,
-            "image_shape": list(dataset.image_shape),
-            "num_classes": dataset.num_classes,
-        }
-    )
+    return comparable({field: resolved[field] for field in sections})
+
+
+def fingerprint(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, Any]:
+    """What a checkpoint must agree on to be resumed (num_iterations, eval and logging may
+    change; so may the fields of the matching families the run does not use)."""
+    return {
+        **resolved(config),
+        "dataset": dataset.name,
+        "image_shape": list(dataset.image_shape),
+        "num_classes": dataset.num_classes,
+    }

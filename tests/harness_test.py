@@ -1,5 +1,6 @@
-"""Tests for benchmarks/harness.py: the host allocator every result records, and the kept
-workdirs from which an interrupted benchmark run resumes."""
+"""Tests for benchmarks/harness.py: the host allocator every result records, the kept
+workdirs from which an interrupted benchmark run resumes, and the resolved config a record
+stands for."""
 
 import argparse
 import json
@@ -34,17 +35,80 @@ def test_host_allocator_names_what_the_environment_sets(monkeypatch, env, expect
 
 
 def test_kept_workdirs_are_named_by_run_and_settings(tmp_path):
-    """Same run and settings: the same workdir (so it resumes); other settings: another one;
-    the families benchmark's existing workdirs keep their names."""
+    """Same run and settings: the same workdir (so it resumes); other settings: another one."""
     parts = ("digits+rare", "ipc10", "seed0", "erm")
     first = harness.kept_workdir(tmp_path, parts, {"a": 1})
     assert first == harness.kept_workdir(tmp_path, parts, {"a": 1})
     assert first != harness.kept_workdir(tmp_path, parts, {"a": 2})
     assert first.parent == tmp_path
     assert harness.kept_workdir(tmp_path, ("a/b",), {}).parent == tmp_path
-    assert families.workdir("runs", "fashion_mnist", 10, 0, "krr", "mean", []).name == (
-        "fashion_mnist_ipc10_seed0_krr_mean_4f53cda1"
+
+
+def test_a_family_run_under_another_default_is_another_workdir():
+    """The families benchmark names a workdir by the resolved config it distils: a risk-family
+    field changes the risk family's workdir (its checkpoint is another run) and no other
+    family's (`config.comparable` leaves the field out of theirs)."""
+
+    def name(family, *overrides):
+        args = argparse.Namespace(eval_models=1, eval_epochs=2, set=list(overrides))
+        config = families.family_config(args, "smoke", 2, 0, family)
+        return families.workdir("runs", "smoke", 2, 0, family, "mean", [], config).name
+
+    assert name("risk") == name("risk")
+    assert name("risk") != name("risk", "match.unroll_lr=0.3")
+    assert name("distribution") == name("distribution", "match.unroll_lr=0.3")
+
+
+def test_a_record_stands_for_the_resolved_config_it_was_made_under(capsys):
+    """`current_record` reuses a record of the same key and resolved config; one made under
+    another config (a default changed since) is rerun, the fields that differ named; one from
+    before records stored their config is reused, and said so."""
+    config = jaxdd.load_config(harness.REPO / "configs" / "smoke.py")
+    resolved = harness.record_config(config)
+    record = {"key": "a", "config": resolved}
+    assert harness.current_record([record], lambda r: r["key"], "a", resolved) is record
+    assert harness.current_record([record], lambda r: r["key"], "b", resolved) is None
+    config.syn.lr = config.syn.lr * 2
+    assert (
+        harness.current_record([record], lambda r: r["key"], "a", harness.record_config(config))
+        is None
     )
+    assert "syn.lr: recorded" in capsys.readouterr().out
+    legacy = {"key": "a"}
+    assert harness.current_record([legacy], lambda r: r["key"], "a", resolved) is legacy
+    assert "before records stored their config" in capsys.readouterr().out
+    # Not distilled: the matching sections do not count.
+    config.match.family = "distribution"
+    plain = harness.record_config(config, harness.UNDISTILLED_SECTIONS)
+    assert plain == {k: resolved[k] for k in harness.UNDISTILLED_SECTIONS}
+
+
+def test_robust_gain_reruns_a_record_made_under_other_defaults(tmp_path, monkeypatch, capsys):
+    """A record of the same (dataset, IPC, seed, method) whose stored resolved config differs
+    from today's is not reused: the benchmark runs it again and the new record replaces it;
+    an unchanged one is reused without running anything."""
+    args = argparse.Namespace(
+        datasets="smoke", ipcs="2", seeds="0", methods="random", iterations=1, eval_models=1,
+        eval_epochs=1, full_epochs=0, set=[], workdir=str(tmp_path / "runs"),
+    )  # fmt: skip
+    path = tmp_path / "robustness.json"
+    (first,) = robust_gain.run_missing(args, [], path)
+    assert first["config"]["eval"]["epochs"] == 1
+
+    def fail(*_):
+        raise AssertionError("a current record was run again")
+
+    monkeypatch.setattr(robust_gain, "run_method", fail)
+    assert robust_gain.run_missing(args, [first], path) == [first]
+    stale = json.loads(json.dumps(first))
+    stale["config"]["model"]["width"] = -1  # As if the default width had changed since.
+    stale["report"]["accuracy_mean"] = -1.0
+    monkeypatch.undo()
+    capsys.readouterr()
+    (rerun,) = robust_gain.run_missing(args, [stale], path)
+    assert "model.width: recorded -1" in capsys.readouterr().out
+    assert rerun["report"]["accuracy_mean"] == first["report"]["accuracy_mean"]
+    assert json.loads(path.read_text()) == [rerun]
 
 
 def test_an_interrupted_robust_gain_run_resumes_from_its_workdir(tmp_path, monkeypatch, capsys):
