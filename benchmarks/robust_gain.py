@@ -25,9 +25,10 @@ robustness_findings.md), robustness.json (every run, with its command and machin
 robustness.png. Each finished run is merged into the JSON at once, so an interrupted benchmark
 resumes with the same command, and each distillation keeps its workdir under `--workdir`
 (default `runs/robust_gain`), so the run it was in resumes from its last checkpoint (saved on
-SIGTERM/SIGINT, and every tenth of the iterations; a finished one is only scored again). To
-distil a run afresh (after a code change, say), remove its record and its workdir (the run's
-first line names it); `--render` rewrites the .md from the .json, running nothing.
+SIGTERM/SIGINT, and every tenth of the iterations; a finished one is only scored again). A
+record stores the resolved config it was made under (`harness.record_config`): after a
+default changes, the records it affects are run again, not reused. To distil a run afresh
+after a code change, remove its record and its workdir (the run's first line names it); `--render` rewrites the .md from the .json, running nothing.
 """
 
 from __future__ import annotations
