@@ -28,7 +28,8 @@ resumes with the same command, and each distillation keeps its workdir under `--
 SIGTERM/SIGINT, and every tenth of the iterations; a finished one is only scored again). A
 record stores the resolved config it was made under (`harness.record_config`): after a
 default changes, the records it affects are run again, not reused. To distil a run afresh
-after a code change, remove its record and its workdir (the run's first line names it); `--render` rewrites the .md from the .json, running nothing.
+after a code change, remove its record and its workdir (the run's first line names it);
+`--render` rewrites the .md from the .json, running nothing.
 """
 
 from __future__ import annotations
