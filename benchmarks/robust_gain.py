@@ -236,9 +236,10 @@ def paired_lines(rows: list[dict]) -> list[str]:
         ]
         if not pairs:
             continue
+        interval = "mean ± 95 % t-interval half-width" if len(pairs) > 1 else "no interval yet"
         lines.append(
-            f"Paired {method} − {baseline} ({len(pairs)} seeds, mean ± 95 % t-interval "
-            "half-width; per seed):  "
+            f"Paired {method} − {baseline} ({len(pairs)} seed{'s' * (len(pairs) > 1)}, "
+            f"{interval}; per seed):  "
         )
         for key, label in PAIRED:
             differences = [
@@ -248,7 +249,8 @@ def paired_lines(rows: list[dict]) -> list[str]:
                 continue
             mean, half = harness.paired_interval(differences)
             per_seed = ", ".join(f"{d:+.1f}" for d in differences)
-            lines.append(f"- {label}: **{mean:+.1f} ± {half:.1f}** ({per_seed})  ")
+            cell = f"{mean:+.1f} ± {half:.1f}" if len(differences) > 1 else f"{mean:+.1f}"
+            lines.append(f"- {label}: **{cell}** ({per_seed})  ")
         lines.append("")
     return lines
 
