@@ -16,6 +16,7 @@ resumes; a variant stopped mid-run resumes from its workdir under `--workdir`, d
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 
 import numpy as np
@@ -42,7 +43,9 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def record_key(record: dict) -> tuple:
-    return tuple(record[k] for k in ("dataset", "ipc", "seed", "iterations", "variant"))
+    """What a record stands for: a variant name given other overrides is another record."""
+    fields = ("dataset", "ipc", "seed", "iterations", "variant")
+    return (*(record[k] for k in fields), json.dumps(record["overrides"], sort_keys=True))
 
 
 def table(records: list[dict]) -> str:
@@ -140,7 +143,8 @@ def main() -> None:
     command, machine = harness.command("ablation"), harness.machine()
     for text in [] if args.render else args.variant:
         name, overrides = parse_variant(text)
-        key = (args.dataset, args.ipc, args.seed, args.iterations, name)
+        key = (args.dataset, args.ipc, args.seed, args.iterations, name,
+               json.dumps(harness.parse_overrides(overrides), sort_keys=True))  # fmt: skip
         config = harness.protocol_config(
             args.dataset,
             ipc=args.ipc,

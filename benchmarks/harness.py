@@ -319,10 +319,11 @@ def merge_results(
     """Merges `new` into the results JSON at `path` (created if missing); returns the merge.
 
     A list of records (with `key`): a record replaces the stored one of the same `key(record)`
-    in place, records of new keys are appended. A dict of sections (`key` None): `new`'s
-    entries replace the stored ones (dict entries merged one level deep), so the sections this
-    invocation did not run are kept. Written whole and then renamed: an interrupted write never
-    leaves a truncated file.
+    in place (a rerun under other defaults, `current_record`), the one replaced appended to
+    `<name>.superseded.json` beside `path`, so that no measurement is lost; records of new keys
+    are appended. A dict of sections (`key` None): `new`'s entries replace the stored ones
+    (dict entries merged one level deep), so the sections this invocation did not run are
+    kept. Written whole and then renamed: an interrupted write never leaves a truncated file.
     """
     path = pathlib.Path(path)
     if isinstance(new, list):
@@ -332,6 +333,10 @@ def merge_results(
         index = {key(r): i for i, r in enumerate(merged)}
         for record in new:
             if key(record) in index:
+                superseded = path.with_name(f"{path.stem}.superseded.json")
+                replaced = merged[index[key(record)]]
+                if replaced != record:
+                    _write_json(superseded, [*load_results(superseded, []), replaced])
                 merged[index[key(record)]] = record
             else:
                 index[key(record)] = len(merged)
@@ -342,11 +347,17 @@ def merge_results(
             old = merged.get(name)
             both_dicts = isinstance(old, dict) and isinstance(value, dict)
             merged[name] = {**old, **value} if both_dicts else value
+    _write_json(path, merged)
+    return merged
+
+
+def _write_json(path: pathlib.Path, value: Any) -> None:
+    """Writes `value` to `path` whole and then renames: an interrupted write never leaves a
+    truncated file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(merged, indent=1) + "\n")
+    partial.write_text(json.dumps(value, indent=1) + "\n")
     partial.replace(path)
-    return merged
 
 
 def findings_link(out: str | pathlib.Path) -> list[str]:

@@ -90,7 +90,14 @@ PAIRED = (
 
 
 def record_key(record: dict) -> tuple:
-    return record["dataset"], record["ipc"], record["seed"], record["method"]
+    """(dataset, IPC, seed, method, settings): runs with other `--set`, iterations or
+    evaluation are other records, never one replacing the other; the full-data baseline's
+    settings are its evaluation's only (it distils nothing)."""
+    settings = record.get("settings", {})
+    if record["method"] == "full":
+        settings = {"eval": settings.get("eval")}
+    fields = (record[k] for k in ("dataset", "ipc", "seed", "method"))
+    return (*fields, json.dumps(settings, sort_keys=True))
 
 
 def method_config(
@@ -304,13 +311,11 @@ def run_missing(args: argparse.Namespace, records: list[dict], path: pathlib.Pat
             for seed in map(int, args.seeds.split(",")):
                 for method in args.methods.split(","):
                     # The full-data baseline depends on neither IPC nor the distillation seed.
-                    key = (dataset, None, 0, method) if method == "full" else (
-                        dataset, ipc, seed, method
-                    )  # fmt: skip
+                    point = (dataset, None, 0) if method == "full" else (dataset, ipc, seed)
                     config = harness.protocol_config(
                         dataset,
                         ipc=ipc,
-                        seed=key[2],
+                        seed=point[2],
                         iterations=args.iterations,
                         eval_models=args.eval_models,
                         eval_epochs=args.eval_epochs,
@@ -321,29 +326,31 @@ def run_missing(args: argparse.Namespace, records: list[dict], path: pathlib.Pat
                     overridden = frozenset(harness.parse_overrides(args.set))
                     config = method_config(method, config, overridden)
                     resolved = harness.record_config(config, depends_on(method))
-                    if harness.current_record(records, record_key, key, resolved):
-                        continue
-                    timer = harness.Timer()
                     settings = {
                         # A start row is the set before any iteration.
                         "iterations": 0 if method.startswith("start") else args.iterations,
                         "eval": f"{config.eval.num_models}x{config.eval.epochs} epochs",
                         "set": harness.parse_overrides(args.set),
                     }
+                    fields = dict(zip(("dataset", "ipc", "seed"), point, strict=True))
+                    key = record_key({**fields, "method": method, "settings": settings})
+                    if harness.current_record(records, record_key, key, resolved):
+                        continue
+                    timer = harness.Timer()
                     # Only the distilling methods write there; an interrupted one resumes. Its
                     # name digests the resolved config too: a run under other defaults is
                     # another run.
                     workdir = harness.kept_workdir(
                         args.workdir,
-                        (dataset, f"ipc{key[1]}", f"seed{key[2]}", method),
+                        (dataset, f"ipc{point[1]}", f"seed{point[2]}", method),
                         {**settings, "config": resolved},
                     )
                     timer.add(harness.logged_seconds(workdir))  # A resumed run's earlier share.
                     result = run_method(method, config, workdir)
                     record = {
-                        "dataset": dataset, "ipc": key[1], "seed": key[2], "method": method,
-                        "seconds": timer(), "report": result, "settings": settings,
-                        "config": resolved, "command": command, "machine": machine,
+                        **fields, "method": method, "seconds": timer(), "report": result,
+                        "settings": settings, "config": resolved, "command": command,
+                        "machine": machine,
                     }  # fmt: skip
                     records = harness.merge_results(path, [record], key=record_key)
                     print(

@@ -84,9 +84,10 @@ def test_a_record_stands_for_the_resolved_config_it_was_made_under(capsys):
 
 
 def test_robust_gain_reruns_a_record_made_under_other_defaults(tmp_path, monkeypatch, capsys):
-    """A record of the same (dataset, IPC, seed, method) whose stored resolved config differs
-    from today's is not reused: the benchmark runs it again and the new record replaces it;
-    an unchanged one is reused without running anything."""
+    """A record of the same (dataset, IPC, seed, method, settings) whose stored resolved config
+    differs from today's is not reused: the benchmark runs it again, the new record replaces it
+    and the old one is kept in robustness.superseded.json; an unchanged one is reused without
+    running anything; a run with other `--set` is another record beside it."""
     args = argparse.Namespace(
         datasets="smoke", ipcs="2", seeds="0", methods="random", iterations=1, eval_models=1,
         eval_epochs=1, full_epochs=0, set=[], workdir=str(tmp_path / "runs"),
@@ -103,12 +104,18 @@ def test_robust_gain_reruns_a_record_made_under_other_defaults(tmp_path, monkeyp
     stale = json.loads(json.dumps(first))
     stale["config"]["model"]["width"] = -1  # As if the default width had changed since.
     stale["report"]["accuracy_mean"] = -1.0
+    path.write_text(json.dumps([stale]))
     monkeypatch.undo()
     capsys.readouterr()
     (rerun,) = robust_gain.run_missing(args, [stale], path)
     assert "model.width: recorded -1" in capsys.readouterr().out
     assert rerun["report"]["accuracy_mean"] == first["report"]["accuracy_mean"]
     assert json.loads(path.read_text()) == [rerun]
+    assert json.loads((tmp_path / "robustness.superseded.json").read_text()) == [stale]
+    args.set = ["eval.lr=0.02"]
+    (_, other) = robust_gain.run_missing(args, [rerun], path)
+    assert other["settings"]["set"] == {"eval.lr": 0.02}
+    assert json.loads(path.read_text()) == [rerun, other]
 
 
 def test_an_interrupted_robust_gain_run_resumes_from_its_workdir(tmp_path, monkeypatch, capsys):
