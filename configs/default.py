@@ -134,7 +134,10 @@ def get_config(method: str = "dsa", dataset: str = "digits") -> ml_collections.C
     config.match.krr_ridge = 1e-6  # krr family: ridge, times the kernel's mean diagonal.
 
     config.robust = ml_collections.ConfigDict()
-    config.robust.risk = "cvar"  # mean (ERM) | cvar | max | mean+max.
+    # mean (ERM: the C*K group losses with equal weight, a subgroup counting whatever its size;
+    # with cluster.num_clusters=1 and match.num_real=256, DC's / DM's per-class objective) |
+    # cvar | max | mean+max.
+    config.robust.risk = "cvar"
     config.robust.alpha = 0.5  # CVaR tail mass in (0, 1]; 1 = mean.
 
     config.syn = ml_collections.ConfigDict()
