@@ -182,10 +182,7 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
             "| method | seeds | labels | " + " | ".join(COLUMNS[c] for c in columns) + " |"
         )
         lines.append("|---" * (len(columns) + 3) + "|")
-        for method in METHODS:
-            runs = [r for r in rows if r["method"] == method]
-            if not runs:
-                continue
+        for method, runs in _row_groups(rows):
             cells = []
             method_reports = [harness.with_rare_means(r["report"]) for r in runs]
             for c in columns:
@@ -197,15 +194,39 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
         lines.append("")
         lines += paired_lines(rows)
         settings = sorted({json.dumps(r.get("settings", {}), sort_keys=True) for r in rows})
+        labels = {id(r): label for label, runs in _row_groups(rows) for r in runs}
         for text in settings:
             used = [
-                r["method"]
+                labels[id(r)]
                 for r in rows
                 if json.dumps(r.get("settings", {}), sort_keys=True) == text
             ]
             lines.append(f"Settings of {', '.join(sorted(set(used)))}: `{text}`  ")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _overrides(record: dict) -> dict:
+    return record.get("settings", {}).get("set", {})
+
+
+def _row_groups(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """A table's rows as (label, runs), in `METHODS` order: one per method and `--set`, so that
+    runs with other overrides are never averaged together; the label is the method, followed
+    by the overrides its runs do not share with every row of the table, where there are any."""
+
+    def items(record: dict) -> set[tuple[str, str]]:
+        return {(k, json.dumps(v)) for k, v in _overrides(record).items()}
+
+    shared = set.intersection(*map(items, rows)) if rows else set()
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        extra = sorted(items(r) - shared)
+        label = r["method"] + (f" ({'; '.join(f'{k}={v}' for k, v in extra)})" if extra else "")
+        groups.setdefault((r["method"], label), []).append(r)
+    order = {method: i for i, method in enumerate(METHODS)}
+    return [(label, runs) for (_, label), runs in
+            sorted(groups.items(), key=lambda item: (order[item[0][0]], item[0][1]))]  # fmt: skip
 
 
 # (method, baseline) pairs compared seed by seed, each at the same initialisation.
@@ -229,37 +250,52 @@ PAIRS = (
 
 def paired_lines(rows: list[dict]) -> list[str]:
     """`PAIRS` differences per seed (same seed, so the same initial set for the same
-    initialisation): the mean difference with its 95 % Student-t interval, and the per-seed
-    differences."""
+    initialisation) between rows of the same `--set` (`_row_groups`), or against the
+    baseline's only row: the mean difference with its 95 % Student-t interval, and the
+    per-seed differences."""
     lines = []
+    groups = _row_groups(rows)
     for method, baseline in PAIRS:
-        by_seed = {
-            r["seed"]: harness.with_rare_means(r["report"]) for r in rows if r["method"] == baseline
-        }
-        pairs = [
-            (by_seed[r["seed"]], harness.with_rare_means(r["report"]))
-            for r in sorted(rows, key=lambda r: r["seed"])
-            if r["method"] == method and r["seed"] in by_seed
-        ]
-        if not pairs:
-            continue
-        interval = "mean ± 95 % t-interval half-width" if len(pairs) > 1 else "no interval yet"
-        lines.append(
-            f"Paired {method} − {baseline} ({len(pairs)} seed{'s' * (len(pairs) > 1)}, "
-            f"{interval}; per seed):  "
-        )
-        for key, label in PAIRED:
-            differences = [
-                robust[key] - erm[key] for erm, robust in pairs if key in erm and key in robust
-            ]
-            if not differences:
+        baselines = [(label, runs) for label, runs in groups if runs[0]["method"] == baseline]
+        for label, runs in groups:
+            if runs[0]["method"] != method:
                 continue
-            mean, half = harness.paired_interval(differences)
-            per_seed = ", ".join(f"{d:+.1f}" for d in differences)
-            cell = f"{mean:+.1f} ± {half:.1f}" if len(differences) > 1 else f"{mean:+.1f}"
-            lines.append(f"- {label}: **{cell}** ({per_seed})  ")
-        lines.append("")
+            # The baseline run with the same overrides; else the baseline's only one, if it
+            # has one (its label then says how the two differ).
+            overrides = _overrides(runs[0])
+            same = [b for b in baselines if _overrides(b[1][0]) == overrides]
+            match = same or (baselines if len(baselines) == 1 else [])
+            if not match:
+                continue
+            base_label, base_runs = match[0]
+            by_seed = {r["seed"]: harness.with_rare_means(r["report"]) for r in base_runs}
+            pairs = [
+                (by_seed[r["seed"]], harness.with_rare_means(r["report"]))
+                for r in sorted(runs, key=lambda r: r["seed"])
+                if r["seed"] in by_seed
+            ]
+            if not pairs:
+                continue
+            lines += _paired(f"{label} − {base_label}", pairs)
     return lines
+
+
+def _paired(title: str, pairs: list[tuple[dict, dict]]) -> list[str]:
+    """The `PAIRED` differences (second − first of each pair, one pair per seed) under
+    `title`: the mean with its 95 % Student-t interval, and the per-seed differences."""
+    interval = "mean ± 95 % t-interval half-width" if len(pairs) > 1 else "no interval yet"
+    count = f"{len(pairs)} seed{'s' * (len(pairs) > 1)}"
+    lines = [f"Paired {title} ({count}, {interval}; per seed):  "]
+    for key, label in PAIRED:
+        differences = [after[key] - before[key] for before, after in pairs
+                       if key in before and key in after]  # fmt: skip
+        if not differences:
+            continue
+        mean, half = harness.paired_interval(differences)
+        per_seed = ", ".join(f"{d:+.1f}" for d in differences)
+        cell = f"{mean:+.1f} ± {half:.1f}" if len(differences) > 1 else f"{mean:+.1f}"
+        lines.append(f"- {label}: **{cell}** ({per_seed})  ")
+    return [*lines, ""]
 
 
 def _tables(records: list[dict]) -> list[tuple[str, int | None]]:

@@ -155,3 +155,33 @@ def test_an_interrupted_robust_gain_run_resumes_from_its_workdir(tmp_path, monke
     assert resumed["report"]["group_accuracy"] == whole["report"]["group_accuracy"]
     assert resumed["seconds"] > 1000 and resumed["report"]["distill_seconds"] > 1000
     assert whole["seconds"] < 1000 and whole["report"]["distill_seconds"] < 1000
+
+
+def test_robust_gain_tables_keep_runs_with_other_overrides_apart(tmp_path):
+    """Two settings of the same methods in one results file: each method gets a row per
+    `--set` (labelled by the overrides not every row shares), and robust − ERM pairs runs of
+    the same overrides only."""
+
+    def record(method, seed, accuracy, overrides):
+        settings = {"eval": "1x1 epochs", "iterations": 1, "set": overrides}
+        return {
+            "dataset": "smoke", "ipc": 2, "seed": seed, "method": method, "seconds": 1.0,
+            "settings": settings, "machine": harness.machine(),
+            "report": {"accuracy_mean": accuracy, "label_type": "hard"},
+        }  # fmt: skip
+
+    plain, batch = {"cluster.num_clusters": 1}, {"cluster.num_clusters": 1, "match.num_real": 256}
+    records = [
+        record("erm", 0, 50.0, plain), record("robust", 0, 60.0, plain),
+        record("erm", 0, 70.0, batch), record("robust", 0, 71.0, batch),
+    ]  # fmt: skip
+    text = robust_gain.summarise(records, tmp_path / "robustness")
+    assert "| erm | 1 | hard | 50.0 ± 0.0 |" in text
+    assert "| erm (match.num_real=256) | 1 | hard | 70.0 ± 0.0 |" in text
+    assert (
+        "Paired robust − erm (1 seed, no interval yet; per seed):  \n- accuracy: **+10.0**" in text
+    )
+    assert (
+        "Paired robust (match.num_real=256) − erm (match.num_real=256) (1 seed, no interval "
+        "yet; per seed):  \n- accuracy: **+1.0**"
+    ) in text
