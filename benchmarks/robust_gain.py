@@ -182,7 +182,8 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
             "| method | seeds | labels | " + " | ".join(COLUMNS[c] for c in columns) + " |"
         )
         lines.append("|---" * (len(columns) + 3) + "|")
-        for method, runs in _row_groups(rows):
+        groups = _row_groups(rows)
+        for label, runs in groups:
             cells = []
             method_reports = [harness.with_rare_means(r["report"]) for r in runs]
             for c in columns:
@@ -190,11 +191,11 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
                 cells.append(f"{values.mean():.1f} ± {values.std():.1f}" if len(values) else "")
             # Hard and soft labels are never mixed in a comparison: every row says which.
             label_types = "/".join(sorted({r["report"].get("label_type", "hard") for r in runs}))
-            lines.append(f"| {method} | {len(runs)} | {label_types} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label} | {len(runs)} | {label_types} | " + " | ".join(cells) + " |")
         lines.append("")
-        lines += paired_lines(rows)
+        lines += paired_lines(groups)
         settings = sorted({json.dumps(r.get("settings", {}), sort_keys=True) for r in rows})
-        labels = {id(r): label for label, runs in _row_groups(rows) for r in runs}
+        labels = {id(r): label for label, runs in groups for r in runs}
         for text in settings:
             used = [
                 labels[id(r)]
@@ -248,13 +249,12 @@ PAIRS = (
 )
 
 
-def paired_lines(rows: list[dict]) -> list[str]:
+def paired_lines(groups: list[tuple[str, list[dict]]]) -> list[str]:
     """`PAIRS` differences per seed (same seed, so the same initial set for the same
-    initialisation) between rows of the same `--set` (`_row_groups`), or against the
+    initialisation) between a table's rows (`_row_groups`) of the same `--set`, or against the
     baseline's only row: the mean difference with its 95 % Student-t interval, and the
     per-seed differences."""
     lines = []
-    groups = _row_groups(rows)
     for method, baseline in PAIRS:
         baselines = [(label, runs) for label, runs in groups if runs[0]["method"] == baseline]
         for label, runs in groups:
@@ -342,6 +342,7 @@ def run_missing(args: argparse.Namespace, records: list[dict], path: pathlib.Pat
     """Runs every requested (dataset, IPC, seed, method) not yet in `records`, merging each
     into the results JSON at `path` as it finishes; the records after the last merge."""
     command, machine = harness.command("robust_gain"), harness.machine()
+    overrides = harness.parse_overrides(args.set)
     for dataset in args.datasets.split(","):
         for ipc in map(int, args.ipcs.split(",")):
             for seed in map(int, args.seeds.split(",")):
@@ -359,14 +360,13 @@ def run_missing(args: argparse.Namespace, records: list[dict], path: pathlib.Pat
                     )
                     if method == "full" and args.full_epochs:
                         config.eval.epochs = args.full_epochs
-                    overridden = frozenset(harness.parse_overrides(args.set))
-                    config = method_config(method, config, overridden)
+                    config = method_config(method, config, frozenset(overrides))
                     resolved = harness.record_config(config, depends_on(method))
                     settings = {
                         # A start row is the set before any iteration.
                         "iterations": 0 if method.startswith("start") else args.iterations,
                         "eval": f"{config.eval.num_models}x{config.eval.epochs} epochs",
-                        "set": harness.parse_overrides(args.set),
+                        "set": overrides,
                     }
                     fields = dict(zip(("dataset", "ipc", "seed"), point, strict=True))
                     key = record_key({**fields, "method": method, "settings": settings})

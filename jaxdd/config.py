@@ -569,12 +569,12 @@ def resolved(
     """`config`'s `sections` (top-level fields) as JSON values, without the fields added since
     runs were recorded while they hold their defaults (`_ADDED_FIELDS`) and without the
     fields of matching families the config does not use (`comparable`)."""
-    resolved = json.loads(config.to_json_best_effort())
+    values = json.loads(config.to_json_best_effort())
     for field, default in _ADDED_FIELDS.items():
         section, _, key = field.partition(".")
-        if section in resolved and resolved[section].get(key) == default:
-            del resolved[section][key]
-    return comparable({field: resolved[field] for field in sections})
+        if values[section].get(key) == default:
+            del values[section][key]
+    return comparable({field: values[field] for field in sections})
 
 
 def fingerprint(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, Any]:
