@@ -90,6 +90,18 @@ def protocol_config(
     return load_config(name, *protocol, *overrides)
 
 
+def measurement_config(
+    dataset: str, *, ipc: int, seed: int, overrides: Sequence[str] = ()
+) -> ml_collections.ConfigDict:
+    """`protocol_config` for a benchmark that measures the objective instead of distilling and
+    evaluating (`tail_noise`, `set_losses`): the same data, groups, family and initial set;
+    iterations and evaluation at their minimum, unused."""
+    return protocol_config(
+        dataset, ipc=ipc, seed=seed, iterations=1, eval_models=1, eval_epochs=1,
+        overrides=overrides,
+    )  # fmt: skip
+
+
 # The benchmark suffixes of a dataset name ('digits+color') -> the config field they set.
 BENCHMARK_SUFFIXES = {"rare": "data.rare=invert", "color": "data.spurious=color"}
 

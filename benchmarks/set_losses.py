@@ -190,10 +190,9 @@ def main() -> None:
     records = harness.load_results(out.with_suffix(".json"), [])
     if not args.render:
         workdirs = [pathlib.Path(w) for w in args.workdirs.split(",") if w]
-        config = harness.protocol_config(
-            args.dataset, ipc=args.ipc, seed=args.seed, iterations=1, eval_models=1,
-            eval_epochs=1, overrides=args.set,
-        )  # fmt: skip
+        config = harness.measurement_config(
+            args.dataset, ipc=args.ipc, seed=args.seed, overrides=args.set
+        )
         config_lib.validate(config)
         timer = harness.Timer()
         results = measure(config, workdirs, networks=args.networks, num_real=args.m)

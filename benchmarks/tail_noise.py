@@ -212,10 +212,9 @@ def main() -> None:
         for seed, after in [
             (s, a) for s in map(int, args.seeds.split(",")) for a in map(int, args.after.split(","))
         ]:
-            config = harness.protocol_config(
-                args.dataset, ipc=args.ipc, seed=seed, iterations=1, eval_models=1,
-                eval_epochs=1, overrides=args.set,
-            )  # fmt: skip
+            config = harness.measurement_config(
+                args.dataset, ipc=args.ipc, seed=seed, overrides=args.set
+            )
             timer = harness.Timer()
             result = measure(
                 config,

@@ -9,10 +9,9 @@ from jaxdd import artifacts, build
 
 @pytest.fixture(scope="module")
 def config():
-    return harness.protocol_config(
-        "smoke+rare", ipc=2, seed=0, iterations=1, eval_models=1, eval_epochs=1,
-        overrides=["match.family=distribution"],
-    )  # fmt: skip
+    return harness.measurement_config(
+        "smoke+rare", ipc=2, seed=0, overrides=["match.family=distribution"]
+    )
 
 
 def _save_set(path, dataset, rare, *, minority: bool):
