@@ -15,6 +15,10 @@ augmentation (DM's view: a fresh network every iteration). Per set:
 - `ratio`: minority over majority;
 - `tail on minority`: the share of CVaR(alpha)'s tail (the ceil(alpha * C * K) largest mean
   losses) that is minority groups;
+- `images near minority`: the share of the set's images whose nearest group centroid (the mean
+  of the group's real images, in pixels, where the shipped K-means groups are made) is a
+  minority group: whether the set holds images of the minority at all, or only moved its
+  class's mean towards it;
 - and, from the set's own `eval.json` where its workdir has one, its test minority and
   majority accuracy.
 
@@ -60,6 +64,27 @@ def set_images(path: pathlib.Path, shape: tuple[int, ...]) -> tuple[np.ndarray, 
     return images.reshape(shape), labels.reshape(*shape[:2], *labels.shape[1:])
 
 
+def group_centroids(train_images: np.ndarray, groups) -> np.ndarray:
+    """(C, K, D): the mean pixels of every group's members."""
+    members, sizes = np.asarray(groups.members), np.asarray(groups.sizes)
+    flat = train_images.reshape(len(train_images), -1)
+    return np.stack(
+        [
+            np.stack([flat[row[:size]].mean(axis=0) for row, size in zip(m, n, strict=True)])
+            for m, n in zip(members, sizes, strict=True)
+        ]
+    )
+
+
+def near_minority(images: np.ndarray, centroids: np.ndarray, minority: np.ndarray) -> np.ndarray:
+    """(C, ipc) bool: whether each image's nearest centroid of its class's groups is one of the
+    minority's (`minority` (C, K) bool)."""
+    flat = images.reshape(*images.shape[:2], -1)
+    distances = np.square(flat[:, :, None] - centroids[:, None]).sum(-1)  # (C, ipc, K)
+    nearest = distances.argmin(-1)
+    return np.take_along_axis(minority, nearest, axis=1)
+
+
 def measure(config, workdirs: list[pathlib.Path], *, networks: int, num_real: int) -> list[dict]:
     """The module docstring's figures for each set in `workdirs`, under `config`."""
     run = harness.initial_run(config)
@@ -70,6 +95,7 @@ def measure(config, workdirs: list[pathlib.Path], *, networks: int, num_real: in
         )
     losses = group_losses_fn(config, run.model)
     minority = _minority_groups(run.rare, run.groups)
+    centroids = group_centroids(np.asarray(run.dataset.train.images), run.groups)
     alpha = float(config.robust.alpha)
     net_keys = [jax.random.fold_in(jax.random.key(config.seed + 2), i) for i in range(networks)]
     results = []
@@ -94,6 +120,9 @@ def measure(config, workdirs: list[pathlib.Path], *, networks: int, num_real: in
             "tail_minority_share": float(tail[minority].sum() / tail.sum()),
             "minority_groups": int(minority.sum()),
             "groups": int(mean.size),
+            "images_near_minority": float(
+                near_minority(images, centroids, minority.reshape(centroids.shape[:2])).mean()
+            ),
             "losses": mean.tolist(),
         }
         result["ratio"] = result["minority_loss"] / result["majority_loss"]
@@ -155,8 +184,8 @@ def summarise(records: list[dict]) -> str:
             f"{rows[0]['networks']} networks",
             "",
             "| set | minority loss | majority loss | ratio | tail on minority | "
-            "test minority | test majority |",
-            "|---|---|---|---|---|---|---|",
+            "images near minority | test minority | test majority |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             res = r["result"]
@@ -164,6 +193,7 @@ def summarise(records: list[dict]) -> str:
             lines.append(
                 f"| {_label(res)} | {res['minority_loss']:.4g} | {res['majority_loss']:.4g} | "
                 f"{res['ratio']:.2f} | {res['tail_minority_share']:.2f} | "
+                f"{res.get('images_near_minority', float('nan')):.2f} | "
                 f"{accuracy('minority_accuracy')} | {accuracy('majority_accuracy')} |"
             )
         lines.append("")

@@ -37,6 +37,8 @@ def test_a_set_of_minority_images_matches_the_minority_groups_better(config, tmp
     assert on_minority["minority_loss"] < on_majority["minority_loss"]
     assert on_minority["majority_loss"] > on_majority["majority_loss"]
     assert on_majority["ratio"] > 1 > on_minority["ratio"]
+    # Images of the minority lie nearest its groups' centroids, the majority's nearest others.
+    assert on_minority["images_near_minority"] > 0.5 > on_majority["images_near_minority"]
     # The set of majority images leaves the minority's groups worst matched: all in the tail.
     tail = int(np.ceil(config.robust.alpha * on_majority["groups"]))
     assert on_majority["tail_minority_share"] == min(1.0, on_majority["minority_groups"] / tail)
