@@ -11,7 +11,7 @@ freshly initialised networks, each with its own draw of m real samples per group
 augmentation (DM's view: a fresh network every iteration). Per set:
 
 - `minority loss` / `majority loss`: the mean over the groups whose members are mostly the
-  benchmark's minority, and over the others;
+  benchmark's minority, and over the others (NaN where K-means made no such group);
 - `ratio`: minority over majority;
 - `tail on minority`: the share of CVaR(alpha)'s tail (the ceil(alpha * C * K) largest mean
   losses) that is minority groups;
@@ -41,7 +41,7 @@ import jax
 import numpy as np
 
 from benchmarks import harness
-from benchmarks.tail_noise import _minority_groups, group_losses_fn, tail_mask
+from benchmarks.tail_noise import group_losses_fn, minority_groups, tail_mask
 from jaxdd import artifacts, models
 from jaxdd import config as config_lib
 
@@ -53,12 +53,13 @@ def set_images(path: pathlib.Path, shape: tuple[int, ...]) -> tuple[np.ndarray, 
     classes = saved.labels if saved.labels.ndim == 1 else saved.labels.argmax(-1)
     order = np.argsort(classes, kind="stable")
     images = saved.images[order]
-    if images.size != int(np.prod(shape)):
+    per_class = np.bincount(classes, minlength=shape[0])
+    if images.shape[1:] != shape[2:] or len(per_class) != shape[0] or (per_class != shape[1]).any():
         raise ValueError(
-            f"{path}: {saved.images.shape[0]} images of {saved.images.shape[1:]} do not form the "
-            f"(classes, ipc, H, W, Ch) = {shape} set of this config; pass the --dataset, "
-            "--ipc and --set the set was distilled with (a factorized set's decoded images "
-            "are not comparable)."
+            f"{path}: {per_class.tolist()} images per class of {saved.images.shape[1:]} do not "
+            f"form the (classes, ipc, H, W, Ch) = {shape} set of this config; pass the "
+            "--dataset, --ipc and --set the set was distilled with (a factorized set's decoded "
+            "images are not comparable)."
         )
     labels = saved.labels[order]
     return images.reshape(shape), labels.reshape(*shape[:2], *labels.shape[1:])
@@ -85,6 +86,12 @@ def near_minority(images: np.ndarray, centroids: np.ndarray, minority: np.ndarra
     return np.take_along_axis(minority, nearest, axis=1)
 
 
+def _masked_mean(values: np.ndarray, mask: np.ndarray) -> float:
+    """The mean of `values` where `mask`; NaN where no group is in it (K-means made no group
+    that is mostly minority, e.g. on `+rare-blur`)."""
+    return float(values[mask].mean()) if mask.any() else float("nan")
+
+
 def measure(config, workdirs: list[pathlib.Path], *, networks: int, num_real: int) -> list[dict]:
     """The module docstring's figures for each set in `workdirs`, under `config`."""
     run = harness.initial_run(config)
@@ -94,7 +101,7 @@ def measure(config, workdirs: list[pathlib.Path], *, networks: int, num_real: in
             "`+rare-<transform>` or `+color`)."
         )
     losses = group_losses_fn(config, run.model)
-    minority = _minority_groups(run.rare, run.groups)
+    minority = minority_groups(run.rare, run.groups)
     centroids = group_centroids(np.asarray(run.dataset.train.images), run.groups)
     alpha = float(config.robust.alpha)
     net_keys = [jax.random.fold_in(jax.random.key(config.seed + 2), i) for i in range(networks)]
@@ -115,8 +122,8 @@ def measure(config, workdirs: list[pathlib.Path], *, networks: int, num_real: in
         tail = tail_mask(mean, alpha)
         result = {
             "set": str(workdir),
-            "minority_loss": float(mean[minority].mean()),
-            "majority_loss": float(mean[~minority].mean()),
+            "minority_loss": _masked_mean(mean, minority),
+            "majority_loss": _masked_mean(mean, ~minority),
             "tail_minority_share": float(tail[minority].sum() / tail.sum()),
             "minority_groups": int(minority.sum()),
             "groups": int(mean.size),
@@ -205,13 +212,15 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits+rare")
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="the grouping's seed")
-    parser.add_argument("--workdirs", required=True, help="comma-separated run workdirs")
+    parser.add_argument("--workdirs", default="", help="comma-separated run workdirs")
     parser.add_argument("--networks", type=int, default=16)
     parser.add_argument("--m", type=int, default=256, help="real samples per group")
     parser.add_argument("--set", action="append", default=[], help="config field=value")
     parser.add_argument("--out", default=str(harness.RESULTS / "set_losses"))
     parser.add_argument("--render", action="store_true", help="rewrite the .md only")
     args = parser.parse_args()
+    if not args.render and not args.workdirs:
+        parser.error("pass --workdirs (run workdirs holding a synthetic.npz), or --render")
     out = pathlib.Path(args.out)
     key = lambda r: (
         r["dataset"], r["ipc"], r["seed"], json.dumps(r["settings"], sort_keys=True),

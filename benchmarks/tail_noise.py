@@ -95,7 +95,7 @@ def measure(
 
     truth = sample(truth_m, truth_draws, 10_000).mean(axis=0)
     true_tail = tail_mask(truth, alpha)
-    minority = _minority_groups(rare, groups) if rare is not None else None
+    minority = minority_groups(rare, groups) if rare is not None else None
     result = {
         "groups": int(truth.size),
         "alpha": alpha,
@@ -127,7 +127,7 @@ def measure(
     return result
 
 
-def _minority_groups(rare, groups: groups_lib.Groups) -> np.ndarray:
+def minority_groups(rare, groups: groups_lib.Groups) -> np.ndarray:
     """(C*K,) bool: groups whose members are mostly the benchmark's minority."""
     members, sizes = np.asarray(groups.members), np.asarray(groups.sizes)
     mask = rare.minority("train")

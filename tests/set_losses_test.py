@@ -53,3 +53,10 @@ def test_a_set_of_another_shape_is_refused_with_what_to_pass(config, tmp_path):
     path = _save_set(tmp_path / "set", dataset, rare, minority=False)
     with pytest.raises(ValueError, match="pass the --dataset, --ipc"):
         set_losses.set_images(path, (10, 3, 8, 8, 1))
+    # As many images as the config's set, but not ipc of every class: refused, not mixed.
+    saved = artifacts.load_synthetic(path)
+    labels = saved.labels.copy()
+    labels[0] = 1
+    artifacts.save_synthetic(path / "synthetic.npz", saved.images, labels, dataset)
+    with pytest.raises(ValueError, match=r"\[1, 3, 2"):
+        set_losses.set_images(path, (10, 2, 8, 8, 1))
