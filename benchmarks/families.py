@@ -304,9 +304,7 @@ def main() -> None:
     )
     parser.add_argument("--eval-models", type=int, default=3)
     parser.add_argument("--eval-epochs", type=int, default=300)
-    parser.add_argument("--set", action="append", default=[], help="config field=value")
-    parser.add_argument("--out", default=str(harness.RESULTS / "families"))
-    parser.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
+    harness.add_results_arguments(parser, "families")
     args = parser.parse_args()
     unknown = set(args.families.split(",")) - set(FAMILY_SETTINGS)
     if unknown or set(args.risks.split(",")) - set(RISKS):

@@ -465,3 +465,14 @@ def add_workdir_argument(
 ) -> None:
     """`--workdir`, the root of a benchmark's kept workdirs (default `runs/<name>`, git-ignored)."""
     parser.add_argument("--workdir", default=str(REPO / "runs" / name), help=help)
+
+
+def add_results_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """`--set field=value` (repeatable config overrides), `--out` (the results' path without
+    suffix, default `benchmarks/results/<name>`) and `--render` (run nothing: rewrite the .md
+    from the .json), as every benchmark that keeps a results file takes them."""
+    parser.add_argument("--set", action="append", default=[], help="config field=value")
+    parser.add_argument("--out", default=str(RESULTS / name), help="results path, no suffix")
+    parser.add_argument(
+        "--render", action="store_true", help="run nothing: rewrite the .md from the .json"
+    )

@@ -412,12 +412,8 @@ def main() -> None:
     parser.add_argument("--eval-models", type=int, default=3)
     parser.add_argument("--eval-epochs", type=int, default=150)
     parser.add_argument("--full-epochs", type=int, default=0, help="full data; 0 = eval-epochs")
-    parser.add_argument("--set", action="append", default=[], help="config field=value")
-    parser.add_argument("--out", default=str(harness.RESULTS / "robustness"))
+    harness.add_results_arguments(parser, "robustness")
     harness.add_workdir_argument(parser, "robust_gain")
-    parser.add_argument(
-        "--render", action="store_true", help="run nothing: rewrite the .md from the .json"
-    )
     args = parser.parse_args()
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:

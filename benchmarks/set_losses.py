@@ -215,9 +215,7 @@ def main() -> None:
     parser.add_argument("--workdirs", default="", help="comma-separated run workdirs")
     parser.add_argument("--networks", type=int, default=16)
     parser.add_argument("--m", type=int, default=256, help="real samples per group")
-    parser.add_argument("--set", action="append", default=[], help="config field=value")
-    parser.add_argument("--out", default=str(harness.RESULTS / "set_losses"))
-    parser.add_argument("--render", action="store_true", help="rewrite the .md only")
+    harness.add_results_arguments(parser, "set_losses")
     args = parser.parse_args()
     if not args.render and not args.workdirs:
         parser.error("pass --workdirs (run workdirs holding a synthetic.npz), or --render")

@@ -198,9 +198,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=16)
     parser.add_argument("--truth-m", type=int, default=512)
     parser.add_argument("--truth-draws", type=int, default=16)
-    parser.add_argument("--set", action="append", default=[], help="config field=value")
-    parser.add_argument("--out", default=str(harness.RESULTS / "tail_noise"))
-    parser.add_argument("--render", action="store_true", help="rewrite the .md only")
+    harness.add_results_arguments(parser, "tail_noise")
     args = parser.parse_args()
     out = pathlib.Path(args.out)
     key = lambda r: (
