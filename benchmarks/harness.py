@@ -470,7 +470,7 @@ def add_workdir_argument(
 def add_results_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """`--set field=value` (repeatable config overrides), `--out` (the results' path without
     suffix, default `benchmarks/results/<name>`) and `--render` (run nothing: rewrite the .md
-    from the .json), as every benchmark that keeps a results file takes them."""
+    from the .json), shared by the benchmarks that run configs with overrides."""
     parser.add_argument("--set", action="append", default=[], help="config field=value")
     parser.add_argument("--out", default=str(RESULTS / name), help="results path, no suffix")
     parser.add_argument(
