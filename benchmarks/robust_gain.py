@@ -207,7 +207,8 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _overrides(record: dict) -> dict:
+def set_overrides(record: dict) -> dict:
+    """A record's `--set` overrides ({} for none)."""
     return record.get("settings", {}).get("set", {})
 
 
@@ -217,7 +218,7 @@ def _row_groups(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     by the overrides its runs do not share with every row of the table, where there are any."""
 
     def items(record: dict) -> set[tuple[str, str]]:
-        return {(k, json.dumps(v)) for k, v in _overrides(record).items()}
+        return {(k, json.dumps(v)) for k, v in set_overrides(record).items()}
 
     shared = set.intersection(*map(items, rows)) if rows else set()
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -262,8 +263,8 @@ def paired_lines(groups: list[tuple[str, list[dict]]]) -> list[str]:
                 continue
             # The baseline run with the same overrides; else the baseline's only one, if it
             # has one (its label then says how the two differ).
-            overrides = _overrides(runs[0])
-            same = [b for b in baselines if _overrides(b[1][0]) == overrides]
+            overrides = set_overrides(runs[0])
+            same = [b for b in baselines if set_overrides(b[1][0]) == overrides]
             match = same or (baselines if len(baselines) == 1 else [])
             if not match:
                 continue

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import harness
+from benchmarks.robust_gain import set_overrides
 
 DATASETS = (
     "digits+rare", "digits+color", "fashion_mnist+rare", "fashion_mnist+color", "digits+rare-blur"
@@ -55,10 +56,6 @@ SEPARATOR = "|" + "---|" * (HEADER.count(" | ") + 1)
 Runs = dict[int, dict[str, Any]]  # seed -> eval.json with harness.with_rare_means' keys
 
 
-def _overrides(record: dict[str, Any]) -> dict[str, Any]:
-    return record.get("settings", {}).get("set", {})
-
-
 def runs(
     records: Sequence[dict[str, Any]],
     dataset: str,
@@ -73,7 +70,7 @@ def runs(
     for r in records:
         if r["dataset"] != dataset or r["method"] != method or r["ipc"] != ipc:
             continue
-        if not accept(_overrides(r)):
+        if not accept(set_overrides(r)):
             continue
         if r["seed"] in out:
             raise ValueError(
@@ -89,11 +86,11 @@ def field_runs(records: Sequence[dict[str, Any]], dataset: str) -> Runs:
     field = [
         r for r in records
         if r["dataset"] == dataset and r["method"] == "erm"
-        and {k: v for k, v in _overrides(r).items() if k != "match.num_real"} == FIELD_SET
+        and {k: v for k, v in set_overrides(r).items() if k != "match.num_real"} == FIELD_SET
     ]  # fmt: skip
     if not field:
         return {}
-    largest = max(_overrides(r).get("match.num_real", 0) for r in field)
+    largest = max(set_overrides(r).get("match.num_real", 0) for r in field)
     return runs(field, dataset, "erm", lambda s: s.get("match.num_real", 0) == largest)
 
 
@@ -155,7 +152,7 @@ def shipped_start(
 ) -> str:
     """robust_gain's method for a CVaR set of `dataset` from the shipped configs' start
     (`syn.init=groups`): `robust+groups` where run, else `robust` (random real images)."""
-    methods = {r["method"] for r in records if r["dataset"] == dataset and accept(_overrides(r))}
+    methods = {r["method"] for r in records if r["dataset"] == dataset and accept(set_overrides(r))}
     return "robust+groups" if "robust+groups" in methods else "robust"
 
 
