@@ -20,7 +20,7 @@ digits' classes do not, so 128); the gradient rows have no `--set`.
 
 Run from the repository root:
 
-  python -m benchmarks.robust_summary            # writes benchmarks/results/robust_summary.md
+  python -m benchmarks.robust_summary            # writes benchmarks/results/robust_summary.md, .png
   python -m benchmarks.robust_summary --readme   # and rewrites README.md's table
 
 README.md's table sits between the markers `<!-- robust_summary:begin -->` and
@@ -240,6 +240,47 @@ def summarise(gradient: Sequence[dict], dm: Sequence[dict], field: Sequence[dict
     return "\n".join(lines).rstrip() + "\n"
 
 
+# The plot's bars: column -> legend label.
+PLOTTED = {
+    "random": "random real subset",
+    "field": "field's DM (one group per class)",
+    "erm": "jaxdd ERM over groups",
+    "robust": "jaxdd CVaR(0.5) over groups",
+}
+
+
+def plot(
+    gradient: Sequence[dict], dm: Sequence[dict], field: Sequence[dict], path: pathlib.Path
+) -> None:
+    """Minority accuracy per benchmark, one bar per `PLOTTED` column (mean over seeds, the
+    bar's line spanning the seeds' min to max); a column not run has no bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    width = 0.8 / len(PLOTTED)
+    for offset, (column, label) in enumerate(PLOTTED.items()):
+        for x, dataset in enumerate(DATASETS):
+            reports = columns(gradient, dm, field, dataset)[column].values()
+            values = [r["minority_mean"] for r in reports if "minority_mean" in r]
+            if not values:
+                continue
+            ax.bar(x + offset * width, np.mean(values), width, color=f"C{offset}", label=label)
+            label = None  # One legend entry per column.
+            ax.vlines(x + offset * width, min(values), max(values), color="black", lw=1)
+    ax.set_xticks(np.arange(len(DATASETS)) + 0.4 - width / 2, DATASETS)
+    ax.set_ylabel("minority accuracy, mean over classes (%)")
+    ax.set_ylim(0, 112)  # Room above 100 % for the legend.
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_title("IPC 10, distribution matching, 1000 updates; bars: mean, lines: seeds' range")
+    ax.legend(loc="upper center", ncol=len(PLOTTED), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def rewrite_readme(readme: pathlib.Path, table: Sequence[str]) -> None:
     """Replaces what lies between README's `BEGIN` and `END` markers with `table`."""
     text = readme.read_text()
@@ -269,6 +310,7 @@ def main() -> None:
         files.append(json.loads(path.read_text()))
     text = summarise(*files)
     pathlib.Path(args.out).with_suffix(".md").write_text(text)
+    plot(*files, pathlib.Path(args.out).with_suffix(".png"))
     print(text)
     if args.readme:
         table = [HEADER, SEPARATOR, *table_rows(*files)]

@@ -90,3 +90,9 @@ def test_readme_rewrite_replaces_only_the_marked_table(tmp_path):
     with pytest.raises(ValueError, match="robust_summary:begin"):
         rs.rewrite_readme(readme, ["| new |"])
     assert readme.read_text() == "no markers\n"  # Nothing lost.
+
+
+def test_plot_writes_a_png(tmp_path):
+    gradient, dm, field = _files()
+    rs.plot(gradient, dm, field, tmp_path / "summary.png")
+    assert (tmp_path / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
