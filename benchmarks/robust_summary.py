@@ -148,11 +148,18 @@ def columns(
 
 
 def shipped_start(
-    records: Sequence[dict], dataset: str, accept: Callable[[dict[str, Any]], bool]
+    records: Sequence[dict],
+    dataset: str,
+    accept: Callable[[dict[str, Any]], bool],
+    *,
+    ipc: int = 10,
 ) -> str:
-    """robust_gain's method for a CVaR set of `dataset` from the shipped configs' start
-    (`syn.init=groups`): `robust+groups` where run, else `robust` (random real images)."""
-    methods = {r["method"] for r in records if r["dataset"] == dataset and accept(set_overrides(r))}
+    """robust_gain's method for a CVaR set of `dataset` at `ipc` from the shipped configs'
+    start (`syn.init=groups`): `robust+groups` where run, else `robust` (random real images)."""
+    methods = {
+        r["method"] for r in records
+        if r["dataset"] == dataset and r["ipc"] == ipc and accept(set_overrides(r))
+    }  # fmt: skip
     return "robust+groups" if "robust+groups" in methods else "robust"
 
 
