@@ -56,6 +56,16 @@ SEPARATOR = "|" + "---|" * (HEADER.count(" | ") + 1)
 Runs = dict[int, dict[str, Any]]  # seed -> eval.json with harness.with_rare_means' keys
 
 
+def is_dm(overrides: dict[str, Any]) -> bool:
+    """A `robustness_dm` run of the table's experiment: `--set` exactly `DM_SET`."""
+    return overrides == DM_SET
+
+
+def is_default(overrides: dict[str, Any]) -> bool:
+    """A `robustness` run of the shipped default: no `--set`."""
+    return not overrides
+
+
 def runs(
     records: Sequence[dict[str, Any]],
     dataset: str,
@@ -131,19 +141,19 @@ def columns(
     """Every column's runs of `dataset`, by seed: `erm` and `robust` from random real images
     (the same start per seed); `dm_shipped` and `gradient` the CVaR sets of DM and of the
     shipped default from the shipped start where run (`shipped_start`)."""
-    plain_dm = lambda s: s == DM_SET
-    no_set = lambda s: not s
     return {
         # The random subset depends on no distillation setting: either file's rows.
         "random": {
-            **runs(dm, dataset, "random", plain_dm),
-            **runs(gradient, dataset, "random", no_set),
+            **runs(dm, dataset, "random", is_dm),
+            **runs(gradient, dataset, "random", is_default),
         },
         "field": field_runs(field, dataset),
-        "erm": runs(dm, dataset, "erm", plain_dm),
-        "robust": runs(dm, dataset, "robust", plain_dm),
-        "dm_shipped": runs(dm, dataset, shipped_start(dm, dataset, plain_dm), plain_dm),
-        "gradient": runs(gradient, dataset, shipped_start(gradient, dataset, no_set), no_set),
+        "erm": runs(dm, dataset, "erm", is_dm),
+        "robust": runs(dm, dataset, "robust", is_dm),
+        "dm_shipped": runs(dm, dataset, shipped_start(dm, dataset, is_dm), is_dm),
+        "gradient": runs(
+            gradient, dataset, shipped_start(gradient, dataset, is_default), is_default
+        ),
     }
 
 
@@ -206,13 +216,10 @@ def comparison_lines(
                 continue
             note = ""
             if before == "gradient":  # Which start each family's CVaR set came from.
-                starts = [
-                    shipped_start(records, dataset, accept)
-                    for records, accept in (
-                        (dm, lambda s: s == DM_SET),
-                        (gradient, lambda s: not s),
-                    )
-                ]
+                starts = (
+                    shipped_start(dm, dataset, is_dm),
+                    shipped_start(gradient, dataset, is_default),
+                )
                 note = f"; DM `{starts[0]}`, gradient `{starts[1]}`"
             lines.append(f"- {title} (seeds {', '.join(map(str, seeds))}{note}):")
             for key, label in keys:
@@ -268,9 +275,10 @@ def plot(
 
     fig, ax = plt.subplots(figsize=(10, 3.8))
     width = 0.8 / len(PLOTTED)
+    by_dataset = [columns(gradient, dm, field, dataset) for dataset in DATASETS]
     for offset, (column, label) in enumerate(PLOTTED.items()):
-        for x, dataset in enumerate(DATASETS):
-            reports = columns(gradient, dm, field, dataset)[column].values()
+        for x, dataset_columns in enumerate(by_dataset):
+            reports = dataset_columns[column].values()
             values = [r["minority_mean"] for r in reports if "minority_mean" in r]
             if not values:
                 continue
