@@ -308,6 +308,17 @@ def paired_interval(differences: Sequence[float], level: float = 0.95) -> tuple[
     return float(values.mean()), float(scipy.stats.t.ppf(0.5 + level / 2, len(values) - 1) * sem)
 
 
+def interval_cell(differences: Sequence[float], minus: str = "-") -> str:
+    """'+m ± h' (mean and 95 % t half-width, `paired_interval`) for two or more differences,
+    '+m' for one, '—' for none; one decimal, the minus sign written as `minus` (README's
+    tables typeset it as '−')."""
+    if not len(differences):
+        return "—"
+    mean, half = paired_interval(differences)
+    cell = f"{mean:+.1f} ± {half:.1f}" if len(differences) > 1 else f"{mean:+.1f}"
+    return cell.replace("-", minus)
+
+
 # --- results files --------------------------------------------------------------------------
 
 

@@ -292,10 +292,8 @@ def _paired(title: str, pairs: list[tuple[dict, dict]]) -> list[str]:
                        if key in before and key in after]  # fmt: skip
         if not differences:
             continue
-        mean, half = harness.paired_interval(differences)
         per_seed = ", ".join(f"{d:+.1f}" for d in differences)
-        cell = f"{mean:+.1f} ± {half:.1f}" if len(differences) > 1 else f"{mean:+.1f}"
-        lines.append(f"- {label}: **{cell}** ({per_seed})  ")
+        lines.append(f"- {label}: **{harness.interval_cell(differences)}** ({per_seed})  ")
     return [*lines, ""]
 
 

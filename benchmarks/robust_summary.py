@@ -119,11 +119,8 @@ def signed(value: float) -> str:
 
 
 def interval(differences: Sequence[float]) -> str:
-    """'+m ± h' (95 % t) for two or more, '+m' for one, '—' for none."""
-    if not differences:
-        return "—"
-    mean, half = harness.paired_interval(differences)
-    return f"{signed(mean)} ± {half:.1f}" if len(differences) > 1 else signed(mean)
+    """'+m ± h' (95 % t) for two or more, '+m' for one, '—' for none; the minus typeset."""
+    return harness.interval_cell(differences, minus="−")
 
 
 def mean(reports: Runs, key: str) -> str:

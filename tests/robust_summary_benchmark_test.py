@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from benchmarks import harness
 from benchmarks import robust_summary as rs
 
 DM = rs.DM_SET
@@ -69,6 +70,14 @@ def test_paired_interval_against_scipy():
     # Grouped ERM − the field's DM, seeds 0 and 1: +30.0 and +31.0.
     assert "(+30.0, +31.0)" in text
     assert "DM `robust`, gradient `robust+groups`" in text
+
+
+def test_interval_cell_one_form_for_both_summaries():
+    # robust_gain's files keep the ASCII minus, README's tables the typeset one.
+    assert harness.interval_cell([-1.0, -3.0]) == "-2.0 ± 12.7"
+    assert rs.interval([-1.0, -3.0]) == "−2.0 ± 12.7"
+    assert harness.interval_cell([0.5]) == "+0.5"
+    assert rs.interval([]) == "—"
 
 
 def test_two_runs_of_one_seed_in_a_column_are_an_error():
