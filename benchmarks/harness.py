@@ -12,8 +12,8 @@ Benchmarks run from the repository root as `python -m benchmarks.<name>` (so `ja
   compiled memory of a jitted program;
 - `command`, `load_results`, `merge_results`, `findings_link`: the recorded command line, the
   results JSON merged by key (so a partial or resumed run keeps what it did not redo) and the
-  link from a generated table to its hand-written findings (`<out>_findings.md`: prose lives
-  in .md files only, never in the generated JSON);
+  link from a generated table to its hand-written findings (`<out>_findings.md`, or the
+  findings that cite it by name: prose lives in .md files only, never in the generated JSON);
 - `kept_workdir` / `add_workdir_argument`: where a benchmark's distillation runs keep their
   checkpoints, so that an interrupted run resumes where it stopped.
 """
@@ -27,6 +27,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import resource
 import shlex
 import sys
@@ -384,13 +385,24 @@ def _write_json(path: pathlib.Path, value: Any) -> None:
 
 
 def findings_link(out: str | pathlib.Path) -> list[str]:
-    """Markdown lines linking the hand-written `<out>_findings.md` beside the generated
-    `<out>.md`, where there is one (none: no lines)."""
+    """Markdown lines linking the hand-written findings of the generated `<out>.md`: its own
+    `<out>_findings.md` where there is one, else every `*_findings.md` beside it that cites
+    `<out>.md` or `<out>.json` by name (a variant's run written up with its family's, e.g.
+    `robustness_k2` in `robustness_findings.md`); none: no lines."""
     out = pathlib.Path(out)
-    findings = out.with_name(out.name + "_findings.md")
-    if not findings.exists():
+    own = out.with_name(out.name + "_findings.md")
+    if own.exists():
+        found = [own]
+    else:
+        cited = re.compile(rf"(?<![\w.-]){re.escape(out.name)}\.(md|json)\b")
+        found = [
+            path for path in sorted(out.parent.glob("*_findings.md"))
+            if cited.search(path.read_text())
+        ]  # fmt: skip
+    if not found:
         return []
-    return [f"Findings (written by hand, not generated): [{findings.name}]({findings.name})", ""]
+    links = ", ".join(f"[{path.name}]({path.name})" for path in found)
+    return [f"Findings (written by hand, not generated): {links}", ""]
 
 
 # --- records and the configs they stand for -------------------------------------------------

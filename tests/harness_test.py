@@ -185,3 +185,25 @@ def test_robust_gain_tables_keep_runs_with_other_overrides_apart(tmp_path):
         "Paired robust (match.num_real=256) − erm (match.num_real=256) (1 seed, no interval "
         "yet; per seed):  \n- accuracy: **+1.0**"
     ) in text
+
+
+def test_a_table_links_its_own_findings_else_those_that_cite_it(tmp_path):
+    findings = "See robustness_k2.md and pre_robustness_k8.md."
+    (tmp_path / "robustness_findings.md").write_text(findings)
+    (tmp_path / "families_findings.md").write_text("robustness_k2.json, then robustness_k20.md")
+    # No findings of its own: every findings file that names its .md or .json.
+    assert harness.findings_link(tmp_path / "robustness_k2") == [
+        "Findings (written by hand, not generated): "
+        "[families_findings.md](families_findings.md), "
+        "[robustness_findings.md](robustness_findings.md)",
+        "",
+    ]
+    # A name inside a longer one is not a citation; nothing cites it: no lines.
+    assert harness.findings_link(tmp_path / "robustness_k8") == []
+    # Its own findings file wins over citations.
+    (tmp_path / "robustness_k2_findings.md").write_text("own")
+    assert harness.findings_link(tmp_path / "robustness_k2") == [
+        "Findings (written by hand, not generated): "
+        "[robustness_k2_findings.md](robustness_k2_findings.md)",
+        "",
+    ]
