@@ -3,6 +3,12 @@
 Run from the repository root:
 
   python -m benchmarks.cluster_purity --dataset=digits --rare=invert --ks=4,8,16
+  python -m benchmarks.cluster_purity --dataset=fashion_mnist+color --ks=4 --features=pixels
+
+`--dataset` is a shipped config's name with `--rare` the transform of its minority, or a
+benchmark name as `robust_gain` takes it ('digits+rare', 'digits+rare-blur', 'digits+color':
+`harness.BENCHMARK_SUFFIXES`); on the spurious-colour benchmark the minority is the
+bias-conflicting images (a class's images wearing another class's colour).
 
 For every class, the cluster holding most of the class's minority (transformed) train images:
 purity = minority share of that cluster, recall = share of the class's minority inside it.
@@ -97,27 +103,46 @@ def _summary(purity: np.ndarray, recall: np.ndarray) -> str:
     )
 
 
+def data_override(dataset: str, rare: str | None) -> tuple[str, str]:
+    """(config name, the override that makes its minority) of `--dataset` and `--rare`."""
+    name, _, suffix = dataset.partition("+")
+    if not suffix:
+        return name, f"data.rare={rare or 'invert'}"
+    if rare is not None:
+        raise ValueError(
+            f"--dataset={dataset} names its benchmark, so --rare={rare} has nothing to set: "
+            f"drop --rare, or pass --dataset={name} --rare={rare}."
+        )
+    return name, harness.benchmark_override(suffix)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--rare", default="invert")
+    parser.add_argument(
+        "--rare", default=None, help="a plain --dataset's minority transform (default invert)"
+    )
     parser.add_argument("--ks", default="4,8,16")
     parser.add_argument("--features", default="pixels,random_net")
     parser.add_argument("--trained-epochs", default="", help="e.g. 5,30; empty: none")
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
+    try:
+        name, minority = data_override(args.dataset, args.rare)
+    except ValueError as error:
+        parser.error(str(error))
     for k in ks:
         for features in args.features.split(","):
             config = harness.load_config(
-                args.dataset,
-                f"data.rare={args.rare}",
+                name,
+                minority,
                 f"cluster.num_clusters={k}",
                 f"cluster.features={features}",
             )
             print(f"K={k:2d} {features:10s} " + _summary(*purity_recall(config)), flush=True)
     trained_epochs = [int(e) for e in args.trained_epochs.split(",") if e]
     if trained_epochs:
-        config = harness.load_config(args.dataset, f"data.rare={args.rare}")
+        config = harness.load_config(name, minority)
         dataset, rare = build.load_data(config)  # Once for every trained network.
         for epochs in trained_epochs:
             for line in trained_view(config, dataset, rare, epochs, ks):
