@@ -91,7 +91,9 @@ def by_variant(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summarise(records: list[dict], out: pathlib.Path, findings: str = "robustness") -> str:
+def summarise(records: list[dict], out: pathlib.Path, findings: str = "") -> str:
+    """The Markdown of `records`; it links `<findings>_findings.md` when `findings` is given,
+    else the findings that cite `out` by name (`harness.findings_link`)."""
     commands = sorted({r["command"] for r in records})
     return "\n".join(
         [
@@ -104,8 +106,7 @@ def summarise(records: list[dict], out: pathlib.Path, findings: str = "robustnes
             "The set is selected on the validation split. Accuracies in % on the test split, "
             "except the validation columns: settings are chosen on those alone.",
             "",
-            # The findings of the benchmark whose question the ablation answers.
-            *harness.findings_link(out.with_name(findings)),
+            *harness.findings_link(out.with_name(findings) if findings else out),
             "## Every run",
             "",
             table(records),
@@ -129,8 +130,9 @@ def main() -> None:
     harness.add_workdir_argument(parser, "ablation")
     parser.add_argument(
         "--findings",
-        default="robustness",
-        help="the <name>_findings.md in the results folder that the table links",
+        default="",
+        help="the <name>_findings.md in the results folder that the table links; default: the "
+        "findings files that cite <out>.md or <out>.json by name",
     )
     parser.add_argument(
         "--render", action="store_true", help="run nothing: rewrite the .md from the .json"

@@ -8,7 +8,7 @@ import json
 import pytest
 
 import jaxdd
-from benchmarks import families, harness, robust_gain
+from benchmarks import ablation, families, harness, robust_gain
 
 
 @pytest.mark.parametrize(
@@ -207,3 +207,17 @@ def test_a_table_links_its_own_findings_else_those_that_cite_it(tmp_path):
         "[robustness_k2_findings.md](robustness_k2_findings.md)",
         "",
     ]
+
+
+def test_an_ablation_table_links_the_findings_that_cite_it_unless_one_is_named(tmp_path):
+    (tmp_path / "robustness_findings.md").write_text("Runs in defaults.md.")
+    (tmp_path / "labels_findings.md").write_text("See defaults.json.")
+    (tmp_path / "families_findings.md").write_text("Nothing cited.")
+    text = ablation.summarise([], tmp_path / "defaults")
+    assert (
+        "Findings (written by hand, not generated): [labels_findings.md](labels_findings.md), "
+        "[robustness_findings.md](robustness_findings.md)"
+    ) in text
+    named = ablation.summarise([], tmp_path / "defaults", findings="families")
+    assert "[families_findings.md](families_findings.md)\n" in named
+    assert "labels_findings" not in named
