@@ -113,6 +113,9 @@ def get_config(method: str = "dsa", dataset: str = "digits") -> ml_collections.C
     config.match.net_train = "synthetic"
     config.match.net_lr = 0.01  # DC's lr_net (plain SGD).
     config.match.net_momentum = 0.0  # SGD momentum of the matched network (DC 0, IDC 0.9).
+    # The matched network's optimiser at match.net_lr: sgd (DC's, with match.net_momentum) |
+    # adam (FRePo trains its pool with Adam at lr 3e-4; net_momentum unused).
+    config.match.net_optimizer = "sgd"
     config.match.net_weight_decay = 0.0  # Its weight decay (DC 0, IDC 5e-4).
     config.match.net_data = 500  # net_train=real: real images per inner epoch (IDC's n_data).
     config.match.net_cutmix = 0.5  # net_train=real: CutMix per batch (IDC mix_p, non-ImageNet).
@@ -182,7 +185,7 @@ def get_config(method: str = "dsa", dataset: str = "digits") -> ml_collections.C
     config.syn.lr = 0.1
     config.syn.momentum = 0.5
     # The set's optimiser: sgd (with syn.momentum, DC's) | adam (optax defaults, RaT-BPTT's
-    # outer loop: Adam at lr 0.001; syn.momentum unused).
+    # outer loop: Adam at lr 0.001) | lamb (FRePo's, at lr 3e-4); syn.momentum only for sgd.
     config.syn.optimizer = "sgd"
 
     config.eval = ml_collections.ConfigDict()

@@ -149,10 +149,12 @@ def create_decoder(
 
 
 # `syn.optimizer` -> the set's optimiser at a learning rate: DC's SGD with momentum
-# (`syn.momentum`), or Adam (optax defaults) as RaT-BPTT's outer loop.
+# (`syn.momentum`), Adam (optax defaults) as RaT-BPTT's outer loop, or LAMB (optax defaults)
+# as FRePo's (`yongchao97/FRePo` `lib/datadistillation/frepo.py` 85-86, lr 3e-4 there).
 SYN_OPTIMIZERS = {
     "sgd": lambda lr, config: optax.sgd(lr, momentum=config.syn.momentum),
     "adam": lambda lr, config: optax.adam(lr),
+    "lamb": lambda lr, config: optax.lamb(lr),
 }
 
 
@@ -196,15 +198,25 @@ def net_strategy(config: ml_collections.ConfigDict) -> str:
     return config.match.augment
 
 
+# `match.net_optimizer` -> the matched (or pooled) network's optimiser at `match.net_lr`:
+# PyTorch's SGD with `match.net_momentum` (DC's optimizer_net), or Adam (optax defaults), as
+# FRePo trains its pool (`yongchao97/FRePo` `script/distill.py` 49-50: Adam at lr 3e-4).
+NET_OPTIMIZERS = {
+    "sgd": lambda config: optax.sgd(
+        config.match.net_lr, momentum=config.match.net_momentum or None
+    ),
+    "adam": lambda config: optax.adam(config.match.net_lr),
+}
+
+
 def create_net_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The matched network's optimiser: SGD at `match.net_lr` with `match.net_momentum` and
-    PyTorch-style weight decay `match.net_weight_decay` (DC's optimizer_net: plain SGD, 0 and
-    0; IDC's: 0.9 and 5e-4)."""
-    momentum = config.match.net_momentum or None
-    sgd = optax.sgd(config.match.net_lr, momentum=momentum)
+    """The matched network's optimiser, `match.net_optimizer` (`NET_OPTIMIZERS`) at
+    `match.net_lr`, after PyTorch-style weight decay `match.net_weight_decay` (DC's
+    optimizer_net: plain SGD, momentum 0 and decay 0; IDC's: 0.9 and 5e-4)."""
+    optimizer = NET_OPTIMIZERS[config.match.net_optimizer](config)
     if not config.match.net_weight_decay:
-        return sgd
-    return optax.chain(optax.add_decayed_weights(config.match.net_weight_decay), sgd)
+        return optimizer
+    return optax.chain(optax.add_decayed_weights(config.match.net_weight_decay), optimizer)
 
 
 def create_losses_fn(config: ml_collections.ConfigDict, apply_fn: matching.ApplyFn):

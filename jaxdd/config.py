@@ -427,6 +427,7 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "match.unroll_remat", matching.REMATS)
     _check_choice(config, "match.unroll_optimizer", matching.UNROLL_OPTIMIZERS)
     _check_choice(config, "syn.optimizer", build.SYN_OPTIMIZERS)
+    _check_choice(config, "match.net_optimizer", build.NET_OPTIMIZERS)
     _check_choice(config, "eval.augment_mode", augment.MODES)
     _check_choice(config, "match.augment_mode", augment.MODES)
     _check_choice(config, "eval.lr_schedule", retrain.LR_SCHEDULES)
@@ -530,6 +531,7 @@ _ADDED_FIELDS = {
     "syn.max_decoded": 128,
     "syn.clip_pixels": False,
     "syn.unroll_lr_lr": 0.01,
+    "match.net_optimizer": "sgd",
 }
 
 

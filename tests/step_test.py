@@ -439,6 +439,41 @@ def test_net_optimizer_is_pytorch_sgd_with_momentum_and_weight_decay():
     np.testing.assert_allclose(updates, -0.1 * grads[0])
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_net_optimizer_adam_is_optax_adam_after_the_weight_decay(weight_decay):
+    """match.net_optimizer=adam (FRePo's pool): optax's Adam at match.net_lr on the gradient
+    plus the PyTorch-style decay; match.net_momentum does not enter."""
+    config = smoke.get_config()
+    config.match.net_optimizer, config.match.net_lr = "adam", 3e-4
+    config.match.net_momentum, config.match.net_weight_decay = 0.9, weight_decay
+    optimizer, reference = build.create_net_optimizer(config), optax.adam(3e-4)
+    params, grads = jnp.array([1.0, -2.0]), [jnp.array([0.5, 0.25]), jnp.array([-1.0, 2.0])]
+    state, ref_state, ref_params = optimizer.init(params), reference.init(params), params
+    for g in grads:
+        updates, state = optimizer.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        ref_updates, ref_state = reference.update(g + weight_decay * ref_params, ref_state)
+        ref_params = optax.apply_updates(ref_params, ref_updates)
+    np.testing.assert_allclose(params, ref_params, rtol=1e-6)
+    assert not np.allclose(params, [1.0, -2.0])
+
+
+def test_lamb_set_optimizer_is_optax_lamb_at_syn_lr():
+    """syn.optimizer=lamb (FRePo's images): optax's LAMB at syn.lr, also per group with
+    learned labels."""
+    config = smoke.get_config()
+    config.syn.optimizer, config.syn.lr, config.syn.learn_labels = "lamb", 3e-4, True
+    config.syn.label_lr = 1e-3
+    params = {"images": jnp.ones((2, 3)), "labels": jnp.zeros((2, 4))}
+    grads = {"images": jnp.full((2, 3), 0.5), "labels": jnp.full((2, 4), -1.0)}
+    optimizer = build.create_syn_optimizer(config)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    for name, lr in (("images", 3e-4), ("labels", 1e-3)):
+        lamb = optax.lamb(lr)
+        expected, _ = lamb.update(grads[name], lamb.init(params[name]), params[name])
+        np.testing.assert_allclose(updates[name], expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize("net_train", ["synthetic", "real_robust"])
 def test_voronoi_step_is_deterministic_with_one_group_per_synthetic_image(run, net_train):
     config, image_shape, model, real, state, labels = run
