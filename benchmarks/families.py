@@ -161,6 +161,19 @@ def row_kind(record: dict) -> tuple[str, str]:
     return param, record["report"].get("label_type", "hard")
 
 
+# Overrides that `row_kind`'s columns already show.
+SHOWN_BY_KIND = ("syn.param", "syn.factor", "syn.learn_labels")
+
+
+def other_settings(record: dict) -> str:
+    """A record's `--set` overrides beyond its row kind's ('-': none): runs that differ in them
+    are other rows, never pooled as if they were seeds of one setting. The random subset's
+    distillation-only overrides do not apply to it (`settings_key`)."""
+    overrides = json.loads(settings_key(record))
+    shown = [f"{k}={v}" for k, v in sorted(overrides.items()) if k not in SHOWN_BY_KIND]
+    return ", ".join(shown) or "-"
+
+
 def summarise(records: list[dict], out: pathlib.Path) -> str:
     commands = sorted({r["command"] for r in records})
     lines = [
@@ -203,16 +216,18 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
                 if continued
                 else []
             ),  # fmt: skip
-            "| family | objective | set | labels | seeds | iterations | s / iteration | accuracy "
-            "| worst group (test K-means) | minority, mean over classes | validation accuracy |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| family | objective | set | labels | other settings | seeds | iterations "
+            "| s / iteration | accuracy | worst group (test K-means) "
+            "| minority, mean over classes | validation accuracy |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         order = {name: i for i, name in enumerate(["random", *FAMILY_SETTINGS, "-", *RISKS])}
         grouped: dict[tuple, list[dict]] = {}
         for r in rows:
-            grouped.setdefault((r["family"], r["risk"], row_kind(r)), []).append(r)
-        for (family, risk, kind), runs in sorted(
-            grouped.items(), key=lambda item: (order[item[0][0]], order[item[0][1]], item[0][2])
+            key = (r["family"], r["risk"], row_kind(r), other_settings(r))
+            grouped.setdefault(key, []).append(r)
+        for (family, risk, kind, settings), runs in sorted(
+            grouped.items(), key=lambda item: (order[item[0][0]], order[item[0][1]], *item[0][2:])
         ):
             reports = [harness.with_rare_means(r["report"]) for r in runs]
 
@@ -224,7 +239,8 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
             per_iteration = "/".join(f"{r['seconds_per_iteration']:.2f}" for r in runs
                                      if "seconds_per_iteration" in r)  # fmt: skip
             lines.append(
-                f"| {family} | {RISKS.get(risk, '-')} | {kind[0]} | {kind[1]} | {len(runs)} "
+                f"| {family} | {RISKS.get(risk, '-')} | {kind[0]} | {kind[1]} | {settings} "
+                f"| {len(runs)} "
                 f"| {iterations} | {per_iteration} | {cell('accuracy_mean')} "
                 f"| {cell('worst_group_accuracy')} | {cell('minority_mean')} "
                 f"| {cell('validation_accuracy_mean')} |"

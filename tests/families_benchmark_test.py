@@ -41,3 +41,25 @@ def test_the_random_subset_ignores_distillation_only_overrides():
     assert families.record_key(_record("gradient", factorized, 70.0)) != families.record_key(
         _record("gradient", {}, 70.0)
     )
+
+
+def test_runs_of_one_seed_with_other_settings_are_other_rows(tmp_path):
+    """Two runs of seed 0 that differ in an override are two rows naming it, never one row of
+    '2 seeds'; the set's parameterisation and labels stay in their own columns."""
+    adam = {"match.net_optimizer": "adam", "match.net_lr": 0.0003}
+    factorized = {"syn.param": "factorized", "syn.factor": 2, "syn.init": "mix"}
+    machine = {"cpu": "x", "cores": 2}
+    records = [
+        {**_record(family, overrides, accuracy), "command": "families", "machine": machine}
+        for family, overrides, accuracy in [
+            ("random", {}, 50.0), ("krr", {}, 61.9), ("krr", adam, 61.7), ("krr", factorized, 70.0)
+        ]
+    ]  # fmt: skip
+    rows = [line for line in families.summarise(records, tmp_path / "t").splitlines()
+            if line.startswith("| krr")]  # fmt: skip
+    assert [row.split(" | ")[2:6] for row in rows] == [
+        ["factorized f=2", "hard", "syn.init=mix", "1"],
+        ["pixels", "hard", "-", "1"],
+        ["pixels", "hard", "match.net_lr=0.0003, match.net_optimizer=adam", "1"],
+    ]
+    assert families.other_settings(_record("random", factorized, 50.0)) == "-"
