@@ -125,6 +125,15 @@ def test_validation_names_the_field(field, value, message):
         config_lib.validate(config)
 
 
+def test_adam_network_optimizer_refuses_an_sgd_momentum():
+    config = smoke.get_config()
+    config.match.net_optimizer = "adam"
+    config_lib.validate(config)  # Momentum 0, the default: nothing to ignore.
+    config.match.net_momentum = 0.9  # As the idc method sets it.
+    with pytest.raises(ValueError, match="net_momentum=0.9 .* 0 with match.net_optimizer='adam'"):
+        config_lib.validate(config)
+
+
 def test_real_network_training_needs_a_family_that_trains_its_network():
     config = smoke.get_config()
     config.match.net_train = "real"
