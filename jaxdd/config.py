@@ -324,7 +324,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     momentum = config.match.net_momentum
     if isinstance(momentum, bool) or not isinstance(momentum, float | int) or not 0 <= momentum < 1:
         _fail("match.net_momentum", momentum, "an SGD momentum in [0, 1) (DC 0, IDC 0.9)")
-    if momentum and config.match.get("net_optimizer", "sgd") == "adam":
+    if momentum and config.match.net_optimizer == "adam":
         _fail("match.net_momentum", momentum, "0 with match.net_optimizer='adam' (SGD's only)")
     decay = config.match.net_weight_decay
     if isinstance(decay, bool) or not isinstance(decay, float | int) or decay < 0:
