@@ -202,7 +202,17 @@ def get_config(method: str = "dsa", dataset: str = "digits") -> ml_collections.C
     # defaults are DC/DSA/DM's: one DSA family per batch, lr x0.1 at half, no CutMix.
     # single (DSA) | all | idc (flip, color and cutout on every batch when listed, one other drawn).
     config.eval.augment_mode = "single"
-    config.eval.lr_schedule = "dc"  # dc (x0.1 at half) | idc (x0.2 at 2/3 and 5/6 of epochs).
+    # dc (x0.1 at half) | idc (x0.2 at 2/3 and 5/6 of epochs) | frepo (500 warm-up steps, then
+    # cosine to 0.01x).
+    config.eval.lr_schedule = "dc"
+    # FRePo's evaluation protocol (yongchao97/FRePo script/eval.py; jaxdd.config.frepo_evaluation
+    # and `jaxdd evaluate --protocol=frepo` set it):
+    # optimizer=adam (momentum 0), lr=3e-4, weight_decay=0, loss=mse (to centred one-hot or
+    # soft labels), lr_schedule=frepo, network=frepo, batch_size=500, its step count as
+    # epochs, its augmentation without flips. The defaults are DC/DSA/DM's.
+    config.eval.optimizer = "sgd"  # sgd (with eval.momentum) | adam.
+    config.eval.loss = "ce"  # ce (cross-entropy) | mse (FRePo's regression to centred labels).
+    config.eval.network = ""  # '' = the distillation network (model.*) | frepo (widening, no norm).
     config.eval.cutmix = 0.0  # Probability of IDC's CutMix per batch; 0 = off.
     config.eval.cutmix_beta = 1.0  # CutMix's Beta(beta, beta) mixing ratio.
     # IDC's same_compute: a factorized set trains eval.epochs / factor^2 epochs (as many steps

@@ -7,6 +7,7 @@ keyword hyperparameters (bound here with `functools.partial`).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -68,6 +69,41 @@ def create_model(
     if name != "mlp":
         kwargs["norm"] = config.model.norm
     return models.instantiate(name, num_classes=num_classes, **kwargs)
+
+
+def _frepo_eval_network(config: ml_collections.ConfigDict, num_classes: int, image_shape):
+    # FRePo's evaluation network (`yongchao97/FRePo` `script/eval.py` 133-134 defaults,
+    # `lib/models/networks.py` 184-227): conv blocks of 128 * 2^i channels without
+    # normalisation, average pooling, flax's default (LeCun-normal) initialisation, a padding-3
+    # first conv on 1-channel images; jaxdd's ConvNet depth (FRePo's 3 at 28x28 and 32x32).
+    return models.ConvNet(
+        num_classes=num_classes,
+        depth=config.model.depth,
+        width=128,
+        growth=2,
+        norm="none",
+        pooling="avg",
+        stem_pad=stem_pad(config, image_shape),
+        init_scheme="lecun",
+    )
+
+
+# `eval.network` -> (config, num_classes, image_shape) -> the network the evaluation trains;
+# '' is the distillation network (`create_model`), as DC/DSA/DM/IDC evaluate.
+EVAL_NETWORKS: dict[str, Callable[..., Any]] = {
+    "": lambda config, num_classes, image_shape: create_model(config, num_classes, image_shape),
+    "frepo": _frepo_eval_network,
+}
+
+
+def create_eval_model(
+    config: ml_collections.ConfigDict, num_classes: int, image_shape, name: str | None = None
+):
+    """The network the evaluation trains: `eval.network` (`EVAL_NETWORKS`), or for a
+    cross-architecture evaluation the architecture `name` (`create_model`)."""
+    if name is not None:
+        return create_model(config, num_classes, image_shape, name)
+    return EVAL_NETWORKS[config.eval.network](config, num_classes, image_shape)
 
 
 def loops(config: ml_collections.ConfigDict) -> tuple[int, int]:

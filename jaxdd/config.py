@@ -7,7 +7,8 @@ working directory and with jaxdd installed non-editable, without editing `sys.pa
 
 `validate` checks every value that can be checked without data and raises a `ValueError` that
 names the field and what is expected; `validate_against_data` the fields that depend on the
-data. `fingerprint` is what a checkpoint must agree on to be resumed.
+data. `fingerprint` is what a checkpoint must agree on to be resumed. `frepo_evaluation` sets
+another paper's evaluation protocol on a config (`jaxdd evaluate --protocol=frepo`).
 """
 
 from __future__ import annotations
@@ -326,6 +327,8 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
         _fail("match.net_momentum", momentum, "an SGD momentum in [0, 1) (DC 0, IDC 0.9)")
     if momentum and config.match.net_optimizer == "adam":
         _fail("match.net_momentum", momentum, "0 with match.net_optimizer='adam' (SGD's only)")
+    if config.eval.momentum and config.eval.optimizer == "adam":
+        _fail("eval.momentum", config.eval.momentum, "0 with eval.optimizer='adam' (SGD's only)")
     decay = config.match.net_weight_decay
     if isinstance(decay, bool) or not isinstance(decay, float | int) or decay < 0:
         _fail("match.net_weight_decay", decay, "a weight decay >= 0 (DC 0, IDC 5e-4)")
@@ -433,6 +436,9 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
     _check_choice(config, "eval.augment_mode", augment.MODES)
     _check_choice(config, "match.augment_mode", augment.MODES)
     _check_choice(config, "eval.lr_schedule", retrain.LR_SCHEDULES)
+    _check_choice(config, "eval.optimizer", retrain.OPTIMIZERS)
+    _check_choice(config, "eval.loss", retrain.LOSSES)
+    _check_choice(config, "eval.network", build.EVAL_NETWORKS)
     _check_choice(config, "match.distance", matching.DISTANCES)
     _check_choice(config, "match.distance_layers", matching.DISTANCE_LAYERS)
     if config.match.family != "gradient":
@@ -492,6 +498,46 @@ def validate_against_data(config: ml_collections.ConfigDict, dataset: data.Datas
         )
 
 
+# FRePo's evaluation steps by the number of training images (`script/eval.py` 187-188).
+FREPO_EVAL_STEPS = {
+    10: 1000, 100: 2000, 200: 20000, 400: 5000, 500: 5000, 1000: 10000, 2000: 40000, 5000: 40000
+}  # fmt: skip
+FREPO_EVAL_BATCH = 500  # `script/eval.py` 209: batches of min(N, 500).
+# Data FRePo evaluates without flips (`script/eval.py` 157-162), and digits (not symmetric).
+FREPO_NO_FLIP = ("mnist", "fashion_mnist", "digits")
+
+
+def frepo_evaluation(
+    config: ml_collections.ConfigDict, num_images: int
+) -> ml_collections.ConfigDict:
+    """FRePo's evaluation protocol on `config` for a set of `num_images` training images
+    (`yongchao97/FRePo` `script/eval.py` 126-227, `lib/training/utils.py` 293-306), so that a
+    set is scored as FRePo scores its own: 5 networks of its evaluation ConvNet (`eval.network`
+    'frepo'), Adam at 3e-4 without weight decay, 500 warm-up steps then cosine to 0.01x,
+    regression (MSE) to centred one-hot or soft labels, batches of min(N, 500) for its step
+    count, augmented by one family per batch of color, crop, cutout, scale, rotate (DSA's
+    versions of FRePo's color / translate / cutout / crop-zoom / rotate: the same families,
+    DSA's magnitudes), and flips beside them but on MNIST, Fashion-MNIST (as FRePo) and digits.
+    Raises ValueError for a size FRePo's step table lacks.
+    """
+    if num_images not in FREPO_EVAL_STEPS:
+        raise ValueError(
+            f"FRePo's evaluation has no step count for {num_images} images (its table: "
+            f"{sorted(FREPO_EVAL_STEPS)}); set eval.epochs yourself after frepo_evaluation."
+        )
+    batches = -(-num_images // min(num_images, FREPO_EVAL_BATCH))
+    evaluation = config.eval
+    evaluation.num_models = 5
+    evaluation.network, evaluation.optimizer, evaluation.loss = "frepo", "adam", "mse"
+    evaluation.lr, evaluation.momentum, evaluation.weight_decay = 3e-4, 0.0, 0.0
+    evaluation.lr_schedule, evaluation.batch_size = "frepo", FREPO_EVAL_BATCH
+    evaluation.epochs = max(1, FREPO_EVAL_STEPS[num_images] // batches)
+    evaluation.augment_mode, evaluation.cutmix = "single", 0.0
+    flips = config.data.name not in FREPO_NO_FLIP
+    evaluation.augment = "color_crop_cutout_scale_rotate" + ("_flip" if flips else "")
+    return config
+
+
 # Config sections that fix the meaning of a checkpointed state; a resumed run must match them.
 FINGERPRINT_SECTIONS = ("seed", "ipc", "data", "model", "cluster", "match", "robust", "syn")
 
@@ -534,6 +580,9 @@ _ADDED_FIELDS = {
     "syn.clip_pixels": False,
     "syn.unroll_lr_lr": 0.01,
     "match.net_optimizer": "sgd",
+    "eval.optimizer": "sgd",
+    "eval.loss": "ce",
+    "eval.network": "",
 }
 
 

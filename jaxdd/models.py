@@ -139,12 +139,17 @@ class ConvNet(nn.Module):
     1-channel inputs (`networks.py` `_make_layers`), i.e. `stem_pad=2`, which takes 28x28
     images to maps of 32, 16, 8, 4 and a 4 * 4 * width embedding, as in DC's numbers.
 
+    `growth` multiplies the channels block by block: block `i` has `width * growth**i`
+    (1, DC's, keeps every block at `width`; FRePo's ConvNet doubles them, 128/256/512:
+    `yongchao97/FRePo` `lib/models/networks.py` 224).
+
     Parameters are named `conv{i}`, `norm{i}` (absent for norm='none') and `fc`.
     """
 
     num_classes: int
     depth: int = 3
     width: int = 128
+    growth: int = 1
     norm: str = "instance"
     pooling: str = "avg"
     stem_pad: int = 0
@@ -158,9 +163,12 @@ class ConvNet(nn.Module):
         if self.stem_pad:
             pad = self.stem_pad
             x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        if self.growth < 1:
+            raise ValueError(f"ConvNet growth must be >= 1, got {self.growth}.")
         for i in range(self.depth):
-            x = self.conv(self.width, kernel_size=(3, 3), padding="SAME", name=f"conv{i}")(x)
-            x = norm(self.width, name=f"norm{i}")(x)
+            features = self.width * self.growth**i
+            x = self.conv(features, kernel_size=(3, 3), padding="SAME", name=f"conv{i}")(x)
+            x = norm(features, name=f"norm{i}")(x)
             x = nn.relu(x)
             x = _pool(pool, x, min_size=1 if i == self.depth - 1 else 2)
         embedding = _flatten(x)

@@ -50,7 +50,7 @@ def train_networks(
     architecture: str | None = None,
 ):
     """Networks trained from scratch on (images, labels) with the eval protocol; (model, params)."""
-    model = build.create_model(config, num_classes, np.shape(images)[1:], architecture)
+    model = build.create_eval_model(config, num_classes, np.shape(images)[1:], architecture)
     epochs = config.eval.epochs
     if config.eval.same_compute and config.syn.param == "factorized":
         epochs = max(1, epochs // config.syn.factor**2)  # IDC's same_compute.
@@ -69,6 +69,8 @@ def train_networks(
         lr_schedule=config.eval.lr_schedule,
         cutmix_probability=config.eval.cutmix,
         cutmix_beta=config.eval.cutmix_beta,
+        optimizer=config.eval.optimizer,
+        loss=config.eval.loss,
     )
     return model, params
 

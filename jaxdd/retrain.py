@@ -5,7 +5,9 @@ is judged by training `M` freshly initialised networks on it and testing them:
 
 - `train_models`: SGD with momentum 0.9, weight decay 5e-4, learning rate 0.01 decayed x0.1 at
   half of the total steps, minibatches of 256 drawn by a per-epoch permutation, and DSA
-  augmentation with per-image parameters. All `M` networks train in ONE compiled program:
+  augmentation with per-image parameters. Other published protocols are options: IDC's
+  (`lr_schedule='idc'`, CutMix) and FRePo's (`optimizer='adam'`, `loss='mse'`,
+  `lr_schedule='frepo'`; see `train_models`). All `M` networks train in ONE compiled program:
   mapped over their keys (see below), `jax.lax.fori_loop` over epochs and `jax.lax.scan` over
   steps.
 - `predict`, `accuracy`, `group_accuracy`: predictions of every network and accuracies, overall
@@ -40,13 +42,17 @@ from jaxdd import augment as augment_lib
 from jaxdd import models, xla
 
 __all__ = [
+    "LOSSES",
     "LR_SCHEDULES",
+    "OPTIMIZERS",
     "accuracy",
     "create_optimizer",
     "cutmix",
     "cutmix_cross_entropy",
+    "cutmix_loss",
     "group_accuracy",
     "learning_rate_schedule",
+    "mse_to_centred",
     "predict",
     "steps_per_epoch",
     "train_models",
@@ -58,8 +64,18 @@ LR_DECAY = 0.1
 # `lr_schedule`: 'dc' (DC/DSA/DM: x0.1 after half of the steps) | 'idc' (IDC's evaluation,
 # snu-mllab/Efficient-Dataset-Condensation train.py 104-105: MultiStepLR x0.2 after epochs
 # 2E // 3 and 5E // 6).
-LR_SCHEDULES = ("dc", "idc")
+# 'frepo' (FRePo's evaluation, yongchao97/FRePo script/eval.py 202-206): linear warm-up from 0
+# over FREPO_WARMUP_STEPS steps, then cosine decay to FREPO_FINAL_SCALE x over the rest.
+LR_SCHEDULES = ("dc", "idc", "frepo")
 IDC_LR_DECAY = 0.2
+FREPO_WARMUP_STEPS = 500
+FREPO_FINAL_SCALE = 0.01
+# `optimizer`: 'sgd' (DC/DSA/DM/IDC: PyTorch's SGD with momentum) | 'adam' (FRePo's
+# evaluation, lib/training/utils.py 293-306: optax.adam, no weight decay of its own).
+OPTIMIZERS = ("sgd", "adam")
+# `loss`: 'ce' (softmax cross-entropy) | 'mse' (FRePo's `mean_squared_loss`, lib/training/
+# metrics.py 47-55, on centred targets, script/eval.py 176-177: see `mse_to_centred`).
+LOSSES = ("ce", "mse")
 
 
 def vectorize_by_default() -> bool:
@@ -96,6 +112,11 @@ def learning_rate_schedule(
     'idc': `epochs` epochs of `total_steps / epochs` steps; x0.2 from epoch `2 * epochs // 3`
     and again from `5 * epochs // 6` (0-based, PyTorch's MultiStepLR stepped once per epoch).
 
+    'frepo': 0 rising linearly to `learning_rate` over the first `FREPO_WARMUP_STEPS` (500)
+    steps, then a cosine decay to `FREPO_FINAL_SCALE` (0.01) x `learning_rate` over
+    `max(total_steps - 500, 1)` steps, as FRePo's evaluation builds it (`script/eval.py`
+    202-206); a run shorter than the warm-up never reaches `learning_rate`, as there.
+
     `learning_rate` may be traced.
     """
     if total_steps < 1:
@@ -103,6 +124,14 @@ def learning_rate_schedule(
     if schedule == "dc":
         boundary = -(-total_steps // 2)
         return optax.piecewise_constant_schedule(learning_rate, {boundary: LR_DECAY})
+    if schedule == "frepo":
+        warmup = optax.linear_schedule(0.0, learning_rate, transition_steps=FREPO_WARMUP_STEPS)
+        cosine = optax.cosine_decay_schedule(
+            learning_rate,
+            decay_steps=max(total_steps - FREPO_WARMUP_STEPS, 1),
+            alpha=FREPO_FINAL_SCALE,
+        )
+        return optax.join_schedules([warmup, cosine], boundaries=[FREPO_WARMUP_STEPS])
     if schedule != "idc":
         raise ValueError(f"unknown lr_schedule {schedule!r}; expected one of {LR_SCHEDULES}.")
     if epochs < 1 or total_steps % epochs:
@@ -126,20 +155,26 @@ def create_optimizer(
     weight_decay: ArrayLike = 5e-4,
     lr_schedule: str = "dc",
     epochs: int = 0,
+    optimizer: str = "sgd",
 ) -> optax.GradientTransformation:
-    """SGD with momentum and L2 weight decay on every parameter, as PyTorch's `SGD` in DC/DSA.
+    """`optimizer` ('sgd': SGD with momentum, as PyTorch's `SGD` in DC/DSA; 'adam': Adam, as
+    FRePo's evaluation, which ignores `momentum`) with L2 weight decay on every parameter.
 
-    The decay is added to the gradient before the momentum trace (PyTorch's coupled
-    `weight_decay`), and the learning rate follows `learning_rate_schedule` (`lr_schedule`,
-    `epochs`). Every hyperparameter may be a traced scalar, so sweeping them does not recompile.
+    The decay is added to the gradient before the optimizer's statistics (PyTorch's coupled
+    `weight_decay`; FRePo's Adam has none: pass 0), and the learning rate follows
+    `learning_rate_schedule` (`lr_schedule`, `epochs`). Every hyperparameter may be a traced
+    scalar, so sweeping them does not recompile.
     """
     schedule = learning_rate_schedule(
         learning_rate, total_steps=total_steps, schedule=lr_schedule, epochs=epochs
     )
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay),
-        optax.sgd(schedule, momentum=momentum),
-    )
+    if optimizer == "sgd":
+        update = optax.sgd(schedule, momentum=momentum)
+    elif optimizer == "adam":
+        update = optax.adam(schedule)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}.")
+    return optax.chain(optax.add_decayed_weights(weight_decay), update)
 
 
 def _epoch_batches(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
@@ -186,15 +221,55 @@ def cutmix(
     return mixed, permutation, ratio
 
 
+def mse_to_centred(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
+    """Per-example FRePo regression loss `0.5 * sum_c (logits_c - target_c)^2` to the centred
+    target: `one_hot(labels) - 1/C` for `(N,)` class indices, `labels - 1/C` for `(N, C)`
+    probabilities (soft labels), so a hard label's target is FRePo's 1 - 1/C / -1/C
+    (`script/eval.py` 176-177, `lib/training/metrics.py` 47-55).
+
+    Returns:
+      `(N,)` unreduced losses.
+    """
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    num_classes = logits.shape[-1]
+    if labels.shape == logits.shape[:-1]:
+        labels = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
+    elif labels.shape != logits.shape:
+        raise ValueError(
+            f"labels of shape {labels.shape} match neither logits {logits.shape} (soft labels) "
+            f"nor {logits.shape[:-1]} (integer labels)."
+        )
+    return 0.5 * jnp.sum(jnp.square(logits - (labels - 1.0 / num_classes)), axis=-1)
+
+
+# `loss` name -> per-example loss `(logits, labels) -> (N,)`.
+_LOSS_FNS = {"ce": models.cross_entropy, "mse": mse_to_centred}
+
+
+def cutmix_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    mixed_labels: jax.Array | None,
+    ratio: ArrayLike,
+    *,
+    loss: str = "ce",
+) -> jax.Array:
+    """Mean `loss` (`LOSSES`) of a batch `cutmix` mixed: `ratio * L(labels) + (1 - ratio) *
+    L(mixed_labels)` (IDC `train.py` 211); the plain mean when `mixed_labels` is None."""
+    if loss not in _LOSS_FNS:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}.")
+    loss_fn = _LOSS_FNS[loss]
+    value = jnp.mean(loss_fn(logits, labels))
+    if mixed_labels is None:
+        return value
+    return ratio * value + (1.0 - ratio) * jnp.mean(loss_fn(logits, mixed_labels))
+
+
 def cutmix_cross_entropy(
     logits: jax.Array, labels: jax.Array, mixed_labels: jax.Array | None, ratio: ArrayLike
 ) -> jax.Array:
-    """Mean cross-entropy of a batch `cutmix` mixed: `ratio * CE(labels) + (1 - ratio) *
-    CE(mixed_labels)` (IDC `train.py` 211); plain mean CE when `mixed_labels` is None."""
-    loss = jnp.mean(models.cross_entropy(logits, labels))
-    if mixed_labels is None:
-        return loss
-    return ratio * loss + (1.0 - ratio) * jnp.mean(models.cross_entropy(logits, mixed_labels))
+    """`cutmix_loss` with cross-entropy: IDC's loss of a CutMix batch."""
+    return cutmix_loss(logits, labels, mixed_labels, ratio, loss="ce")
 
 
 def _train_one(
@@ -211,6 +286,8 @@ def _train_one(
     lr_schedule: str,
     cutmix_probability: float,
     cutmix_beta: float,
+    optimizer: str,
+    loss: str,
 ) -> Any:
     """Trains one network from scratch; `key` decides its init, batches and augmentation."""
     learning_rate, momentum, weight_decay = hparams
@@ -224,6 +301,7 @@ def _train_one(
         weight_decay=weight_decay,
         lr_schedule=lr_schedule,
         epochs=epochs,
+        optimizer=optimizer,
     )
     init_key, perm_key, aug_key = jax.random.split(key, 3)
     mix_key = jax.random.fold_in(key, 3)  # Not a 4th split: runs without CutMix stay as before.
@@ -231,7 +309,7 @@ def _train_one(
 
     def loss_fn(params, x, y, y_mixed, ratio):
         logits, _ = model.apply({"params": params}, x)
-        return cutmix_cross_entropy(logits, y, y_mixed, ratio)
+        return cutmix_loss(logits, y, y_mixed, ratio, loss=loss)
 
     def step(carry, inputs):
         params, opt_state = carry
@@ -280,6 +358,8 @@ def _train_one(
         "lr_schedule",
         "cutmix_probability",
         "cutmix_beta",
+        "optimizer",
+        "loss",
     ),  # fmt: skip
 )
 def _train_stacked(
@@ -297,12 +377,15 @@ def _train_stacked(
     lr_schedule: str,
     cutmix_probability: float,
     cutmix_beta: float,
+    optimizer: str,
+    loss: str,
 ) -> Any:
     # `_train_one` is looked up when tracing, so a test can wrap it to count traces.
     train = functools.partial(
         _train_one, model, epochs=epochs, batch_size=batch_size, strategy=strategy,
         augment_mode=augment_mode, lr_schedule=lr_schedule,
         cutmix_probability=cutmix_probability, cutmix_beta=cutmix_beta,
+        optimizer=optimizer, loss=loss,
     )  # fmt: skip
     return _map_models(lambda key: train(images, labels, key, hparams), keys, vectorize)
 
@@ -323,6 +406,8 @@ def train_models(
     lr_schedule: str = "dc",
     cutmix_probability: float = 0.0,
     cutmix_beta: float = 1.0,
+    optimizer: str = "sgd",
+    loss: str = "ce",
     vectorize: bool | None = None,
 ) -> Any:
     """Trains `len(keys)` networks from scratch on `(images, labels)`, in one program.
@@ -335,7 +420,11 @@ def train_models(
     parameters drawn per image, by default one DSA family per batch (`augment_mode` 'single').
     IDC's evaluation protocol is `augment_mode='idc'`, `lr_schedule='idc'` and
     `cutmix_probability=0.5` (`cutmix`), with its batch size 64, 1000 epochs and the DSA
-    strategy without cutout (IDC drops it when it mixes: `argument.py` 436-452).
+    strategy without cutout (IDC drops it when it mixes: `argument.py` 436-452). FRePo's
+    evaluation protocol (`yongchao97/FRePo` `script/eval.py`) is `optimizer='adam'`,
+    `learning_rate=3e-4`, `weight_decay=0`, `loss='mse'`, `lr_schedule='frepo'`, batches of
+    `min(N, 500)` and its step count (1000 at 10 images, 2000 at 100: with N <= 500 an epoch is
+    one step), on its network (`jaxdd.build.EVAL_NETWORKS['frepo']`).
 
     Network `i` depends only on `keys[i]`: its init, batch order and augmentation come from it
     (`fold_in` per epoch and step), so it equals a run with `keys[i]` alone, and re-running with
@@ -353,8 +442,10 @@ def train_models(
       learning_rate, momentum, weight_decay: SGD hyperparameters.
       augment: DSA strategy string (see `jaxdd.augment`), or 'none'.
       augment_mode: `jaxdd.augment.MODES`: how the strategy's families combine per batch.
-      lr_schedule: `LR_SCHEDULES` ('dc' or 'idc', see `learning_rate_schedule`).
+      lr_schedule: `LR_SCHEDULES` (see `learning_rate_schedule`).
       cutmix_probability, cutmix_beta: IDC's CutMix per batch (`cutmix`); 0 = off.
+      optimizer: `OPTIMIZERS` ('sgd' or 'adam', see `create_optimizer`).
+      loss: `LOSSES`: 'ce' (cross-entropy) or 'mse' (`mse_to_centred`).
       vectorize: vmap over the networks (True) or train them in turn with `jax.lax.map`
         (False); None: `vectorize_by_default()`. Results agree to float rounding.
 
@@ -384,6 +475,11 @@ def train_models(
     augment_lib.parse_strategy(augment)  # Fail on a bad strategy before compiling.
     # An unknown augment_mode or lr_schedule fails while tracing, in `augment.augment` and
     # `learning_rate_schedule`, before anything compiles.
+    if optimizer not in OPTIMIZERS or loss not in LOSSES:
+        raise ValueError(
+            f"optimizer must be one of {OPTIMIZERS} and loss one of {LOSSES}, got "
+            f"{optimizer!r} and {loss!r}."
+        )
     if not 0.0 <= cutmix_probability <= 1.0 or not cutmix_beta > 0:
         raise ValueError(
             f"cutmix_probability must lie in [0, 1] and cutmix_beta be > 0, got "
@@ -404,6 +500,8 @@ def train_models(
         lr_schedule=lr_schedule,
         cutmix_probability=float(cutmix_probability),
         cutmix_beta=float(cutmix_beta),
+        optimizer=optimizer,
+        loss=loss,
     )
 
 

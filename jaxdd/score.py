@@ -2,6 +2,7 @@
 
   python -m jaxdd.score --config=configs/digits.py --synthetic=PATH [--workdir=DIR]
   jaxdd evaluate --config=configs/fashion_mnist.py --synthetic=dc_fmnist_ipc10.npz
+  jaxdd evaluate --config=configs/fashion_mnist.py --synthetic=RUN --protocol=frepo
 
 PATH is a run's workdir or synthetic.npz, an .npz of pixels (PyTorch's (N, C, H, W) layout
 too) or a folder of class sub-folders (`jaxdd.sets.read` says exactly what is accepted). The
@@ -9,7 +10,9 @@ set and a random real subset with the same number of images per class are each s
 `eval.num_models` networks trained from scratch under the config's evaluation (epochs,
 augmentation, learning rate, seeds); the test report of both and the gain are printed and
 written to DIR/eval.json (default `runs/score-<dataset>-<set name>`), which is never
-overwritten. The label type (hard: one class per image) is stated in both.
+overwritten. The label type (hard: one class per image) is stated in both. `--protocol=frepo`
+scores both under FRePo's evaluation instead (`jaxdd.config.frepo_evaluation` for the set's
+size), to compare with numbers FRePo's code published.
 """
 
 import json
@@ -24,6 +27,12 @@ from jaxdd import config as config_lib
 _CONFIG = cli.config_flag()
 flags.DEFINE_string("synthetic", None, "The set: a run's workdir, an .npz or an image folder.")
 flags.DEFINE_string("workdir", "", "Where eval.json goes; default runs/score-<dataset>-<set>.")
+flags.DEFINE_enum(
+    "protocol",
+    "config",
+    ["config", "frepo"],
+    "config: the config's eval section; frepo: FRePo's evaluation (jaxdd.config.frepo_evaluation).",
+)
 
 
 def _line(name: str, result: dict) -> str:
@@ -47,6 +56,8 @@ def main(argv):
             config_lib.validate(config)
             dataset, rare = build.load_data(config)
             foreign = sets.read(path, dataset)
+            if flags.FLAGS.protocol == "frepo":
+                config = config_lib.frepo_evaluation(config, len(foreign.labels))
     except cli.USER_ERRORS as e:
         cli.fail(str(e))
     name = pathlib.Path(path).expanduser().resolve()

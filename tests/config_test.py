@@ -106,6 +106,9 @@ def test_installed_copy_loads_configs_from_another_directory(tmp_path):
         ("eval.cutmix_beta", 0.0, "config.eval.cutmix_beta"),
         ("eval.lr_schedule", "cosine", "config.eval.lr_schedule"),
         ("eval.augment_mode", "both", "config.eval.augment_mode"),
+        ("eval.optimizer", "lamb", "eval.optimizer='lamb' .* \\['adam', 'sgd'\\]"),
+        ("eval.loss", "hinge", "config.eval.loss='hinge'"),
+        ("eval.network", "resnet", "config.eval.network='resnet'"),
         ("match.net_train", "real_robust", "unless cluster.assign='voronoi'"),
         ("syn.param", "latent", "config.syn.param"),
         ("match.unroll_optimizer", "rmsprop", "config.match.unroll_optimizer"),
@@ -132,6 +135,42 @@ def test_adam_network_optimizer_refuses_an_sgd_momentum():
     config.match.net_momentum = 0.9  # As the idc method sets it.
     with pytest.raises(ValueError, match="net_momentum=0.9 .* 0 with match.net_optimizer='adam'"):
         config_lib.validate(config)
+
+
+def test_adam_evaluation_refuses_an_sgd_momentum():
+    config = smoke.get_config()
+    config.eval.optimizer = "adam"
+    with pytest.raises(ValueError, match="eval.momentum=0.9 .* 0 with eval.optimizer='adam'"):
+        config_lib.validate(config)
+    config.eval.momentum = 0.0
+    config_lib.validate(config)
+
+
+@pytest.mark.parametrize(
+    "name, num_images, epochs, augment",
+    [
+        ("fashion_mnist.py", 10, 1000, "color_crop_cutout_scale_rotate"),
+        ("fashion_mnist.py", 100, 2000, "color_crop_cutout_scale_rotate"),
+        ("cifar10.py", 1000, 5000, "color_crop_cutout_scale_rotate_flip"),  # 10,000 steps of 2.
+    ],
+)
+def test_frepo_evaluation_is_frepos_protocol(name, num_images, epochs, augment):
+    config = config_lib.frepo_evaluation(config_lib.load(REPO / "configs" / name), num_images)
+    config_lib.validate(config)
+    evaluation = config.eval
+    assert (evaluation.optimizer, evaluation.loss, evaluation.network) == ("adam", "mse", "frepo")
+    assert (evaluation.lr, evaluation.momentum, evaluation.weight_decay) == (3e-4, 0.0, 0.0)
+    assert (evaluation.lr_schedule, evaluation.batch_size, evaluation.cutmix) == ("frepo", 500, 0)
+    assert (evaluation.epochs, evaluation.augment, evaluation.num_models) == (epochs, augment, 5)
+    model = build.create_eval_model(config, 10, (28, 28, 1))
+    assert (model.growth, model.norm, model.init_scheme, model.stem_pad) == (
+        2, "none", "lecun", 2
+    )  # fmt: skip
+    # The distillation network, and a cross-architecture one, are not FRePo's.
+    assert build.create_model(config, 10, (28, 28, 1)).norm == "instance"
+    assert build.create_eval_model(config, 10, (28, 28, 1), "convnet").growth == 1
+    with pytest.raises(ValueError, match="no step count for 30 images"):
+        config_lib.frepo_evaluation(config, 30)
 
 
 def test_real_network_training_needs_a_family_that_trains_its_network():

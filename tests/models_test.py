@@ -136,6 +136,20 @@ def test_convnet_variants_param_trees():
     assert flat["params"]["fc"]["kernel"] == (8 * 8 * 4, 3)
 
 
+def test_convnet_growth_widens_block_by_block_as_frepo():
+    # FRePo's evaluation ConvNet (lib/models/networks.py 224): 128 * 2^i channels, no norm.
+    shapes = _param_shapes(
+        models.ConvNet(NUM_CLASSES, width=4, growth=2, norm="none", stem_pad=2), (28, 28, 1)
+    )["params"]
+    assert set(shapes) == {"conv0", "conv1", "conv2", "fc"}
+    for i, (cin, cout) in enumerate([(1, 4), (4, 8), (8, 16)]):
+        assert shapes[f"conv{i}"] == {"kernel": (3, 3, cin, cout), "bias": (cout,)}
+    # 28 + 2 * 2 = 32 -> 16 -> 8 -> 4: a 4 * 4 * 16 embedding.
+    assert shapes["fc"]["kernel"] == (4 * 4 * 16, NUM_CLASSES)
+    with pytest.raises(ValueError, match="growth must be >= 1"):
+        _param_shapes(models.ConvNet(NUM_CLASSES, width=4, growth=0), (8, 8, 1))
+
+
 @pytest.mark.parametrize(
     "model, size, embed_dim",
     [

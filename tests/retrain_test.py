@@ -271,6 +271,85 @@ def test_optimizer_is_pytorch_sgd_with_decay():
         np.testing.assert_allclose(params, p, rtol=1e-5)
 
 
+@pytest.mark.parametrize("total_steps", [1000, 2000, 300])
+def test_frepo_learning_rate_schedule(total_steps):
+    # FRePo's script/eval.py 202-206: linear 0 -> lr over 500 steps, then
+    # lr * (0.01 + 0.99 * (1 + cos(pi * t / T)) / 2) with t = step - 500, T = max(total - 500, 1),
+    # held at 0.01 lr after T.
+    lr, warmup = 3e-4, 500
+    schedule = retrain.learning_rate_schedule(lr, total_steps=total_steps, schedule="frepo")
+    decay = max(total_steps - warmup, 1)
+    for step in [0, 1, 250, 499, 500, 501, 750, total_steps - 1, total_steps + 10]:
+        if step < warmup:
+            expected = lr * step / warmup
+        else:
+            t = min(step - warmup, decay)
+            expected = lr * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * t / decay)))
+        np.testing.assert_allclose(schedule(step), expected, rtol=1e-5, atol=1e-12, err_msg=step)
+
+
+def test_adam_optimizer_is_adam_after_coupled_decay():
+    # PyTorch's Adam(weight_decay=wd): g + wd * p, then Adam's moments; eps 1e-8 as optax's.
+    lr, wd, b1, b2, eps = 0.1, 0.5, 0.9, 0.999, 1e-8
+    tx = retrain.create_optimizer(
+        learning_rate=lr, total_steps=3, weight_decay=wd, optimizer="adam"
+    )  # 'dc' schedule: lr for steps 0-1, lr / 10 at step 2.
+    params = jnp.array([2.0, -1.0])
+    state = tx.init(params)
+    p, m, v = np.array([2.0, -1.0]), np.zeros(2), np.zeros(2)
+    for step in range(3):
+        grad = np.array([1.0, 3.0]) * (step + 1)
+        updates, state = tx.update(jnp.asarray(grad, jnp.float32), state, params)
+        params = params + updates
+        g = grad + wd * p
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g**2
+        m_hat, v_hat = m / (1 - b1 ** (step + 1)), v / (1 - b2 ** (step + 1))
+        p = p - (lr if step < 2 else lr / 10) * m_hat / (np.sqrt(v_hat) + eps)
+        np.testing.assert_allclose(params, p, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        retrain.create_optimizer(learning_rate=lr, total_steps=3, optimizer="lamb")
+
+
+def test_mse_to_centred_targets():
+    logits = jnp.array([[0.5, -0.2, 0.1], [1.0, 0.0, -1.0]])
+    hard = jnp.array([2, 0])
+    one_hot = np.eye(3)[[2, 0]]
+    expected = 0.5 * np.sum((np.asarray(logits) - (one_hot - 1 / 3)) ** 2, axis=-1)
+    np.testing.assert_allclose(retrain.mse_to_centred(logits, hard), expected, rtol=1e-6)
+    # Soft labels: the probabilities minus 1/C; a one-hot probability equals the hard label.
+    np.testing.assert_allclose(
+        retrain.mse_to_centred(logits, jnp.asarray(one_hot, jnp.float32)), expected, rtol=1e-6
+    )
+    soft = jnp.array([[0.2, 0.3, 0.5], [0.6, 0.2, 0.2]])
+    expected_soft = 0.5 * np.sum((np.asarray(logits) - (np.asarray(soft) - 1 / 3)) ** 2, -1)
+    np.testing.assert_allclose(retrain.mse_to_centred(logits, soft), expected_soft, rtol=1e-6)
+    # Zero exactly at the centred target: FRePo's regression, not cross-entropy.
+    np.testing.assert_allclose(
+        retrain.mse_to_centred(jnp.asarray(one_hot - 1 / 3), hard), 0, atol=1e-12
+    )
+    with pytest.raises(ValueError, match="match neither"):
+        retrain.mse_to_centred(logits, jnp.zeros((2, 4)))
+    with pytest.raises(ValueError, match="unknown loss"):
+        retrain.cutmix_loss(logits, hard, None, 1.0, loss="l1")
+
+
+def test_frepo_protocol_trains_and_differs_from_dc(problem, keys, trained):
+    (images, labels), (test_images, test_labels) = problem
+    # 600 full-batch steps: past FRePo's 500 warm-up steps into its cosine decay.
+    frepo = retrain.train_models(
+        _mlp(), images, labels, keys=keys, epochs=600, batch_size=500, augment=AUGMENT,
+        learning_rate=1e-3, momentum=0.0, weight_decay=0.0, optimizer="adam", loss="mse",
+        lr_schedule="frepo",
+    )  # fmt: skip
+    predictions = retrain.predict(_mlp(), frepo, test_images)
+    assert np.all(np.asarray(retrain.accuracy(predictions, test_labels)) > 0.8)
+    assert _max_abs_diff(frepo, trained) > 1e-3
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        retrain.train_models(_mlp(), images, labels, keys=keys, epochs=1, optimizer="lamb")
+    with pytest.raises(ValueError, match="loss one of"):
+        retrain.train_models(_mlp(), images, labels, keys=keys, epochs=1, loss="hinge")
+
+
 def test_predict_is_batched_consistently(problem, trained):
     _, (test_images, _) = problem
     model = _mlp()

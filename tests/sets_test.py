@@ -178,3 +178,8 @@ def test_score_and_export_commands(tmp_path, digits, pixels):
     again = _run("jaxdd.score", *args, cwd=tmp_path)  # Never overwrites a result.
     assert again.returncode == 2 and again.stderr.startswith("error: ")
     assert "eval.json exists" in again.stderr
+    # FRePo's evaluation has a step count per set size; 20 images are not in its table.
+    frepo = [*args[:-1], f"--workdir={tmp_path / 'f'}", "--protocol=frepo"]
+    refused = _run("jaxdd.score", *frepo, cwd=tmp_path)
+    assert refused.returncode == 2 and "no step count for 20 images" in refused.stderr
+    assert not (tmp_path / "f").exists()
