@@ -512,8 +512,8 @@ def frepo_evaluation(
 ) -> ml_collections.ConfigDict:
     """FRePo's evaluation protocol on `config` for a set of `num_images` training images
     (`yongchao97/FRePo` `script/eval.py` 126-227, `lib/training/utils.py` 293-306), so that a
-    set is scored as FRePo scores its own: 5 networks of its evaluation ConvNet (`eval.network`
-    'frepo'), Adam at 3e-4 without weight decay, 500 warm-up steps then cosine to 0.01x,
+    set is scored as FRePo scores its own: networks of its evaluation ConvNet (`eval.network`
+    'frepo'; FRePo trains 5, `eval.num_models` stays the config's), Adam at 3e-4 without weight decay, 500 warm-up steps then cosine to 0.01x,
     regression (MSE) to centred one-hot or soft labels, batches of min(N, 500) for its step
     count, augmented by one family per batch of color, crop, cutout, scale, rotate (DSA's
     versions of FRePo's color / translate / cutout / crop-zoom / rotate: the same families,
@@ -527,7 +527,6 @@ def frepo_evaluation(
         )
     batches = -(-num_images // min(num_images, FREPO_EVAL_BATCH))
     evaluation = config.eval
-    evaluation.num_models = 5
     evaluation.network, evaluation.optimizer, evaluation.loss = "frepo", "adam", "mse"
     evaluation.lr, evaluation.momentum, evaluation.weight_decay = 3e-4, 0.0, 0.0
     evaluation.lr_schedule, evaluation.batch_size = "frepo", FREPO_EVAL_BATCH

@@ -161,7 +161,7 @@ def test_frepo_evaluation_is_frepos_protocol(name, num_images, epochs, augment):
     assert (evaluation.optimizer, evaluation.loss, evaluation.network) == ("adam", "mse", "frepo")
     assert (evaluation.lr, evaluation.momentum, evaluation.weight_decay) == (3e-4, 0.0, 0.0)
     assert (evaluation.lr_schedule, evaluation.batch_size, evaluation.cutmix) == ("frepo", 500, 0)
-    assert (evaluation.epochs, evaluation.augment, evaluation.num_models) == (epochs, augment, 5)
+    assert (evaluation.epochs, evaluation.augment) == (epochs, augment)
     model = build.create_eval_model(config, 10, (28, 28, 1))
     assert (model.growth, model.norm, model.init_scheme, model.stem_pad) == (
         2, "none", "lecun", 2
