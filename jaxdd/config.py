@@ -513,12 +513,13 @@ def frepo_evaluation(
     """FRePo's evaluation protocol on `config` for a set of `num_images` training images
     (`yongchao97/FRePo` `script/eval.py` 126-227, `lib/training/utils.py` 293-306), so that a
     set is scored as FRePo scores its own: networks of its evaluation ConvNet (`eval.network`
-    'frepo'; FRePo trains 5, `eval.num_models` stays the config's), Adam at 3e-4 without weight decay, 500 warm-up steps then cosine to 0.01x,
-    regression (MSE) to centred one-hot or soft labels, batches of min(N, 500) for its step
-    count, augmented by one family per batch of color, crop, cutout, scale, rotate (DSA's
-    versions of FRePo's color / translate / cutout / crop-zoom / rotate: the same families,
-    DSA's magnitudes), and flips beside them but on MNIST, Fashion-MNIST (as FRePo) and digits.
-    Raises ValueError for a size FRePo's step table lacks.
+    'frepo'; FRePo trains 5, `eval.num_models` stays the config's), Adam at 3e-4 without
+    weight decay, 500 warm-up steps then cosine to 0.01x, regression (MSE) to centred one-hot
+    or soft labels, batches of min(N, 500) for its step count, augmented by one family per
+    batch of color, crop, cutout, scale, rotate (DSA's versions of FRePo's color / translate /
+    cutout / crop-zoom / rotate: the same families, DSA's magnitudes), and flips beside them
+    but on MNIST, Fashion-MNIST (as FRePo) and digits. Raises ValueError for a size FRePo's
+    step table lacks.
     """
     if num_images not in FREPO_EVAL_STEPS:
         raise ValueError(
