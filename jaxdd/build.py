@@ -72,8 +72,8 @@ def create_model(
 
 
 def _frepo_eval_network(config: ml_collections.ConfigDict, num_classes: int, image_shape):
-    # FRePo's evaluation network (`yongchao97/FRePo` `script/eval.py` 133-134 defaults,
-    # `lib/models/networks.py` 184-227): conv blocks of 128 * 2^i channels without
+    # FRePo's evaluation network (`yongchao97/FRePo` `script/eval.py` 126-128 defaults,
+    # `lib/models/networks.py` 185-227): conv blocks of 128 * 2^i channels without
     # normalisation, average pooling, flax's default (LeCun-normal) initialisation, a padding-3
     # first conv on 1-channel images; jaxdd's ConvNet depth (FRePo's 3 at 28x28 and 32x32).
     return models.ConvNet(

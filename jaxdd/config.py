@@ -498,12 +498,12 @@ def validate_against_data(config: ml_collections.ConfigDict, dataset: data.Datas
         )
 
 
-# FRePo's evaluation steps by the number of training images (`script/eval.py` 187-188).
+# FRePo's evaluation steps by the number of training images (`script/eval.py` 208-209).
 FREPO_EVAL_STEPS = {
     10: 1000, 100: 2000, 200: 20000, 400: 5000, 500: 5000, 1000: 10000, 2000: 40000, 5000: 40000
 }  # fmt: skip
-FREPO_EVAL_BATCH = 500  # `script/eval.py` 209: batches of min(N, 500).
-# Data FRePo evaluates without flips (`script/eval.py` 157-162), and digits (not symmetric).
+FREPO_EVAL_BATCH = 500  # `script/eval.py` 231: batches of min(N, 500).
+# Data FRePo evaluates without flips (`script/eval.py` 164-169), and digits (not symmetric).
 FREPO_NO_FLIP = ("mnist", "fashion_mnist", "digits")
 
 

@@ -64,7 +64,7 @@ LR_DECAY = 0.1
 # `lr_schedule`: 'dc' (DC/DSA/DM: x0.1 after half of the steps) | 'idc' (IDC's evaluation,
 # snu-mllab/Efficient-Dataset-Condensation train.py 104-105: MultiStepLR x0.2 after epochs
 # 2E // 3 and 5E // 6).
-# 'frepo' (FRePo's evaluation, yongchao97/FRePo script/eval.py 202-206): linear warm-up from 0
+# 'frepo' (FRePo's evaluation, yongchao97/FRePo script/eval.py 221-225): linear warm-up from 0
 # over FREPO_WARMUP_STEPS steps, then cosine decay to FREPO_FINAL_SCALE x over the rest.
 LR_SCHEDULES = ("dc", "idc", "frepo")
 IDC_LR_DECAY = 0.2
@@ -74,7 +74,7 @@ FREPO_FINAL_SCALE = 0.01
 # evaluation, lib/training/utils.py 293-306: optax.adam, no weight decay of its own).
 OPTIMIZERS = ("sgd", "adam")
 # `loss`: 'ce' (softmax cross-entropy) | 'mse' (FRePo's `mean_squared_loss`, lib/training/
-# metrics.py 47-55, on centred targets, script/eval.py 176-177: see `mse_to_centred`).
+# metrics.py 47-55, on centred targets, script/eval.py 193-194: see `mse_to_centred`).
 LOSSES = ("ce", "mse")
 
 
@@ -115,7 +115,7 @@ def learning_rate_schedule(
     'frepo': 0 rising linearly to `learning_rate` over the first `FREPO_WARMUP_STEPS` (500)
     steps, then a cosine decay to `FREPO_FINAL_SCALE` (0.01) x `learning_rate` over
     `max(total_steps - 500, 1)` steps, as FRePo's evaluation builds it (`script/eval.py`
-    202-206); a run shorter than the warm-up never reaches `learning_rate`, as there.
+    221-225); a run shorter than the warm-up never reaches `learning_rate`, as there.
 
     `learning_rate` may be traced.
     """
@@ -225,7 +225,7 @@ def mse_to_centred(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
     """Per-example FRePo regression loss `0.5 * sum_c (logits_c - target_c)^2` to the centred
     target: `one_hot(labels) - 1/C` for `(N,)` class indices, `labels - 1/C` for `(N, C)`
     probabilities (soft labels), so a hard label's target is FRePo's 1 - 1/C / -1/C
-    (`script/eval.py` 176-177, `lib/training/metrics.py` 47-55).
+    (`script/eval.py` 193-194, `lib/training/metrics.py` 47-55).
 
     Returns:
       `(N,)` unreduced losses.

@@ -273,7 +273,7 @@ def test_optimizer_is_pytorch_sgd_with_decay():
 
 @pytest.mark.parametrize("total_steps", [1000, 2000, 300])
 def test_frepo_learning_rate_schedule(total_steps):
-    # FRePo's script/eval.py 202-206: linear 0 -> lr over 500 steps, then
+    # FRePo's script/eval.py 221-225: linear 0 -> lr over 500 steps, then
     # lr * (0.01 + 0.99 * (1 + cos(pi * t / T)) / 2) with t = step - 500, T = max(total - 500, 1),
     # held at 0.01 lr after T.
     lr, warmup = 3e-4, 500
