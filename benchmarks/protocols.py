@@ -17,8 +17,10 @@ seed, as `jaxdd evaluate` draws it) are scored under `--protocol` by `--eval-mod
 the table shows them beside the run's own score by its config's protocol (the run's
 `eval.json`). The random subset's score is computed once per (dataset, IPC, seed, protocol).
 
-Records go to `<out>.json` keyed by (run, protocol) and are reused by a rerun of the same
-command; `<out>.md` is rendered from them (`--render` rewrites it without running anything).
+Records go to `<out>.json` keyed by (run, protocol, networks) with the config they were scored
+under, and a rerun of the same command reuses those made under today's config (a changed
+protocol default reruns them, `harness.current_record`); `<out>.md` is rendered from them
+(`--render` rewrites it without running anything).
 """
 
 from __future__ import annotations
@@ -81,31 +83,42 @@ def protocol_config(summary: dict[str, Any], protocol: str, num_images: int, eva
     return config
 
 
-def score(run: pathlib.Path, protocol: str, eval_models: int, random_records: dict) -> dict:
+def score(
+    run: pathlib.Path, protocol: str, eval_models: int, results: dict[str, Any]
+) -> dict[str, Any] | None:
     """The record of `run`'s set under `protocol`, with the random real subset's score (from
-    `random_records`, keyed by (dataset, images per class, seed, protocol, eval_models),
-    computed there if missing)."""
+    `results['random']`, keyed by (dataset, images per class, seed, protocol, eval_models),
+    computed and stored there if missing or made under another config); None where
+    `results['records']` holds a record of the run made under today's config
+    (`harness.current_record`: a changed protocol default reruns it)."""
     summary = run_summary(run)
     config = harness.load_config(summary["dataset"])
     dataset, rare = build.load_data(config)
     foreign = sets.read(run, dataset)
     config = protocol_config(summary, protocol, len(foreign.labels), eval_models)
+    recorded = harness.record_config(config, harness.UNDISTILLED_SECTIONS)
+    key = (run.name, protocol, eval_models)
+    if harness.current_record(results["records"], _key, key, recorded) is not None:
+        return None
     timer = time.perf_counter()
     ours = report.evaluate_set(config, dataset, rare, foreign.images, foreign.labels)
     seconds = time.perf_counter() - timer
     random_key = json.dumps(
         [summary["dataset"], foreign.per_class.tolist(), summary["seed"], protocol, eval_models]
     )
-    if random_key not in random_records:
+    random = results["random"].get(random_key)
+    if random is None or random.get("config", recorded) != recorded:
         indices = report.random_real_like(foreign.labels, dataset, seed=config.seed)
         theirs = report.evaluate_set(
             config, dataset, rare, dataset.train.images[indices], dataset.train.labels[indices]
         )
-        random_records[random_key] = {
+        random = {
             "accuracy_mean": theirs["accuracy_mean"],
             "accuracy_std": theirs["accuracy_std"],
             "worst_group_accuracy": theirs.get("worst_group_accuracy"),
+            "config": recorded,
         }
+        results["random"][random_key] = random
     return {
         **summary,
         "protocol": protocol,
@@ -115,9 +128,9 @@ def score(run: pathlib.Path, protocol: str, eval_models: int, random_records: di
         "accuracy_std": ours["accuracy_std"],
         "per_model_accuracy": ours["per_model_accuracy"],
         "worst_group_accuracy": ours.get("worst_group_accuracy"),
-        "random": random_records[random_key],
+        "random": {k: v for k, v in random.items() if k != "config"},
         "seconds": seconds,
-        "config": harness.record_config(config, harness.UNDISTILLED_SECTIONS),
+        "config": recorded,
         "machine": harness.machine(),
         "command": harness.command(NAME),
     }
@@ -187,12 +200,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             for name in ("config.json", "eval.json", "synthetic.npz"):
                 if not (run / name).exists():
                     parser.error(f"{run} has no {name}: pass the workdir of a finished run")
-        done = {_key(r) for r in results["records"]}
         for run in runs:
-            if (run.name, args.protocol, args.eval_models) in done:
-                print(f"{run.name}: recorded, skipped", flush=True)
+            record = score(run, args.protocol, args.eval_models, results)
+            if record is None:
+                print(f"{run.name}: recorded under today's config, skipped", flush=True)
                 continue
-            record = score(run, args.protocol, args.eval_models, results["random"])
             results["records"] = [r for r in results["records"] if _key(r) != _key(record)] + [
                 record
             ]

@@ -33,13 +33,13 @@ def _fake_run(path, digits, *, rare=""):
 
 def test_scores_a_run_under_frepos_protocol_and_renders(tmp_path, digits, monkeypatch):
     run = _fake_run(tmp_path / "run", digits)
-    seen, frepo_evaluation = [], config_lib.frepo_evaluation
+    seen, frepo_evaluation, steps = [], config_lib.frepo_evaluation, [3]
 
     def short_frepo(config, num_images):
-        # FRePo's protocol as it is (checked below), cut to 3 steps for the test's time.
+        # FRePo's protocol as it is (checked below), cut to a few steps for the test's time.
         config = frepo_evaluation(config, num_images)
         seen.append((num_images, config.eval.epochs, config.eval.network, config.seed))
-        config.eval.epochs = 3
+        config.eval.epochs = steps[0]
         return config
 
     monkeypatch.setattr(protocols.config_lib, "frepo_evaluation", short_frepo)
@@ -55,13 +55,28 @@ def test_scores_a_run_under_frepos_protocol_and_renders(tmp_path, digits, monkey
     assert record["config"]["eval"]["optimizer"] == "adam"
     assert 0 <= record["accuracy_mean"] <= 100 and len(record["per_model_accuracy"]) == 1
     (random,) = results["random"].values()
-    assert record["random"] == random
+    assert record["random"] == {k: v for k, v in random.items() if k != "config"}
+    assert random["config"] == record["config"]  # The subset is scored under the same protocol.
     table = (tmp_path / "protocols.md").read_text()
     assert "| digits | 1 | gradient | cvar | hard | `run` | 70.0 ± 1.0 (2x" in table
-    # A rerun of the same command reuses the record: nothing is scored again.
-    seen.clear()
+    # A rerun of the same command under the same config reuses the record: nothing is trained.
+    evaluate_set = protocols.report.evaluate_set
+    monkeypatch.setattr(protocols.report, "evaluate_set", _never)
     protocols.main([f"--runs={run}", "--eval-models=1", f"--out={out}"])
-    assert seen == []
+    assert json.loads((tmp_path / "protocols.json").read_text()) == results
+    # Under a changed protocol (another step count) the set and the random subset are rescored.
+    monkeypatch.setattr(protocols.report, "evaluate_set", evaluate_set)
+    steps[0] = 4
+    protocols.main([f"--runs={run}", "--eval-models=1", f"--out={out}"])
+    rerun = json.loads((tmp_path / "protocols.json").read_text())
+    (record,) = rerun["records"]
+    assert record["eval"].startswith("1x4 epochs") and record["config"]["eval"]["epochs"] == 4
+    (random,) = rerun["random"].values()
+    assert random["config"]["eval"]["epochs"] == 4
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("a record made under today's config was scored again")
 
 
 def test_refuses_unfinished_and_benchmark_runs(tmp_path, digits):
