@@ -15,7 +15,8 @@ learned soft ones) and the random real subset of the same size per class (seeded
 seed, as `jaxdd evaluate` draws it) are scored under `--protocol` by `--eval-models` networks
 (test accuracy and the test K-means groups; no shifted test sets);
 the table shows them beside the run's own score by its config's protocol (the run's
-`eval.json`). The random subset's score is computed once per (dataset, IPC, seed, protocol).
+`eval.json`). The random subset's score is computed once per (dataset, images per class, seed,
+protocol, networks) and config, and shared by the runs it stands beside.
 
 Records go to `<out>.json` keyed by (run, protocol, networks) with the config they were scored
 under, and a rerun of the same command reuses those made under today's config (a changed
@@ -43,8 +44,8 @@ PROTOCOLS = ("frepo",)
 
 
 def run_summary(run: pathlib.Path) -> dict[str, Any]:
-    """What a kept run's workdir says of itself: dataset, IPC, seed, family, labels, the
-    overrides it differs by from its dataset's shipped config, and its own test score."""
+    """What a kept run's workdir says of itself: dataset, IPC, seed, family, risk, label type
+    and its own test score (by its config's protocol)."""
     config = json.loads((run / "config.json").read_text())
     evaluation = json.loads((run / "eval.json").read_text())
     if config["data"].get("rare") or config["data"].get("spurious"):
@@ -66,20 +67,17 @@ def run_summary(run: pathlib.Path) -> dict[str, Any]:
     }
 
 
-def protocol_config(summary: dict[str, Any], protocol: str, num_images: int, eval_models: int):
-    """The run's dataset config at its IPC and seed, under `protocol` for `num_images`."""
+def run_config(summary: dict[str, Any], eval_models: int) -> ml_collections.ConfigDict:
+    """The run's dataset config at its IPC and seed, with `eval_models` networks and no shifted
+    test sets (the table reports none, and each would cost a pass of every network over the
+    test split: FRePo's network is ~3x DC's per image)."""
     config = harness.load_config(
         summary["dataset"],
         f"ipc={summary['ipc']}",
         f"seed={summary['seed']}",
         f"eval.num_models={eval_models}",
     )
-    if protocol == "frepo":
-        config = config_lib.frepo_evaluation(config, num_images)
-    # No shifted test sets: the table reports none, and each would cost a pass of every
-    # network over the test split (FRePo's network is ~3x DC's per image).
     config.eval.shifts = ml_collections.ConfigDict()
-    config_lib.validate(config)
     return config
 
 
@@ -92,10 +90,12 @@ def score(
     `results['records']` holds a record of the run made under today's config
     (`harness.current_record`: a changed protocol default reruns it)."""
     summary = run_summary(run)
-    config = harness.load_config(summary["dataset"])
+    config = run_config(summary, eval_models)
     dataset, rare = build.load_data(config)
     foreign = sets.read(run, dataset)
-    config = protocol_config(summary, protocol, len(foreign.labels), eval_models)
+    if protocol == "frepo":
+        config = config_lib.frepo_evaluation(config, len(foreign.labels))
+    config_lib.validate(config)
     recorded = harness.record_config(config, harness.UNDISTILLED_SECTIONS)
     key = (run.name, protocol, eval_models)
     if harness.current_record(results["records"], _key, key, recorded) is not None:
