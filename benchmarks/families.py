@@ -34,13 +34,29 @@ import numpy as np
 
 import jaxdd
 from benchmarks import harness
+from configs import default as default_config
 from jaxdd import build, checkpoint, report, synthetic
 from jaxdd import config as config_lib
+
+
+def preset_settings(method: str) -> tuple[str, ...]:
+    """The distillation settings (`syn.*`, `match.*`) that the `configs/default.py` preset
+    `method` changes on the default one, as `--set` overrides."""
+    base, preset = default_config.get_config(), default_config.get_config(method)
+    return tuple(
+        f"{section}.{key}={value}"
+        for section in ("syn", "match")
+        for key, value in preset[section].items()
+        if value != base[section][key]
+    )
+
 
 # Each family's settings on a dataset's shipped config (the config's own: DSA's gradient
 # matching with DC's loops). distribution: DM's lr_img; krr: FRePo's pool of 10 networks and
 # the image lr chosen on digits' validation split (README, "Matching families"); risk: a
-# 10-step unroll of a fresh network at the shipped image lr.
+# 10-step unroll of a fresh network at the shipped image lr; idm: the `:idm` preset's
+# distillation settings (factorized f = 2, distribution matching through a pool of networks
+# trained on real data, IDM's cross-entropy term).
 FAMILY_SETTINGS = {
     "gradient": (),
     "distribution": ("match.family=distribution", "syn.lr=1.0"),
@@ -48,6 +64,7 @@ FAMILY_SETTINGS = {
     # syn.lr 1.0, chosen on validation at the budgets the tables run (1000-2000 iterations:
     # families_findings.md, "krr's image lr"); at 100 iterations 0.1 scored higher (krr_lr.md).
     "krr": ("match.family=krr", "match.net_pool=10", "syn.lr=1.0"),
+    "idm": preset_settings("idm"),
 }
 RISKS = {"mean": "erm", "cvar": "robust"}
 
@@ -153,11 +170,15 @@ def run_stages(config, budgets, done: dict, workdir):
 
 
 def row_kind(record: dict) -> tuple[str, str]:
-    """(how the set is parameterised, its label type) of a record: what a table never mixes."""
-    overrides = record.get("set", {})
-    param = "pixels" if record["family"] == "random" else overrides.get("syn.param", "pixels")
+    """(how the set is parameterised, its label type) of a record: what a table never mixes.
+    Read from the record's resolved config (a family's own settings, idm's factorized set,
+    are not `--set` overrides), else, in records made before it was stored, its overrides."""
+    settings = {**record.get("set", {})}
+    for key, value in record.get("config", {}).get("syn", {}).items():
+        settings[f"syn.{key}"] = value
+    param = "pixels" if record["family"] == "random" else settings.get("syn.param", "pixels")
     if param == "factorized":
-        param = f"factorized f={overrides.get('syn.factor', 1)}"
+        param = f"factorized f={settings.get('syn.factor', 1)}"
     return param, record["report"].get("label_type", "hard")
 
 

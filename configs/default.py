@@ -5,19 +5,22 @@ Run: python -m jaxdd.main --config=configs/<name>.py[:method] [--config.field=va
 `method` names the published method whose settings a config starts from (`METHODS`): 'dsa'
 (the default: DC's gradient matching with differentiable siamese augmentation, Zhao & Bilen
 2021), 'dc' (the same without augmentation, Zhao et al. 2021), 'dm' (distribution
-matching, Zhao & Bilen 2023) or 'idc' (Kim et al. 2022: factorized f = 2 sets matched by
-DSA gradient matching on networks trained on real data). Each takes the learning rates,
-schedule, iteration count and evaluation of its paper's code (`VICO-UoE/DatasetCondensation`:
+matching, Zhao & Bilen 2023), 'idc' (Kim et al. 2022: factorized f = 2 sets matched by
+DSA gradient matching on networks trained on real data) or 'idm' (Zhao et al. 2023:
+factorized f = 2 sets matched by distribution matching through a pool of networks trained on
+real data, with a cross-entropy regulariser). Each takes the learning rates, schedule,
+iteration count and evaluation of its paper's code (`VICO-UoE/DatasetCondensation`:
 `main.py`, `main_DM.py`, `utils.py` `get_loops` / `evaluate_synset`;
 `snu-mllab/Efficient-Dataset-Condensation`: `argument.py`, `misc/reproduce.py`,
-`condense.py`); a dataset's config may shorten the budget.
+`condense.py`; `uitrbn/IDM`: `IDM_cifar10.py`, `command.txt`); a dataset's config may
+shorten the budget.
 """
 
 import ml_collections
 
 from jaxdd import augment
 
-METHODS = ("dc", "dsa", "dm", "idc")
+METHODS = ("dc", "dsa", "dm", "idc", "idm")
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"  # DSA's ParamDiffAug strategy.
 
 
@@ -119,6 +122,9 @@ def get_config(method: str = "dsa", dataset: str = "digits") -> ml_collections.C
     config.match.net_weight_decay = 0.0  # Its weight decay (DC 0, IDC 5e-4).
     config.match.net_data = 500  # net_train=real: real images per inner epoch (IDC's n_data).
     config.match.net_cutmix = 0.5  # net_train=real: CutMix per batch (IDC mix_p, non-ImageNet).
+    # Augmentation of the matched network's training batches (per image): '' = match.augment
+    # (without cutout under CutMix, as IDC), or a DSA strategy, or 'none' (IDM's real batches).
+    config.match.net_augment = ""
     config.match.unroll_steps = 10  # risk family: T unrolled SGD steps.
     # risk family: learning rate of the unrolled SGD steps. 0.1, chosen on validation (digits
     # IPC 10, benchmarks/results/risk_calibration.md: 97.0 % against 95.6 % at 0.01, where ten
@@ -135,6 +141,10 @@ def get_config(method: str = "dsa", dataset: str = "digits") -> ml_collections.C
     config.match.net_pool = 0
     config.match.net_max_updates = 100
     config.match.krr_ridge = 1e-6  # krr family: ridge, times the kernel's mean diagonal.
+    # distribution family: IDM's class-aware regulariser, the weight of the network's
+    # cross-entropy on the synthetic images times its accuracy (%) on the real group
+    # (jaxdd.matching.distribution); 0 = DM's pure matching. IDM: 0.5 at IPC 1 and 10, 0.1 at 50.
+    config.match.syn_ce = 0.0
 
     config.robust = ml_collections.ConfigDict()
     # mean (ERM: the C*K group losses with equal weight, a subgroup counting whatever its size;
@@ -289,6 +299,31 @@ def apply_method(config: ml_collections.ConfigDict, method: str) -> ml_collectio
         config.eval.augment = "color_crop_flip_scale_rotate"
         config.eval.augment_mode, config.eval.lr_schedule = "idc", "idc"
         config.eval.cutmix, config.eval.batch_size, config.eval.epochs = 0.5, 64, 1000
+    elif method == "idm":
+        # IDM's CIFAR-10 IPC 10 command (`uitrbn/IDM` `command.txt`; `IDM_cifar10.py`): the
+        # set partitioned and expanded (`--aug`: number_sign_augment, i.e. factorized f = 2,
+        # initialised with four downscaled real images, 138-145), lr_img 0.2 with momentum 0.5
+        # (154), DM's loss on DSA-augmented batches of 256 real images per class plus the
+        # cross-entropy regulariser at ce_weight 0.5 (318-327), matched through one network of
+        # a queue trained on real data (235-259, 346-357): SGD lr 0.01, momentum 0.9, weight
+        # decay 5e-4, batches of 256 real images without augmentation, 10 steps per training.
+        # IDM keeps up to 100 networks, adds a fresh one every 30 iterations and trains 2 random
+        # ones per iteration, so a network lives 3000 iterations and ~600 steps; here FRePo's
+        # pool stands for the queue: 10 networks, the one drawn trains its 10 steps after its
+        # update (10 epochs of one batch of 256 random real images: IDM's draw per step) and
+        # is re-initialised after 60 such trainings (600 steps), ages staggered.
+        config.match.family = "distribution"
+        config.syn.param, config.syn.factor, config.syn.init = "factorized", 2, "mix"
+        config.syn.lr = 0.2
+        config.match.syn_ce = 0.5
+        config.match.net_pool, config.match.net_max_updates = 10, 60
+        config.match.net_train, config.match.net_augment = "real", "none"
+        config.match.outer_loop, config.match.inner_loop = 1, 10
+        config.match.net_data, config.match.inner_batch, config.match.net_cutmix = 256, 256, 0.0
+        config.match.net_momentum, config.match.net_weight_decay = 0.9, 5e-4
+        config.num_iterations = 20000  # IDM's default Iteration.
+        config.checkpoint.every = 500
+        config.log.every = 100
     return config
 
 

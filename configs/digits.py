@@ -1,6 +1,6 @@
 """scikit-learn digits (8x8, embedded, no download): the default config, < 10 min on 2 CPU cores.
 
-DSA's settings (configs/default.py; `:dc`, `:dm` or `:idc` for those methods) with DC's
+DSA's settings (configs/default.py; `:dc`, `:dm`, `:idc` or `:idm` for those methods) with DC's
 schedule for the ipc, on a shorter budget than the papers' so the default run fits 10 CPU
 minutes.
 """
@@ -9,7 +9,7 @@ from configs import default
 
 # Iterations per method within the default run's 10 minutes (an iteration of the gradient
 # family at IPC 10 is 10 image updates and 450 network steps; DM's is one update).
-_ITERATIONS = {"dc": 40, "dsa": 40, "dm": 2000, "idc": 4}
+_ITERATIONS = {"dc": 40, "dsa": 40, "dm": 2000, "idc": 4, "idm": 1000}
 
 
 def get_config(method: str = "dsa"):

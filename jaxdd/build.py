@@ -108,14 +108,15 @@ def create_eval_model(
 
 def loops(config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(outer_loop, inner_loop) of an iteration: the configured values, where -1 takes DC's
-    `get_loops(ipc)` for the gradient family, (1, 1) for krr (FRePo's online step) and (1, 0),
-    a fresh network for every update, for the others (see `jaxdd.step`)."""
+    `get_loops(ipc)` for the gradient family, (1, 1) for krr and for a pooled distribution
+    family (FRePo's online step; IDM's networks train between updates) and (1, 0), a fresh
+    network for every update, for the others (see `jaxdd.step`)."""
     outer, inner = config.match.outer_loop, config.match.inner_loop
     if -1 not in (outer, inner):
         return outer, inner
     if config.match.family == "gradient":
         default = step.dc_loops(config.ipc)
-    elif config.match.family == "krr":
+    elif config.match.family == "krr" or config.match.net_pool:
         default = (1, 1)  # One update, then one online epoch of the pool's network (FRePo).
     else:
         default = (1, 0)
@@ -227,8 +228,11 @@ def create_syn_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTra
 
 
 def net_strategy(config: ml_collections.ConfigDict) -> str:
-    """The augmentation of the matched network's training batches: the matching strategy,
-    without cutout when they train on real data with CutMix (IDC, `condense.py` 365-366)."""
+    """The augmentation of the matched network's training batches: `match.net_augment` where
+    set, else the matching strategy, without cutout when they train on real data with CutMix
+    (IDC, `condense.py` 365-366)."""
+    if config.match.net_augment:
+        return config.match.net_augment
     if config.match.net_train == "real" and config.match.net_cutmix > 0:
         return augment.without(config.match.augment, "cutout")
     return config.match.augment
@@ -276,6 +280,8 @@ def create_losses_fn(config: ml_collections.ConfigDict, apply_fn: matching.Apply
         )
     if config.match.family == "krr":
         kwargs["ridge"] = config.match.krr_ridge
+    if config.match.family == "distribution":
+        kwargs["ce_weight"] = float(config.match.syn_ce)
     return functools.partial(matching.FAMILIES[config.match.family], **kwargs)
 
 

@@ -248,12 +248,16 @@ def _check_unknown(config: ml_collections.ConfigDict) -> None:
 def _check_schedule(config: ml_collections.ConfigDict) -> None:
     """DC's loops exist for the ipc; the other families match through a fresh network."""
     outer, inner = config.match.outer_loop, config.match.inner_loop
-    if config.match.net_train == "real" and config.match.family not in ("gradient", "krr"):
+    pooled_distribution = config.match.family == "distribution" and config.match.net_pool
+    if config.match.net_train == "real" and not (
+        config.match.family in ("gradient", "krr") or pooled_distribution
+    ):
         _fail(
             "match.net_train",
             "real",
             f"'synthetic' with match.family={config.match.family!r}, whose network is never "
-            "trained (the gradient and krr families train it between updates)",
+            "trained (the gradient and krr families train it between updates, the "
+            "distribution family with match.net_pool > 0)",
         )
     if config.match.net_train == "real_robust":
         if config.cluster.assign != "voronoi":
@@ -276,14 +280,21 @@ def _check_schedule(config: ml_collections.ConfigDict) -> None:
             config.match.net_pool,
             "the size of the krr family's pool of online networks (>= 1; FRePo's is 10)",
         )
-    if config.match.net_pool and config.match.family not in ("gradient", "krr"):
+    if config.match.net_pool and config.match.family not in ("gradient", "krr", "distribution"):
         _fail(
             "match.net_pool",
             config.match.net_pool,
             f"0 with match.family={config.match.family!r}, whose network is never trained (a "
-            "pool serves the gradient and krr families)",
+            "pool serves the gradient, krr and distribution families)",
         )
-    if config.match.family == "krr":
+    if config.match.syn_ce and config.match.family != "distribution":
+        _fail(
+            "match.syn_ce",
+            config.match.syn_ce,
+            f"0 with match.family={config.match.family!r} (IDM's regulariser is the "
+            "distribution family's)",
+        )
+    if config.match.family == "krr" or pooled_distribution:
         return  # Any schedule: -1 takes one update and one online epoch, FRePo's.
     if config.match.family == "gradient":
         if -1 in (outer, inner):
@@ -332,6 +343,9 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     decay = config.match.net_weight_decay
     if isinstance(decay, bool) or not isinstance(decay, float | int) or decay < 0:
         _fail("match.net_weight_decay", decay, "a weight decay >= 0 (DC 0, IDC 5e-4)")
+    weight = config.match.syn_ce
+    if isinstance(weight, bool) or not isinstance(weight, float | int) or weight < 0:
+        _fail("match.syn_ce", weight, "a weight >= 0 (0: DM's matching alone; IDM 0.5)")
     if not config.eval.cutmix_beta > 0:
         _fail("eval.cutmix_beta", config.eval.cutmix_beta, "a positive Beta parameter")
     alpha = config.robust.alpha
@@ -390,12 +404,14 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
     if not isinstance(config.syn.learn_labels, bool):
         _fail("syn.learn_labels", config.syn.learn_labels, "True or False")
     if config.syn.learn_labels and config.match.family == "distribution":
-        _fail(
-            "syn.learn_labels",
-            True,
-            "False with match.family='distribution' (matching mean embeddings does not depend "
-            "on the labels, so they would never move)",
-        )
+        if not config.match.syn_ce:
+            _fail(
+                "syn.learn_labels",
+                True,
+                "False with match.family='distribution' and match.syn_ce=0 (matching mean "
+                "embeddings does not depend on the labels, so they would never move; IDM's "
+                "cross-entropy term, match.syn_ce > 0, does)",
+            )
     if not isinstance(config.syn.learn_unroll_lr, bool):
         _fail("syn.learn_unroll_lr", config.syn.learn_unroll_lr, "True or False")
     if config.syn.learn_unroll_lr and config.match.family != "risk":
@@ -456,7 +472,10 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
             config.match.unroll_window,
             f"at most match.unroll_steps={config.match.unroll_steps} (0: all steps)",
         )
-    for field in ("match.augment", "eval.augment"):
+    augment_fields = ["match.augment", "eval.augment"]
+    if config.match.net_augment:  # '' = the matching's.
+        augment_fields.append("match.net_augment")
+    for field in augment_fields:
         try:
             augment.parse_strategy(_get(config, field))
         except ValueError as e:
@@ -583,6 +602,8 @@ _ADDED_FIELDS = {
     "eval.optimizer": "sgd",
     "eval.loss": "ce",
     "eval.network": "",
+    "match.net_augment": "",
+    "match.syn_ce": 0.0,
 }
 
 
@@ -601,6 +622,7 @@ _FAMILY_ONLY_FIELDS = {
         "syn.unroll_lr_lr",
     ),
     "krr": ("match.krr_ridge",),
+    "distribution": ("match.syn_ce",),
 }
 
 

@@ -246,28 +246,62 @@ def distribution(
     apply_fn: ApplyFn,
     augment_fn: AugmentFn = no_augment,
     group_batch: int = 0,
+    ce_weight: float = 0.0,
 ) -> jax.Array:
     """DM distribution matching, one loss per group: ||mean emb(A(S_c)) - mean emb(A(R_ck))||^2.
 
-    `params` should be a freshly initialised network (DM samples one per step). The real
-    groups' mean embeddings (constants) are computed `group_batch` groups at a time.
+    `params` is a freshly initialised network (DM samples one per step) or a member of the
+    step's pool (IDM's queue of networks trained on real data). The real groups' mean
+    embeddings (constants) are computed `group_batch` groups at a time.
+
+    With `ce_weight` > 0, IDM's class-aware regulariser (Zhao et al., CVPR 2023, `uitrbn/IDM`
+    `IDM_cifar10.py` 318-327, `--syn_ce`): each group's loss gains
+    ce_weight * acc_ck * CE(A(S_c)), the network's mean cross-entropy on its augmented class-c
+    synthetic images, weighted by its accuracy on the group's augmented real images in percent
+    (IDM's `ClassErrorMeter` scale, so IDM's `ce_weight` carries over). IDM weighs by the
+    network's running accuracy on its real training batches over all classes; the group's own
+    accuracy keeps every group's loss computable alone (the groups are split over devices).
 
     Returns:
       (C, K) losses.
     """
-    del labels  # DM matches class-conditional embeddings; labels are implicit.
     num_classes = real.shape[0]
     class_keys = jax.random.split(key, num_classes)
 
-    def mean_embedding(args) -> jax.Array:
-        images, class_key = args
-        return jnp.mean(apply_fn(params, augment_fn(images, class_key))[1], axis=0)
+    def embed(images, class_key) -> tuple[jax.Array, jax.Array]:
+        return apply_fn(params, augment_fn(images, class_key))
 
-    real_means = jax.lax.stop_gradient(
-        _map_real_groups(mean_embedding, real, (class_keys,), group_batch=group_batch)
+    if not ce_weight:
+        del labels  # DM matches class-conditional embeddings; labels are implicit.
+
+        def mean_embedding(args) -> jax.Array:
+            return jnp.mean(embed(*args)[1], axis=0)
+
+        real_means = jax.lax.stop_gradient(
+            _map_real_groups(mean_embedding, real, (class_keys,), group_batch=group_batch)
+        )
+        syn_means = jax.vmap(mean_embedding)((syn_images, class_keys))
+        return jnp.sum(jnp.square(real_means - syn_means[:, None]), axis=-1)
+
+    def real_group(args) -> tuple[jax.Array, jax.Array]:
+        images, class_key, label = args
+        logits, features = embed(images, class_key)
+        return jnp.mean(features, axis=0), 100.0 * jnp.mean(jnp.argmax(logits, -1) == label)
+
+    real_means, real_accuracy = jax.lax.stop_gradient(
+        _map_real_groups(
+            real_group, real, (class_keys, jnp.arange(num_classes)), group_batch=group_batch
+        )
     )
-    syn_means = jax.vmap(mean_embedding)((syn_images, class_keys))
-    return jnp.sum(jnp.square(real_means - syn_means[:, None]), axis=-1)
+
+    def syn_class(args) -> tuple[jax.Array, jax.Array]:
+        images, class_key, targets = args
+        logits, features = embed(images, class_key)
+        return jnp.mean(features, axis=0), jnp.mean(models.cross_entropy(logits, targets))
+
+    syn_means, syn_ce = jax.vmap(syn_class)((syn_images, class_keys, labels))
+    distance = jnp.sum(jnp.square(real_means - syn_means[:, None]), axis=-1)
+    return distance + ce_weight * real_accuracy * syn_ce[:, None]
 
 
 REMATS = ("nested", "step", "none")

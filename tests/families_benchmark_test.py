@@ -63,3 +63,12 @@ def test_runs_of_one_seed_with_other_settings_are_other_rows(tmp_path):
         ["pixels", "hard", "match.net_lr=0.0003, match.net_optimizer=adam", "1"],
     ]
     assert families.other_settings(_record("random", factorized, 50.0)) == "-"
+
+
+def test_idm_is_its_presets_settings_and_its_row_shows_its_factorized_set():
+    settings = dict(item.split("=", 1) for item in families.FAMILY_SETTINGS["idm"])
+    assert settings["match.family"] == "distribution" and settings["match.syn_ce"] == "0.5"
+    assert (settings["syn.param"], settings["syn.factor"]) == ("factorized", "2")
+    assert not any(key.startswith(("eval.", "num_iterations")) for key in settings)
+    record = {**_record("idm", {}, 80.0), "config": {"syn": {"param": "factorized", "factor": 2}}}
+    assert families.row_kind(record) == ("factorized f=2", "hard")

@@ -1,0 +1,196 @@
+"""IDM (Zhao et al., CVPR 2023): the distribution family's cross-entropy regulariser, its pool
+of networks trained on real data, and the `:idm` preset."""
+
+import pathlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tiny_problem
+
+from configs import smoke
+from jaxdd import build, matching, models, step
+from jaxdd import config as config_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+C, K, M, IPC, HW = 3, 2, 4, 2, 8
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = models.instantiate("convnet", num_classes=C, width=8, depth=2)
+    params = models.init_params(model, jax.random.key(0), (HW, HW, 1))
+    apply_fn = lambda p, x: model.apply({"params": p}, x)
+    k1, k2 = jax.random.split(jax.random.key(1))
+    syn = jax.random.normal(k1, (C, IPC, HW, HW, 1))
+    real = (
+        jax.random.normal(k2, (C, K, M, HW, HW, 1)) + jnp.arange(C)[:, None, None, None, None, None]
+    )
+    labels = jnp.repeat(jnp.arange(C)[:, None], IPC, axis=1)
+    return apply_fn, params, syn, real, labels
+
+
+def _numpy_idm_losses(apply_fn, params, syn, real, labels, weight):
+    """DM's squared distance of mean embeddings plus weight x accuracy (%) of the network on
+    the group's real images x its mean cross-entropy on the class's synthetic images, float64."""
+    out = lambda x: [np.asarray(a, np.float64) for a in apply_fn(params, x)]
+    losses = np.zeros((C, K))
+    for c in range(C):
+        syn_logits, syn_emb = out(syn[c])
+        shifted = syn_logits - syn_logits.max(-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        syn_ce = -np.mean(log_probs[np.arange(IPC), np.asarray(labels[c])])
+        for k in range(K):
+            real_logits, real_emb = out(real[c, k])
+            accuracy = 100.0 * np.mean(real_logits.argmax(-1) == c)
+            distance = np.sum((syn_emb.mean(0) - real_emb.mean(0)) ** 2)
+            losses[c, k] = distance + weight * accuracy * syn_ce
+    return losses
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_idm_loss_is_dm_plus_accuracy_weighted_cross_entropy(setup, weight):
+    apply_fn, params, syn, real, labels = setup
+    losses = matching.distribution(
+        params,
+        syn,
+        labels=labels,
+        real=real,
+        key=jax.random.key(0),
+        apply_fn=apply_fn,
+        ce_weight=weight,
+    )
+    expected = _numpy_idm_losses(apply_fn, params, syn, real, labels, weight)
+    np.testing.assert_allclose(losses, expected, rtol=1e-4)
+    # The groups' accuracies differ (else the test could not tell them from a class mean).
+    if weight:
+        assert not np.allclose(expected, _numpy_idm_losses(apply_fn, params, syn, real, labels, 0))
+
+
+def test_the_regulariser_reaches_learned_labels_and_images(setup):
+    apply_fn, params, syn, real, labels = setup
+    soft = jax.nn.one_hot(labels, C) * 0.9 + 0.1 / C
+
+    def total(images, targets, weight):
+        return jnp.sum(
+            matching.distribution(
+                params,
+                images,
+                labels=targets,
+                real=real,
+                key=jax.random.key(0),
+                apply_fn=apply_fn,
+                ce_weight=weight,
+            )
+        )
+
+    grad_images, grad_labels = jax.grad(total, argnums=(0, 1))(syn, soft, 0.5)
+    assert float(jnp.abs(grad_labels).max()) > 0
+    without, _ = jax.grad(total, argnums=(0, 1))(syn, soft, 0.0)
+    assert not np.allclose(grad_images, without)
+
+
+def test_idm_preset_is_idms_command():
+    config = config_lib.load(REPO / "configs" / "fashion_mnist.py:idm")
+    config_lib.validate(config)
+    assert config.match.family == "distribution" and config.match.syn_ce == 0.5
+    assert (config.syn.param, config.syn.factor, config.syn.init) == ("factorized", 2, "mix")
+    assert config.syn.lr == 0.2 and config.syn.momentum == 0.5
+    assert (config.match.net_pool, config.match.net_max_updates) == (10, 60)
+    assert config.match.net_train == "real" and config.match.net_cutmix == 0.0
+    # 10 SGD steps, each on 256 random real images, as IDM's model_train_steps x trained_bs.
+    assert config.match.net_data == config.match.inner_batch == 256
+    assert (config.match.net_momentum, config.match.net_weight_decay) == (0.9, 5e-4)
+    assert build.loops(config) == (1, 10) and build.net_strategy(config) == "none"
+    assert config.num_iterations == 20000
+    # K = 4 groups of 64: IDM's (DM's) 256 real images per class.
+    assert config.cluster.num_clusters * config.match.num_real == 256
+
+
+@pytest.fixture(scope="module")
+def pooled():
+    config = smoke.get_config()
+    config.model.width, config.model.depth = 8, 2
+    config.cluster.num_clusters = 2
+    config.match.family = "distribution"
+    config.match.syn_ce = 0.5
+    config.match.outer_loop, config.match.inner_loop = -1, -1
+    config.match.net_pool, config.match.net_max_updates = 3, 6
+    config.match.net_train, config.match.net_augment = "real", "none"
+    config.match.net_data, config.match.inner_batch, config.match.net_cutmix = 8, 4, 0.0
+    config.robust.risk = "mean"
+    config_lib.validate(config)
+    model, real, labels = tiny_problem.three_classes(config)
+    return config, model, real.replace(labels=jnp.asarray(labels))
+
+
+def test_pooled_step_matches_through_one_member_and_trains_it_on_real_data(pooled):
+    config, model, real = pooled
+    assert build.loops(config) == (1, 1)
+    state = build.create_state(config, real, key=jax.random.key(1), model=model)
+    assert isinstance(state, step.PooledState)
+    step_fn = build.create_step(config, model, tiny_problem.IMAGE_SHAPE)
+    new, metrics = step_fn(state, jax.random.key(7), real)
+    assert np.isfinite(float(metrics["loss"])) and not np.array_equal(new.images, state.images)
+    (moved,) = np.nonzero(np.asarray(new.pool.age != state.pool.age))
+    assert len(moved) == 1
+    for old_leaf, new_leaf in zip(
+        jax.tree.leaves(state.pool.params), jax.tree.leaves(new.pool.params), strict=True
+    ):
+        changed = np.any(np.asarray(old_leaf != new_leaf).reshape(3, -1), axis=1)
+        assert not np.any(np.delete(changed, moved[0]))
+        if old_leaf.ndim > 2:
+            assert changed[moved[0]]  # Its kernels trained on the real batches.
+    # What it trained on is real data: the same step with other synthetic images trains the
+    # member identically (only the images' update differs).
+    other = state.replace(images=state.images + 1.0)
+    moved_other, _ = step_fn(other, jax.random.key(7), real)
+    chex.assert_trees_all_equal(moved_other.pool, new.pool)
+
+
+def _run_config(iterations):
+    config = config_lib.load(REPO / "configs" / "digits.py:idm")
+    config.ipc = 1
+    config.cluster.num_clusters = 2
+    config.match.num_real = 4
+    config.match.net_pool, config.match.net_max_updates = 2, 3
+    config.match.net_data, config.match.inner_batch, config.match.inner_loop = 8, 8, 2
+    config.eval.global_k, config.eval.per_class_k = 2, 1
+    config.eval.shifts = {"invert": 0.0}
+    return tiny_problem.short_run(config, iterations)
+
+
+def test_idm_run_resumes_bit_identically_with_its_pool(tmp_path):
+    whole, _ = tiny_problem.assert_resumes_bit_identically(_run_config, tmp_path, total=3, first=1)
+    stored = np.load(tmp_path / "whole" / "synthetic.npz")
+    assert stored["images"].shape[0] == 4 * stored["stored"].shape[0]  # f = 2: 4 per stored.
+    assert np.isfinite(whole.metrics["loss"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"match.family": "gradient", "match.syn_ce": 0.5}, "distribution family's"),
+        ({"match.family": "distribution", "match.syn_ce": -1.0}, "a weight >= 0"),
+        ({"match.family": "distribution", "match.net_train": "real"}, "never trained"),
+        ({"match.family": "distribution", "syn.learn_labels": True}, "match.syn_ce > 0"),
+        ({"match.net_augment": "crop_blur"}, "Unknown augmentation"),
+    ],
+)
+def test_idm_settings_are_checked(overrides, message):
+    config = smoke.get_config()
+    config.match.outer_loop, config.match.inner_loop = -1, -1
+    for field, value in overrides.items():
+        section, key = field.split(".")
+        config[section][key] = value
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate(config)
+
+
+def test_learned_labels_are_allowed_with_the_regulariser():
+    config = smoke.get_config()
+    config.match.outer_loop, config.match.inner_loop = -1, -1
+    config.match.family, config.match.syn_ce, config.syn.learn_labels = "distribution", 0.5, True
+    config_lib.validate(config)
