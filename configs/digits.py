@@ -9,7 +9,7 @@ from configs import default
 
 # Iterations per method within the default run's 10 minutes (an iteration of the gradient
 # family at IPC 10 is 10 image updates and 450 network steps; DM's is one update).
-_ITERATIONS = {"dc": 40, "dsa": 40, "dm": 2000, "idc": 4, "idm": 1000}
+_ITERATIONS = {"dc": 40, "dsa": 40, "dm": 2000, "idc": 4, "idm": 400}
 
 
 def get_config(method: str = "dsa"):
