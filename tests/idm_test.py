@@ -1,5 +1,5 @@
-"""IDM (Zhao et al., CVPR 2023): the distribution family's cross-entropy regulariser, its pool
-of networks trained on real data, and the `:idm` preset."""
+"""IDM (Zhao et al., CVPR 2023): the distribution family's pool of networks trained on real data
+and the `:idm` preset (its cross-entropy regulariser: tests/matching_test.py)."""
 
 import pathlib
 
@@ -11,85 +11,10 @@ import pytest
 import tiny_problem
 
 from configs import smoke
-from jaxdd import build, matching, models, step
+from jaxdd import build, step
 from jaxdd import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-C, K, M, IPC, HW = 3, 2, 4, 2, 8
-
-
-@pytest.fixture(scope="module")
-def setup():
-    model = models.instantiate("convnet", num_classes=C, width=8, depth=2)
-    params = models.init_params(model, jax.random.key(0), (HW, HW, 1))
-    apply_fn = lambda p, x: model.apply({"params": p}, x)
-    k1, k2 = jax.random.split(jax.random.key(1))
-    syn = jax.random.normal(k1, (C, IPC, HW, HW, 1))
-    real = (
-        jax.random.normal(k2, (C, K, M, HW, HW, 1)) + jnp.arange(C)[:, None, None, None, None, None]
-    )
-    labels = jnp.repeat(jnp.arange(C)[:, None], IPC, axis=1)
-    return apply_fn, params, syn, real, labels
-
-
-def _numpy_idm_losses(apply_fn, params, syn, real, labels, weight):
-    """DM's squared distance of mean embeddings plus weight x accuracy (%) of the network on
-    the group's real images x its mean cross-entropy on the class's synthetic images, float64."""
-    out = lambda x: [np.asarray(a, np.float64) for a in apply_fn(params, x)]
-    losses = np.zeros((C, K))
-    for c in range(C):
-        syn_logits, syn_emb = out(syn[c])
-        shifted = syn_logits - syn_logits.max(-1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-        syn_ce = -np.mean(log_probs[np.arange(IPC), np.asarray(labels[c])])
-        for k in range(K):
-            real_logits, real_emb = out(real[c, k])
-            accuracy = 100.0 * np.mean(real_logits.argmax(-1) == c)
-            distance = np.sum((syn_emb.mean(0) - real_emb.mean(0)) ** 2)
-            losses[c, k] = distance + weight * accuracy * syn_ce
-    return losses
-
-
-@pytest.mark.parametrize("weight", [0.0, 0.5])
-def test_idm_loss_is_dm_plus_accuracy_weighted_cross_entropy(setup, weight):
-    apply_fn, params, syn, real, labels = setup
-    losses = matching.distribution(
-        params,
-        syn,
-        labels=labels,
-        real=real,
-        key=jax.random.key(0),
-        apply_fn=apply_fn,
-        ce_weight=weight,
-    )
-    expected = _numpy_idm_losses(apply_fn, params, syn, real, labels, weight)
-    np.testing.assert_allclose(losses, expected, rtol=1e-4)
-    # The groups' accuracies differ (else the test could not tell them from a class mean).
-    if weight:
-        assert not np.allclose(expected, _numpy_idm_losses(apply_fn, params, syn, real, labels, 0))
-
-
-def test_the_regulariser_reaches_learned_labels_and_images(setup):
-    apply_fn, params, syn, real, labels = setup
-    soft = jax.nn.one_hot(labels, C) * 0.9 + 0.1 / C
-
-    def total(images, targets, weight):
-        return jnp.sum(
-            matching.distribution(
-                params,
-                images,
-                labels=targets,
-                real=real,
-                key=jax.random.key(0),
-                apply_fn=apply_fn,
-                ce_weight=weight,
-            )
-        )
-
-    grad_images, grad_labels = jax.grad(total, argnums=(0, 1))(syn, soft, 0.5)
-    assert float(jnp.abs(grad_labels).max()) > 0
-    without, _ = jax.grad(total, argnums=(0, 1))(syn, soft, 0.0)
-    assert not np.allclose(grad_images, without)
 
 
 def test_idm_preset_is_idms_command():

@@ -226,6 +226,57 @@ def test_distribution_family_matches_numpy(setup):
             np.testing.assert_allclose(losses[c, k], expected, rtol=1e-4)
 
 
+def _numpy_idm_losses(apply_fn, params, syn, real, labels, weight):
+    """DM's squared distance of mean embeddings plus weight x accuracy (%) of the network on
+    the group's real images x its mean cross-entropy on the class's synthetic images, float64."""
+    out = lambda x: [np.asarray(a, np.float64) for a in apply_fn(params, x)]
+    losses = np.zeros((C, K))
+    for c in range(C):
+        syn_logits, syn_emb = out(syn[c])
+        shifted = syn_logits - syn_logits.max(-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        syn_ce = -np.mean(log_probs[np.arange(IPC), np.asarray(labels[c])])
+        for k in range(K):
+            real_logits, real_emb = out(real[c, k])
+            accuracy = 100.0 * np.mean(real_logits.argmax(-1) == c)
+            distance = np.sum((syn_emb.mean(0) - real_emb.mean(0)) ** 2)
+            losses[c, k] = distance + weight * accuracy * syn_ce
+    return losses
+
+
+def _idm_losses(setup, images, targets, weight):
+    apply_fn, params, _, real, _ = setup
+    return matching.distribution(
+        params,
+        images,
+        labels=targets,
+        real=real,
+        key=jax.random.key(0),
+        apply_fn=apply_fn,
+        ce_weight=weight,
+    )
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_idm_loss_is_dm_plus_accuracy_weighted_cross_entropy(setup, weight):
+    """IDM's class-aware regulariser (`match.syn_ce`) against a float64 NumPy reference."""
+    apply_fn, params, syn, real, labels = setup
+    expected = _numpy_idm_losses(apply_fn, params, syn, real, labels, weight)
+    np.testing.assert_allclose(_idm_losses(setup, syn, labels, weight), expected, rtol=1e-4)
+    if weight:  # The term is not vanishing here, so the comparison tests it.
+        assert not np.allclose(expected, _numpy_idm_losses(apply_fn, params, syn, real, labels, 0))
+
+
+def test_the_idm_regulariser_reaches_learned_labels_and_images(setup):
+    _, _, syn, _, labels = setup
+    soft = jax.nn.one_hot(labels, C) * 0.9 + 0.1 / C
+    total = lambda images, targets, weight: jnp.sum(_idm_losses(setup, images, targets, weight))
+    grad_images, grad_labels = jax.grad(total, argnums=(0, 1))(syn, soft, 0.5)
+    assert float(jnp.abs(grad_labels).max()) > 0
+    without, _ = jax.grad(total, argnums=(0, 1))(syn, soft, 0.0)
+    assert not np.allclose(grad_images, without)
+
+
 def _unrolled_sum(apply_fn, params, labels, *, remat, num_steps):
     """images -> sum of the parameters after `num_steps` unrolled SGD steps (lr 0.1)."""
 
