@@ -246,7 +246,8 @@ def _check_unknown(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_schedule(config: ml_collections.ConfigDict) -> None:
-    """DC's loops exist for the ipc; the other families match through a fresh network."""
+    """DC's loops exist for the ipc; krr and a pooled distribution family take any schedule
+    (their pool's network trains between updates); the others match through a fresh network."""
     outer, inner = config.match.outer_loop, config.match.inner_loop
     pooled_distribution = config.match.family == "distribution" and config.match.net_pool
     if config.match.net_train == "real" and not (
