@@ -22,6 +22,32 @@ def three_classes(config):
     return model, real, labels
 
 
+def override(config, overrides: dict):
+    """`config` with each dotted field of `overrides` ('match.net_pool': 2) set to its value."""
+    for field, value in overrides.items():
+        section, key = field.split(".")
+        config[section][key] = value
+    return config
+
+
+def assert_one_member_trained(old_pool: step.NetPool, new_pool: step.NetPool) -> int:
+    """A step drew one member of the pool, trained it (its age +1, every kernel moved: biases
+    before a norm get no gradient) and left the others untouched; its index."""
+    (moved,) = np.nonzero(np.asarray(new_pool.age != old_pool.age))
+    assert len(moved) == 1 and new_pool.age[moved[0]] == old_pool.age[moved[0]] + 1
+    size = old_pool.age.shape[0]
+    trained = []
+    for old_leaf, new_leaf in zip(
+        jax.tree.leaves(old_pool.params), jax.tree.leaves(new_pool.params), strict=True
+    ):
+        changed = np.any(np.asarray(old_leaf != new_leaf).reshape(size, -1), axis=1)
+        assert not np.any(np.delete(changed, moved[0]))  # The other members are untouched.
+        if old_leaf.ndim > 2:  # A kernel.
+            trained.append(changed[moved[0]])
+    assert trained and all(trained), trained
+    return int(moved[0])
+
+
 def short_run(config, iterations):
     """`config` as a tiny run of `iterations` iterations, checkpointed every one, with the
     cheapest evaluation (1 network, 1 epoch, selection at the end only)."""
