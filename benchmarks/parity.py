@@ -1,16 +1,28 @@
-"""Parity with the reference: jaxdd against a PyTorch port of DC / DSA / DM's own loops.
+"""Parity with the reference: jaxdd against a PyTorch port of DC / DSA / DM / IDM's loops.
 
 For one (dataset, ipc, method, iterations, seed) the benchmark distils twice from the SAME
 initial images (the same train indices) with the same settings: once with jaxdd
 (`jaxdd.distill`, K = 1 subgroup per class and risk 'mean', which is the published ERM method)
 and once with `benchmarks.torch_reference` (`dc_distill` / `dm_distill`, a statement-by-statement
-port of `VICO-UoE/DatasetCondensation`'s `main.py` / `main_DM.py`). Each set, and the random
-real subset both start from, is then scored by BOTH evaluators: jaxdd's test protocol
+port of `VICO-UoE/DatasetCondensation`'s `main.py` / `main_DM.py`; `idm_distill`, of
+`uitrbn/IDM`'s `IDM_cifar10.py`). Each set, and the random real subset both start from, is
+then scored by BOTH evaluators: jaxdd's test protocol
 (`jaxdd.evaluate`) and the port of DC's `evaluate_synset`, so the evaluators are cross-checked
 too. Settings shared by the two sides come from one jaxdd config (`configs/<dataset>.py:<method>`
 with the overrides below): image and network learning rates, real batch per class
 (`match.num_real`, K = 1), DC's outer / inner loops, the DSA strategy, the ConvNet (width, depth,
 `stem_pad`), PyTorch's default initialisation, and the evaluation epochs and augmentation.
+
+IDM (`--method=idm`, `configs/<dataset>.py:idm`) starts both sides from jaxdd's `mix` set (four
+downscaled random real images per stored image; the 'random' side scores it decoded) and
+compares jaxdd's recipe as shipped with IDM's own loop at the same image and network rates,
+real batches, regulariser weight and network training: jaxdd's pool of 10 networks, re-
+initialised after 60 trainings, the one drawn matched and then trained, against IDM's queue
+(`torch_reference.idm_distill`: a fresh network every 30 iterations, every 5 at IPC 1 as its
+`command.txt`, up to 100; one random network matched, two others trained), and jaxdd's
+regulariser weight (the group's own accuracy on its matching batch) against IDM's (the
+network's running accuracy on its training batches): the deviations `configs/default.py`
+states, measured.
 
 Every (key, side) is a record merged into `benchmarks/results/parity.json` as soon as it
 finishes, so a long run can be interrupted and resumed (a finished record is not redone). The
@@ -41,6 +53,7 @@ distillation, ~38 of torch and ~12 of scoring per set, so ~1.7 h a seed.)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import pathlib
 import shutil
@@ -53,9 +66,10 @@ import numpy as np
 import jaxdd
 from benchmarks import harness
 from jaxdd import build, report
+from jaxdd import run as run_lib
 
 SIDES = ("random", "jaxdd", "torch")
-METHODS = ("dc", "dsa", "dm")
+METHODS = ("dc", "dsa", "dm", "idm")
 # Real images per class and update: DC's batch_real, except on digits, whose classes hold
 # about 115 train images (DC's get_images(c, 256) would return the whole class every time).
 BATCH_REAL = {"digits": 64}
@@ -70,7 +84,8 @@ def parity_config(dataset: str, *, ipc: int, method: str, iterations: int, seed:
         f"num_iterations={iterations}",
         "cluster.num_clusters=1",
         "robust.risk=mean",
-        "syn.init=real",  # DC's and DM's random real images.
+        # DC's and DM's random real images; IDM's partitioned set keeps its `mix` start.
+        *(() if method == "idm" else ("syn.init=real",)),
         f"match.num_real={BATCH_REAL.get(dataset, 256)}",
         "match.group_batch=0",
         f"eval.num_models={models}",
@@ -82,6 +97,23 @@ def parity_config(dataset: str, *, ipc: int, method: str, iterations: int, seed:
     # per network) are left out.
     config.eval.shifts = {}
     return config
+
+
+def initial_start(config, dataset) -> dict[str, np.ndarray]:
+    """What both sides start from, as the torch side's argument: {'init_indices': ...} for a
+    pixel set (`initial_indices`), {'init_images': the stored (C * ipc, H, W, Ch) images} for
+    a factorized one (IDM's), whose `mix` start is not a set of train images."""
+    if config.syn.param == "pixels":
+        return {"init_indices": initial_indices(config, dataset)}
+    return {"init_images": run_lib.initial_set(config, dataset, decoded=False)[0]}
+
+
+def start_record(start: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The start in a record: the indices, or the stored images' SHA-256."""
+    if "init_indices" in start:
+        return {"init_indices": start["init_indices"].tolist()}
+    stored = np.ascontiguousarray(start["init_images"], dtype=np.float32)
+    return {"init_images_sha256": hashlib.sha256(stored).hexdigest()}
 
 
 def initial_indices(config, dataset) -> np.ndarray:
@@ -114,16 +146,45 @@ def torch_settings(config, dataset) -> dict[str, Any]:
     }
 
 
+def idm_settings(config, dataset) -> dict[str, Any]:
+    """`idm_distill`'s arguments that differ from the DM port's, from a `:idm` config: the
+    regulariser's weight, the networks' rate and steps per training (jaxdd's inner epochs of
+    one batch), and IDM's queue schedule (`command.txt`: a network every 5 iterations at
+    IPC 1, else every 30). Refuses what the port fixes at IDM's values."""
+    match = config.match
+    fixed = {
+        "syn.param": (config.syn.param, "factorized"),
+        "syn.factor": (config.syn.factor, 2),
+        "match.net_train": (match.net_train, "real"),
+        "match.net_augment": (match.net_augment, "none"),
+        "match.net_momentum": (match.net_momentum, 0.9),
+        "match.net_weight_decay": (match.net_weight_decay, 5e-4),
+        "match.outer_loop": (match.outer_loop, 1),
+        "match.net_data": (match.net_data, match.inner_batch),
+    }
+    changed = [f"{k}={v!r} (IDM: {want!r})" for k, (v, want) in fixed.items() if v != want]
+    if changed:
+        raise ValueError(f"the IDM port runs IDM's settings; this config has {', '.join(changed)}.")
+    return {
+        "ce_weight": match.syn_ce,
+        "lr_net": match.net_lr,
+        "model_train_steps": match.inner_loop,
+        "trained_bs": match.inner_batch,
+        "net_generate_interval": 5 if config.ipc == 1 else 30,
+    }
+
+
 def torch_distill(
-    config, dataset, init: np.ndarray, checkpoint: pathlib.Path, device: str
-) -> np.ndarray:
+    config, dataset, start: dict[str, np.ndarray], checkpoint: pathlib.Path, device: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The torch side's set, as the evaluators take it: (images, labels)."""
     from benchmarks import torch_reference
 
     common = {
         "device": device,
         "checkpoint": checkpoint,
         "checkpoint_every": config.checkpoint.every,
-        "init_indices": init,
+        **start,
         "num_classes": dataset.num_classes,
         "iterations": config.num_iterations,
         "lr_img": config.syn.lr,
@@ -132,10 +193,14 @@ def torch_distill(
         **torch_settings(config, dataset),
     }
     common["dsa_strategy"] = common["dsa_strategy"] or "none"
+    train = (dataset.train.images, dataset.train.labels)
+    if config.match.net_pool:  # IDM: a pool of networks trained on real data.
+        return torch_reference.idm_distill(*train, **common, **idm_settings(config, dataset))
+    labels = dataset.train.labels[start["init_indices"]]
     if config.match.family == "distribution":
-        return torch_reference.dm_distill(dataset.train.images, dataset.train.labels, **common)
+        return torch_reference.dm_distill(*train, **common), labels
     outer, inner = build.loops(config)
-    return torch_reference.dc_distill(
+    images = torch_reference.dc_distill(
         dataset.train.images,
         dataset.train.labels,
         method="DSA" if config.match.augment != "none" else "DC",
@@ -145,6 +210,7 @@ def torch_distill(
         batch_train=config.match.inner_batch,
         **common,
     )
+    return images, labels
 
 
 def torch_evaluate(
@@ -174,15 +240,24 @@ def torch_evaluate(
 
 
 def run_side(
-    side: str, config, dataset, init: np.ndarray, workdir: pathlib.Path, torch_device: str = "cpu"
+    side: str,
+    config,
+    dataset,
+    start: dict[str, np.ndarray],
+    workdir: pathlib.Path,
+    torch_device: str = "cpu",
 ) -> dict[str, Any]:
-    """Distils with `side` ('random': none) and scores the set with both evaluators. The jaxdd
-    side distils in `workdir`, the torch side checkpoints to `<workdir>_torch.pt` (both kept,
-    so an interrupted run resumes; removed when done); torch runs on `torch_device`."""
-    labels = dataset.train.labels[init]
+    """Distils with `side` ('random': none, the start decoded) and scores the set with both
+    evaluators. The jaxdd side distils in `workdir`, the torch side checkpoints to
+    `<workdir>_torch.pt` (both kept, so an interrupted run resumes; removed when done); torch
+    runs on `torch_device`."""
     jaxdd_eval, distill_s, extra = None, 0.0, {}
     if side == "random":
-        images = dataset.train.images[init]
+        if "init_indices" in start:
+            images = dataset.train.images[start["init_indices"]]
+            labels = dataset.train.labels[start["init_indices"]]
+        else:
+            images, labels = run_lib.initial_set(config, dataset)
     elif side == "jaxdd":
         result = jaxdd.distill(config, workdir)
         images, labels = result.images, result.labels
@@ -195,7 +270,7 @@ def run_side(
 
         # Resumable as the jaxdd side: a checkpoint beside its workdir, every twentieth.
         checkpoint = workdir.with_name(f"{workdir.name}_torch.pt")
-        images = torch_distill(config, dataset, init, checkpoint, torch_device)
+        images, labels = torch_distill(config, dataset, start, checkpoint, torch_device)
         distill_s, extra["segments"] = torch_reference.checkpoint_seconds(checkpoint)
     if jaxdd_eval is None:
         jaxdd_eval = jaxdd.evaluate(config, images, labels)
@@ -311,13 +386,14 @@ def summarise(records: list[dict[str, Any]], out: pathlib.Path) -> str:
     commands = sorted({r["command"] for r in records})
     return "\n".join(
         [
-            "# Parity: jaxdd against the PyTorch port of DC / DSA / DM",
+            "# Parity: jaxdd against the PyTorch port of DC / DSA / DM / IDM",
             "",
             f"Generated by `benchmarks/parity.py` from `{out.with_suffix('.json').name}`; how "
             "the two sides are made equal is in that module's docstring. Accuracies: test %, "
             "mean ± std over "
             "distillation seeds of each set's mean over its evaluation networks. 'random' is "
-            "the random real subset both sides start from.",
+            "the set both sides start from: the random real subset (IDM: its partitioned "
+            "`mix` start, decoded).",
             "",
             "Commands:",
             *[f"- `{c}`" for c in commands],
@@ -381,7 +457,7 @@ def main() -> None:
             if args.eval_epochs:
                 config.eval.epochs = args.eval_epochs
             dataset, _ = build.load_data(config)
-            init = initial_indices(config, dataset)
+            start = initial_start(config, dataset)
             for side in args.sides.split(","):
                 key = (args.dataset, args.ipc, args.method, args.iterations, seed, side)
                 sections = harness.UNDISTILLED_SECTIONS if side == "random" else None
@@ -393,7 +469,7 @@ def main() -> None:
                     side,
                     config,
                     dataset,
-                    init,
+                    start,
                     pathlib.Path(args.workdir_root) / name,
                     args.torch_device,
                 )
@@ -402,7 +478,7 @@ def main() -> None:
                 record.update(
                     result,
                     eval_epochs=config.eval.epochs,
-                    init_indices=init.tolist(),
+                    **start_record(start),
                     config=resolved,
                     command=command,
                     machine=machine,

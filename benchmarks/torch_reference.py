@@ -1,6 +1,6 @@
-"""PyTorch references: the DC-style robust matching step (speed baseline) and DC/DSA/DM ports.
+"""PyTorch references: the DC-style robust matching step (speed baseline), DC/DSA/DM/IDM ports.
 
-Two things live here, both in eager PyTorch and both computing what jaxdd computes.
+Three things live here, all in eager PyTorch and all computing what jaxdd computes.
 
 1. The speed baseline. The field's reference scripts (DC/DSA by Zhao et al., and the robust-DD
 code built on them) compute a distillation step in eager PyTorch with Python loops: for every
@@ -92,6 +92,14 @@ buffer reset) (`utils.py` 343-355); DSA's affine families sample with `align_cor
 the behaviour of the reference's pinned torch 1.2 (`requirements.txt` 3), which predates the
 argument; DSA in single mode ('S', `utils.py` 511-516) applies ONE family per call, drawn once
 per batch even when its parameters are drawn per image (training in `epoch`, `utils.py` 311).
+
+3. A port of IDM's loop (Zhao et al., CVPR 2023; `uitrbn/IDM` `IDM_cifar10.py` at fe23bbc, built
+on DC's code): `number_sign_augment` (its decoder of a partitioned set) and `idm_distill`, with
+the seeding, interfaces, DSA and checkpoints of the DC / DM ports above (its checkpoint also
+holds the network queue: weights, optimiser momenta, accuracy meters); its own deviations are
+in `idm_distill`'s docstring. Kept on purpose: each class takes its own image step with the
+shared momentum buffer (329-331), so one class's gradient keeps moving its images during the
+other classes' steps.
 """
 
 from __future__ import annotations
@@ -105,7 +113,7 @@ import os
 import pathlib
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -130,8 +138,10 @@ __all__ = [
     "draw_diff_augment",
     "evaluate_synset",
     "get_loops",
+    "idm_distill",
     "init_network",
     "layerwise_cosine_distance",
+    "number_sign_augment",
     "params_from_flax",
     "robust_matching_step",
     "time_step",
@@ -772,7 +782,9 @@ class Checkpoint:
     it and continues; the images it returns are bit-identical to an uninterrupted run's. A file
     written by a run with other arguments is refused (delete it to start over). `seconds` sums
     the segments' clocks, each up to its last save (iterations redone after a resume are not
-    counted twice); `segments` counts the processes that ran it.
+    counted twice); `segments` counts the processes that ran it. A loop with more state (IDM's
+    network queue) passes `extra` to `after`, a function returning it, and finds what was saved
+    in `self.extra` after `restore` (None for a fresh run).
     """
 
     def __init__(self, path: str | os.PathLike | None, every: int, signature: Mapping[str, Any]):
@@ -781,6 +793,7 @@ class Checkpoint:
         self.path = None if path is None else pathlib.Path(path)
         self.every, self.signature = every, dict(signature)
         self.seconds, self.segments, self._start = 0.0, 1, time.perf_counter()
+        self.extra: Any = None
 
     def restore(self, images: torch.Tensor, optimizer, streams: RandomStreams) -> int:
         """Loads `path` into the run's state if it exists; returns the iteration to start at."""
@@ -803,11 +816,20 @@ class Checkpoint:
             images.copy_(saved["images"])
         optimizer.load_state_dict(saved["optimizer"])
         streams.set_state(saved["streams"])
+        self.extra = saved.get("extra")
         self.seconds, self.segments = saved["seconds"], saved["segments"] + 1
         self._start = time.perf_counter()
         return saved["iteration"]
 
-    def after(self, iteration: int, images: torch.Tensor, optimizer, streams, last: bool) -> None:
+    def after(
+        self,
+        iteration: int,
+        images: torch.Tensor,
+        optimizer,
+        streams,
+        last: bool,
+        extra: Callable[[], Any] | None = None,
+    ) -> None:
         """Called after each iteration (0-based `iteration`): saves when one is due."""
         if self.path is None or not (last or (iteration + 1) % self.every == 0):
             return
@@ -821,6 +843,7 @@ class Checkpoint:
             "seconds": self.seconds,
             "segments": self.segments,
             "signature": self.signature,
+            "extra": None if extra is None else extra(),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + ".tmp")
@@ -833,7 +856,11 @@ def _run_signature(train_images: np.ndarray, train_labels: np.ndarray, **argumen
     argument that changes the result (the iteration count may grow between segments)."""
     fingerprint = hashlib.sha256(np.ascontiguousarray(train_images, dtype=np.float32))
     fingerprint.update(np.ascontiguousarray(train_labels, dtype=np.int64))
-    arguments["init_indices"] = [int(i) for i in arguments["init_indices"]]
+    if arguments.get("init_indices") is not None:
+        arguments["init_indices"] = [int(i) for i in arguments["init_indices"]]
+    if arguments.get("init_images") is not None:
+        stored = np.ascontiguousarray(arguments["init_images"], dtype=np.float32)
+        arguments["init_images"] = hashlib.sha256(stored).hexdigest()
     arguments["param"] = dataclasses.asdict(arguments["param"])
     return {"data": fingerprint.hexdigest(), **arguments}
 
@@ -873,6 +900,7 @@ class _RealData:
                 f"{labels.shape}."
             )
         self.images = _nchw(images, device)
+        self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
         # `indices_class` (`main.py` 67-72): each class's indices in dataset order.
         self.indices_class = [np.flatnonzero(labels == c) for c in range(num_classes)]
         empty = [c for c, idx in enumerate(self.indices_class) if not idx.size]
@@ -883,6 +911,12 @@ class _RealData:
         """n random images of class c, without replacement (all if fewer) (`main.py` 79-81)."""
         idx_shuffle = rng.permutation(self.indices_class[c])[:n]
         return self.images[torch.from_numpy(idx_shuffle)]
+
+    def get_any(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """n random images of any class and their labels: IDM's `get_images(c=None, n)`
+        (`IDM_cifar10.py` 122-126), a permutation of the class-major flat indices."""
+        idx_shuffle = torch.from_numpy(rng.permutation(np.concatenate(self.indices_class))[:n])
+        return self.images[idx_shuffle], self.labels[idx_shuffle]
 
 
 def _initial_synset(
@@ -908,6 +942,23 @@ def _initial_synset(
     image_syn = real.images[torch.from_numpy(init_indices)].detach().clone().requires_grad_(True)
     label_tensor = torch.from_numpy(label_syn).to(device=image_syn.device, dtype=torch.long)
     return image_syn, label_tensor, ipc
+
+
+def _stored_synset(
+    init_images: np.ndarray, num_classes: int, device: str | torch.device
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """`_initial_synset` for a set given as its (C * ipc, H, W, Ch) stored images, class-major
+    (IDM's partitioned images start from jaxdd's `mix` initialisation, not train images)."""
+    init_images = np.asarray(init_images, dtype=np.float32)
+    if init_images.ndim != 4 or init_images.shape[0] % num_classes:
+        raise ValueError(
+            f"init_images must be (C * ipc, H, W, Ch), got shape {init_images.shape} for "
+            f"C={num_classes}."
+        )
+    ipc = init_images.shape[0] // num_classes
+    image_syn = _nchw(init_images, device).requires_grad_(True)
+    labels = torch.from_numpy(np.repeat(np.arange(num_classes), ipc)).to(device)
+    return image_syn, labels, ipc
 
 
 def _train_epoch(
@@ -947,17 +998,19 @@ def _train_epoch(
 
 
 class _Run:
-    """A distillation's starting state, shared by `dc_distill` and `dm_distill`: its random
-    streams, the real data, the synthetic images from `init_indices` with their labels, the
-    image optimizer SGD(lr_img, momentum 0.5) (`main.py` 100), and where it starts: iteration
-    0, or where its checkpoint left it (`Checkpoint`, whose signature is `signature`)."""
+    """A distillation's starting state, shared by `dc_distill`, `dm_distill` and
+    `idm_distill`: its random streams, the real data, the synthetic images from `init_indices`
+    (or the stored `init_images`) with their labels, the image optimizer SGD(lr_img, momentum
+    0.5) (`main.py` 100), and where it starts: iteration 0, or where its checkpoint left it
+    (`Checkpoint`, whose signature is `signature`)."""
 
     def __init__(
         self,
         train_images: np.ndarray,
         train_labels: np.ndarray,
         *,
-        init_indices: Sequence[int],
+        init_indices: Sequence[int] | None = None,
+        init_images: np.ndarray | None = None,
         num_classes: int,
         lr_img: float,
         seed: int,
@@ -969,16 +1022,21 @@ class _Run:
     ):
         self.streams = RandomStreams(seed)
         self.real = _RealData(train_images, train_labels, num_classes, device)
-        self.images, self.labels, self.ipc = _initial_synset(
-            self.real, train_labels, init_indices, num_classes
-        )
+        if init_images is None:
+            self.images, self.labels, self.ipc = _initial_synset(
+                self.real, train_labels, init_indices, num_classes
+            )
+        else:
+            self.images, self.labels, self.ipc = _stored_synset(init_images, num_classes, device)
         self.optimizer = torch.optim.SGD([self.images], lr=lr_img, momentum=0.5)
         self.optimizer.zero_grad()
         # The device's type too: a CPU run resumed on a GPU would change its trajectory and sum
         # the two machines' seconds.
-        signature.update(
-            init_indices=init_indices, lr_img=lr_img, seed=seed, device=torch.device(device).type
-        )
+        signature.update(lr_img=lr_img, seed=seed, device=torch.device(device).type)
+        if init_images is None:
+            signature.update(init_indices=init_indices)
+        else:
+            signature.update(init_images=init_images)
         self.checkpoint = Checkpoint(
             checkpoint, checkpoint_every, _run_signature(train_images, train_labels, **signature)
         )
@@ -989,9 +1047,11 @@ class _Run:
                 "for; ask for at least as many, or delete it to start over."
             )
 
-    def after(self, iteration: int, *, last: bool) -> None:
-        """After each iteration: a checkpoint when one is due."""
-        self.checkpoint.after(iteration, self.images, self.optimizer, self.streams, last=last)
+    def after(self, iteration: int, *, last: bool, extra: Callable[[], Any] | None = None) -> None:
+        """After each iteration: a checkpoint when one is due (`Checkpoint.after`)."""
+        self.checkpoint.after(
+            iteration, self.images, self.optimizer, self.streams, last=last, extra=extra
+        )
 
 
 def dc_distill(
@@ -1221,6 +1281,240 @@ def dm_distill(
             print(f"DM iter = {it:05d}, loss = {loss_avg:.4f}")
         run.after(it, last=it == iterations - 1)
     return _nhwc(image_syn)
+
+
+def number_sign_augment(
+    images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """IDM's decoder of a partitioned set, `number_sign_augment` (`dc_utils.py` 1128-1137):
+    each (N, Ch, H, W) stored image cut into its four (H/2, W/2) quarters (top-left,
+    bottom-left, top-right, bottom-right), each upsampled x2 bilinearly (`F.upsample`, i.e.
+    align_corners=False); the 4N images quarter-major, labels repeated 4 times. jaxdd's
+    `synthetic.decode(param='factorized', factor=2)` makes the same images, crops row-major."""
+    half_h, half_w = images.shape[2] // 2, images.shape[3] // 2
+    quarters = (
+        images[:, :, :half_h, :half_w],
+        images[:, :, half_h:, :half_w],
+        images[:, :, :half_h, half_w:],
+        images[:, :, half_h:, half_w:],
+    )
+    upsampled = [F.interpolate(q, scale_factor=2, mode="bilinear") for q in quarters]
+    return torch.cat(upsampled), labels.repeat(4)
+
+
+@dataclasses.dataclass
+class _QueuedNet:
+    """One network of IDM's queue: the network, its SGD and its `ClassErrorMeter` (top-1 on
+    the real batches it was trained on since the last reset), as counts."""
+
+    net: ConvNet
+    optimizer: torch.optim.Optimizer
+    correct: int = 0
+    seen: int = 0
+
+    def accuracy(self) -> float:
+        """`net_acc.value()[0] if net_acc.n != 0 else 0` (`IDM_cifar10.py` 323): percent."""
+        return 100.0 * self.correct / self.seen if self.seen else 0.0
+
+
+def idm_distill(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    *,
+    init_images: np.ndarray,
+    num_classes: int,
+    iterations: int,
+    lr_img: float = 0.2,
+    batch_real: int = 256,
+    dsa_strategy: str | None = DEFAULT_DSA_STRATEGY,
+    ce_weight: float = 0.5,
+    lr_net: float = 0.01,
+    net_num: int = 100,
+    net_generate_interval: int = 30,
+    fetch_net_num: int = 2,
+    train_net_num: int = 1,
+    model_train_steps: int = 10,
+    trained_bs: int = 256,
+    eval_interval: int = 100,
+    width: int = 128,
+    depth: int = 3,
+    stem_pad: int = 0,
+    seed: int = 0,
+    log_every: int = 0,
+    param: ParamDiffAug = _DEFAULT_DSA_PARAM,
+    device: str | torch.device = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 500,
+) -> tuple[np.ndarray, np.ndarray]:
+    """IDM (Zhao et al., CVPR 2023): the ConvNet loop of `uitrbn/IDM` `IDM_cifar10.py` 147-357
+    with `--aug` (the partitioned set), `--net_train_real`, `--net_decay`, `--syn_ce`,
+    `--outer_loop 1` and `--mismatch_lambda 0`, as in every line of its `command.txt`.
+
+    Before the loop, 3 networks in the queue (168-180). Per iteration (exactly `iterations`):
+    - at iterations 100, 200, ... (`eval_interval`) every network's accuracy meter is reset
+      (the reference resets them after each in-loop evaluation, 200-226, not ported);
+    - every `net_generate_interval` iterations (0 included) a fresh network with its
+      SGD(lr_net, momentum 0.9, weight decay 5e-4) joins the queue, the oldest leaving once
+      it holds `net_num` (235-250);
+    - `train_net_num` networks drawn at random from the queue (252-260) each match every class
+      c in turn: the class's stored images decoded (`number_sign_augment`) and `batch_real`
+      real images of c, one siamese DSA draw for the two; loss_c = the squared distance
+      between their mean embeddings (DM's, the features before the classifier: IDM's
+      `embed_channel_avg` with `--embed_last 1000`) + ce_weight x the network's meter accuracy
+      (%) x the cross-entropy of its logits on the augmented decoded images (318-327); and
+      each class takes its own SGD(lr_img, momentum 0.5) step on the images (329-331);
+    - `fetch_net_num` networks drawn at random each train `model_train_steps` steps, each on
+      a fresh batch of `trained_bs` random real images of any class, without augmentation,
+      adding their top-1 counts to the network's meter (346-357).
+
+    Deviations, besides the module's (seeds, no in-loop evaluation, exactly `iterations`): the
+    initial set is `init_images` (jaxdd's `mix` start, stored images); the queue's and the real
+    batches' draws come from `RandomStreams.real` (the reference: Python's `random` and NumPy's
+    global RNG); the images' backward reaches only the images (the reference's also fills the
+    matching network's `.grad`, which its training clears before every step); the logits of
+    the regulariser are the classifier on the embedding just computed (the reference runs the
+    network again on the same images: the same values). The `--ipc 1` branch without `--aug`
+    (top-k real images, CE only when misclassified, 295-300, 322-324) is not ported: `--aug`
+    is in every command.
+
+    Args:
+      init_images: (C * ipc, H, W, Ch) float32 stored images, class-major; H and W even.
+      ce_weight: `--ce_weight` (0: DM's loss through the queue's networks).
+      net_num, net_generate_interval, fetch_net_num, train_net_num, model_train_steps,
+        trained_bs, eval_interval: the reference's arguments of those names (its defaults;
+        `command.txt` passes `--net_generate_interval 5` at IPC 1).
+      The rest: as `dm_distill`.
+
+    Returns:
+      The decoded set: (4 * C * ipc, H, W, Ch) float32 images and their (4 * C * ipc,) labels.
+    """
+    if min(net_num, net_generate_interval, fetch_net_num, train_net_num, eval_interval) < 1:
+        raise ValueError(
+            "net_num, net_generate_interval, fetch_net_num, train_net_num and eval_interval "
+            "must be >= 1."
+        )
+    if np.shape(init_images)[1] % 2 or np.shape(init_images)[2] % 2:
+        raise ValueError(
+            f"IDM halves the stored images: their size {np.shape(init_images)[1:3]} must be even."
+        )
+    strategy = None if _is_no_strategy(dsa_strategy) else dsa_strategy
+    run = _Run(
+        train_images,
+        train_labels,
+        init_images=init_images,
+        num_classes=num_classes,
+        lr_img=lr_img,
+        seed=seed,
+        device=device,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        iterations=iterations,
+        kind="idm",
+        batch_real=batch_real,
+        dsa_strategy=strategy,
+        ce_weight=ce_weight,
+        lr_net=lr_net,
+        net_num=net_num,
+        net_generate_interval=net_generate_interval,
+        fetch_net_num=fetch_net_num,
+        train_net_num=train_net_num,
+        model_train_steps=model_train_steps,
+        trained_bs=trained_bs,
+        eval_interval=eval_interval,
+        width=width,
+        depth=depth,
+        stem_pad=stem_pad,
+        param=param,
+    )
+    streams, real, ipc, optimizer_img = run.streams, run.real, run.ipc, run.optimizer
+    image_syn, label_syn, image_shape = run.images, run.labels, train_images.shape[1:]
+
+    def queued(seed: int | None = None) -> _QueuedNet:
+        net = init_network(
+            image_shape,
+            num_classes,
+            width=width,
+            depth=depth,
+            stem_pad=stem_pad,
+            seed=streams.network_seed() if seed is None else seed,
+            device=device,
+        )
+        net.train()
+        sgd = torch.optim.SGD(net.parameters(), lr=lr_net, momentum=0.9, weight_decay=0.0005)
+        return _QueuedNet(net, sgd)
+
+    if run.checkpoint.extra is None:
+        queue = [queued() for _ in range(3)]
+    else:  # The queue as the checkpoint left it (no stream is drawn to rebuild it).
+        queue = []
+        for saved in run.checkpoint.extra["queue"]:
+            entry = queued(seed=0)
+            entry.net.load_state_dict(saved["net"])
+            entry.optimizer.load_state_dict(saved["optimizer"])
+            entry.correct, entry.seen = saved["correct"], saved["seen"]
+            queue.append(entry)
+
+    def queue_state() -> dict[str, Any]:
+        return {
+            "queue": [
+                {
+                    "net": {k: v.detach().cpu().clone() for k, v in e.net.state_dict().items()},
+                    "optimizer": e.optimizer.state_dict(),
+                    "correct": e.correct,
+                    "seen": e.seen,
+                }
+                for e in queue
+            ]
+        }
+
+    for it in range(run.start, iterations):
+        if it > 0 and it % eval_interval == 0:
+            for entry in queue:
+                entry.correct = entry.seen = 0
+        if it % net_generate_interval == 0:
+            if len(queue) == net_num:
+                queue.pop(0)
+            queue.append(queued())
+        loss_avg = 0.0
+        for index in streams.real.permutation(len(queue))[:train_net_num]:
+            entry = queue[index]
+            entry.net.eval()
+            for c in range(num_classes):
+                img_real = real.get_images(c, batch_real, streams.real)
+                img_syn, lab_syn = number_sign_augment(
+                    image_syn[c * ipc : (c + 1) * ipc], label_syn[c * ipc : (c + 1) * ipc]
+                )
+                if strategy is not None:
+                    img_real, img_syn = diff_augment_pair(
+                        img_real, img_syn, strategy, generator=streams.augment, param=param
+                    )
+                output_real = entry.net.embed(img_real).detach()
+                output_syn = entry.net.embed(img_syn)
+                loss_c = torch.sum((output_real.mean(dim=0) - output_syn.mean(dim=0)) ** 2)
+                if ce_weight:
+                    ce = F.cross_entropy(entry.net.fc(output_syn), lab_syn)
+                    loss_c = loss_c + ce_weight * entry.accuracy() * ce
+                optimizer_img.zero_grad()
+                loss_c.backward(inputs=[image_syn])
+                optimizer_img.step()
+                loss_avg += loss_c.item()
+        for index in streams.real.permutation(len(queue))[:fetch_net_num]:
+            entry = queue[index]
+            entry.net.train()
+            for _ in range(model_train_steps):
+                img_real, lab_real = real.get_any(trained_bs, streams.real)
+                logits = entry.net(img_real)
+                loss = F.cross_entropy(logits, lab_real)
+                entry.optimizer.zero_grad()
+                loss.backward()
+                entry.optimizer.step()
+                entry.correct += int((logits.argmax(dim=-1) == lab_real).sum())
+                entry.seen += lab_real.shape[0]
+        if log_every > 0 and it % log_every == 0:
+            print(f"IDM iter = {it:04d}, loss = {loss_avg / num_classes:.4f}, nets {len(queue)}")
+        run.after(it, last=it == iterations - 1, extra=queue_state)
+    images, labels = number_sign_augment(image_syn.detach(), label_syn)
+    return _nhwc(images), labels.cpu().numpy()
 
 
 def _test_accuracy(

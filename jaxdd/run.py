@@ -128,15 +128,21 @@ def _start(config, dataset, decoder_params):
 
 
 def initial_set(
-    config: ml_collections.ConfigDict, dataset: data.Dataset
+    config: ml_collections.ConfigDict, dataset: data.Dataset, *, decoded: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """The training set `distill(config, ...)` starts from, before its first update: the same
     subgroups, key and `syn.init` draw, decoded as the run decodes it (flat images
     (N, H, W, Ch) and labels, as `jaxdd.step.synthetic_arrays`). Score it with
-    `jaxdd.report.evaluate_set` to see what distillation adds to its own start."""
+    `jaxdd.report.evaluate_set` to see what distillation adds to its own start.
+    `decoded=False`: the stored images instead, (C * ipc, H, W, Ch), with their labels (pixels
+    and factorized sets; a generator's start is latents, refused)."""
     decode_fn, decoder_params = build.create_decoder(config, dataset.image_shape)
     state = _start(config, dataset, decoder_params)[3]
-    return step.synthetic_arrays(state, decode_fn, decoder_params)
+    if decoded:
+        return step.synthetic_arrays(state, decode_fn, decoder_params)
+    if config.syn.param == "generator":
+        raise ValueError("a generator's stored set is latents, not images: use decoded=True.")
+    return step.synthetic_arrays(state)
 
 
 def _set_up(config, dataset, rare, mesh, decoder) -> _Run:

@@ -1,5 +1,7 @@
 """Tests for benchmarks/parity.py's tables: sides compared on the seeds they share."""
 
+import numpy as np
+
 from benchmarks import parity
 
 
@@ -34,3 +36,33 @@ def test_sides_with_the_same_seeds_average_over_all_of_them():
     records = [_record(side, seed, acc + seed, 1.0) for side, acc in sides for seed in (0, 1, 2)]
     text = "\n".join(parity.table(records))
     assert "jaxdd − torch (mean over seeds): +0.50 points" in text
+
+
+def test_idm_parity_starts_both_sides_from_jaxdds_mix_set_and_runs_idms_loop(tmp_path):
+    """`--method=idm`: the `:idm` config keeps its `mix` start; the torch side is given the
+    stored images, and its decoded start is jaxdd's (the 'random' side); two iterations of
+    IDM's loop on digits give a decoded set of 4 x C x ipc images with their labels."""
+    import pytest
+
+    pytest.importorskip("torch")
+    from jaxdd import build, synthetic
+    from jaxdd import run as run_lib
+
+    config = parity.parity_config("digits", ipc=1, method="idm", iterations=2, seed=0, models=1)
+    assert config.syn.init == "mix" and config.match.num_real == 64
+    dataset, _ = build.load_data(config)
+    start = parity.initial_start(config, dataset)
+    assert start["init_images"].shape == (10, 8, 8, 1)
+    assert set(parity.start_record(start)) == {"init_images_sha256"}
+    decoded, labels = run_lib.initial_set(config, dataset)
+    stored = start["init_images"].reshape(10, 1, 8, 8, 1)
+    redecoded, _ = synthetic.decode(stored, np.zeros((10, 1)), param="factorized", factor=2)
+    np.testing.assert_allclose(np.asarray(redecoded).reshape(decoded.shape), decoded, atol=1e-6)
+
+    images, torch_labels = parity.torch_distill(config, dataset, start, tmp_path / "t.pt", "cpu")
+    assert images.shape == (40, 8, 8, 1)
+    np.testing.assert_array_equal(np.sort(torch_labels), np.sort(labels))
+    assert parity.idm_settings(config, dataset)["net_generate_interval"] == 5
+    config.match.net_momentum = 0.5
+    with pytest.raises(ValueError, match="net_momentum=0.5 \\(IDM: 0.9\\)"):
+        parity.idm_settings(config, dataset)

@@ -620,3 +620,144 @@ def test_a_checkpoint_names_its_device(tiny, tmp_path):
     del saved["signature"]["device"]
     torch.save(saved, path)
     np.testing.assert_array_equal(_dc(tiny, checkpoint=path, iterations=3), _dc(tiny, iterations=3))
+
+
+def _idm(tiny, **kwargs):
+    """IDM's loop on the tiny problem, from its initial images (ipc 2, stored)."""
+    images, labels, init = tiny
+    args = dict(
+        init_images=images[init],
+        num_classes=TINY_C,
+        iterations=2,
+        batch_real=8,
+        model_train_steps=2,
+        trained_bs=8,
+        net_generate_interval=1,
+        width=8,
+        depth=2,
+        seed=0,
+    )
+    args.update(kwargs)
+    return torch_reference.idm_distill(images, labels, **args)
+
+
+def test_number_sign_augment_is_jaxdds_factorized_decode():
+    """IDM's decoder and jaxdd's `synthetic.decode(factor=2)` make the same images (IDM's
+    quarters TL, BL, TR, BR quarter-major; jaxdd's crops row-major within each class)."""
+    from jaxdd import synthetic
+
+    stored = np.random.default_rng(3).normal(size=(2, 3, 8, 6, 2)).astype(np.float32)
+    labels = np.repeat(np.arange(2), 3).reshape(2, 3)
+    ours, our_labels = synthetic.decode(stored, labels, param="factorized", factor=2)
+    theirs, their_labels = torch_reference.number_sign_augment(
+        _nchw(stored.reshape(6, 8, 6, 2)), torch.from_numpy(labels.reshape(-1))
+    )
+    theirs = np.moveaxis(theirs.numpy(), 1, -1).reshape(4, 2, 3, 8, 6, 2)  # quarter, class, n
+    their_labels = their_labels.numpy().reshape(4, 2, 3)
+    ours, our_labels = np.asarray(ours).reshape(2, 4, 3, 8, 6, 2), np.asarray(our_labels)
+    for jaxdd_crop, idm_quarter in enumerate((0, 2, 1, 3)):  # (i, j) row-major vs column-major
+        np.testing.assert_allclose(ours[:, jaxdd_crop], theirs[idm_quarter], atol=1e-6)
+        np.testing.assert_array_equal(our_labels.reshape(2, 4, 3)[:, jaxdd_crop], labels)
+        np.testing.assert_array_equal(their_labels[idm_quarter], labels)
+
+
+def test_idm_is_seeded_decodes_and_moves_images(tiny):
+    images, labels, init = tiny
+    out, out_labels = _idm(tiny)
+    assert out.shape == (24, 8, 8, 1) and out.dtype == np.float32
+    np.testing.assert_array_equal(out_labels, np.tile(np.repeat(np.arange(TINY_C), 2), 4))
+    again, _ = _idm(tiny)
+    np.testing.assert_array_equal(out, again)
+    assert not np.array_equal(out, _idm(tiny, seed=1)[0])
+    start, _ = torch_reference.number_sign_augment(
+        _nchw(images[init]), torch.zeros(6, dtype=torch.long)
+    )
+    start = np.moveaxis(start.numpy(), 1, -1)
+    assert np.abs(out - start).max() > 1e-2
+    np.testing.assert_allclose(_idm(tiny, lr_img=1e-7)[0], start, atol=1e-5)
+
+
+def test_idm_first_iteration_steps_each_class_in_turn_with_shared_momentum(tiny):
+    """Iteration 0: the meters are empty, so the loss is DM's through the one network drawn
+    from the queue (3 + 1 fresh networks); each class takes its own SGD(momentum 0.5) step on
+    the whole image tensor, so class c's gradient moves its images by
+    lr * (1 + 0.5 + ... + 0.5^(C-1-c)) in all (`IDM_cifar10.py` 329-331)."""
+    images, _, init = tiny
+    out, _ = _idm(tiny, iterations=1, lr_img=0.5, batch_real=100, dsa_strategy="none", seed=4)
+
+    streams = torch_reference.RandomStreams(4)
+    seeds = [streams.network_seed() for _ in range(4)]
+    drawn = streams.real.permutation(4)[0]
+    net = torch_reference.init_network((8, 8, 1), TINY_C, width=8, depth=2, seed=seeds[drawn])
+    syn = _nchw(images[init]).requires_grad_(True)
+    expected = images[init].copy()
+    for c in range(TINY_C):
+        with torch.no_grad():
+            mean_real = net.embed(_class_real(tiny, c)).mean(0)
+        decoded, _ = torch_reference.number_sign_augment(
+            syn[2 * c : 2 * c + 2], torch.zeros(2, dtype=torch.long)
+        )
+        loss = torch.sum((mean_real - net.embed(decoded).mean(0)) ** 2)
+        (grad,) = torch.autograd.grad(loss, syn)
+        total = sum(0.5**k for k in range(TINY_C - c))
+        expected -= 0.5 * total * np.moveaxis(grad.numpy(), 1, -1)
+    step = np.abs(expected - images[init]).max()
+    assert step > 1e-3
+    ours = torch_reference.number_sign_augment(_nchw(expected), torch.zeros(6, dtype=torch.long))
+    np.testing.assert_allclose(out, np.moveaxis(ours[0].numpy(), 1, -1), atol=1e-4 * step)
+
+
+def test_idm_regulariser_weighs_by_the_networks_training_accuracy(tiny):
+    """The cross-entropy term is weighted by the matched network's accuracy on its training
+    batches: zero at iteration 0 (no network trained yet), so ce_weight only acts after."""
+    first = _idm(tiny, iterations=1, ce_weight=0.5)[0]
+    np.testing.assert_array_equal(first, _idm(tiny, iterations=1, ce_weight=0.0)[0])
+    # Every network of the queue (3 + 1 at iteration 0, none added at 1) trained at iteration 0.
+    queue = dict(fetch_net_num=4, net_generate_interval=30)
+    with_ce, without = _idm(tiny, ce_weight=0.5, **queue)[0], _idm(tiny, ce_weight=0.0, **queue)[0]
+    assert not np.allclose(with_ce, without, atol=1e-6)
+
+
+def test_idm_queue_grows_to_net_num_and_trains_with_weight_decay(tiny, monkeypatch):
+    networks = _record_calls(monkeypatch, "init_network")
+    optimizers = _record_calls(monkeypatch, "_QueuedNet")
+    _idm(tiny, iterations=5, net_generate_interval=2, net_num=4)
+    # 3 to start, then one at iterations 0, 2 and 4 (the oldest leaving at 4).
+    assert len(networks) == 6
+    sgds = [args[1] for args, _ in optimizers]
+    assert all(o.defaults["lr"] == 0.01 and o.defaults["momentum"] == 0.9 for o in sgds)
+    assert all(o.defaults["weight_decay"] == 5e-4 for o in sgds)
+
+
+def test_idm_interrupted_run_resumes_bit_identically_with_its_queue(tiny, tmp_path, monkeypatch):
+    straight, _ = _idm(tiny, iterations=3)
+    path = tmp_path / "idm.pt"
+    original, calls = torch_reference.number_sign_augment, []
+
+    def interrupted(*args, **kwargs):  # Stops at the third iteration's first class.
+        calls.append(1)
+        if len(calls) > 2 * TINY_C:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch_reference, "number_sign_augment", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _idm(tiny, iterations=3, checkpoint=path, checkpoint_every=1)
+    saved = torch.load(path, weights_only=False)
+    assert saved["iteration"] == 2 and len(saved["extra"]["queue"]) == 5
+    assert saved["extra"]["queue"][0]["seen"] > 0  # meters and momenta travel with the nets
+    monkeypatch.setattr(torch_reference, "number_sign_augment", original)
+    resumed, _ = _idm(tiny, iterations=3, checkpoint=path, checkpoint_every=1)
+    np.testing.assert_array_equal(resumed, straight)
+    with pytest.raises(ValueError, match="other arguments \\(ce_weight\\)"):
+        _idm(tiny, iterations=3, checkpoint=path, ce_weight=0.1)
+
+
+def test_idm_rejects_bad_arguments(tiny):
+    images, _, init = tiny
+    with pytest.raises(ValueError, match="must be even"):
+        _idm(tiny, init_images=images[init][:, :7])
+    with pytest.raises(ValueError, match="net_num.*>= 1"):
+        _idm(tiny, net_num=0)
+    with pytest.raises(ValueError, match=r"\(C \* ipc, H, W, Ch\)"):
+        _idm(tiny, init_images=images[init][:5])
