@@ -311,7 +311,10 @@ def apply_method(config: ml_collections.ConfigDict, method: str) -> ml_collectio
         # ones per iteration, so a network lives 3000 iterations and ~600 steps; here FRePo's
         # pool stands for the queue: 10 networks, the one drawn trains its 10 steps after its
         # update (10 epochs of one batch of 256 random real images: IDM's draw per step) and
-        # is re-initialised after 60 such trainings (600 steps), ages staggered.
+        # is re-initialised after 60 such trainings (600 steps), ages staggered. IDM's IPC 1
+        # command differs: a network every 5 iterations (ages 0 to ~100 steps, i.e.
+        # match.net_max_updates=10) and the whole class as real batch; the preset keeps IPC 10's
+        # schedule and 256 real images a class at every IPC (sets_fashion_mnist_findings.md).
         config.match.family = "distribution"
         config.syn.param, config.syn.factor, config.syn.init = "factorized", 2, "mix"
         config.syn.lr = 0.2
