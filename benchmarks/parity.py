@@ -146,7 +146,7 @@ def torch_settings(config, dataset) -> dict[str, Any]:
     }
 
 
-def idm_settings(config, dataset) -> dict[str, Any]:
+def idm_settings(config) -> dict[str, Any]:
     """`idm_distill`'s arguments that differ from the DM port's, from a `:idm` config: the
     regulariser's weight, the networks' rate and steps per training (jaxdd's inner epochs of
     one batch), and IDM's queue schedule (`command.txt`: a network every 5 iterations at
@@ -155,6 +155,7 @@ def idm_settings(config, dataset) -> dict[str, Any]:
     fixed = {
         "syn.param": (config.syn.param, "factorized"),
         "syn.factor": (config.syn.factor, 2),
+        "syn.learn_labels": (config.syn.learn_labels, False),
         "match.net_train": (match.net_train, "real"),
         "match.net_augment": (match.net_augment, "none"),
         "match.net_momentum": (match.net_momentum, 0.9),
@@ -194,8 +195,8 @@ def torch_distill(
     }
     common["dsa_strategy"] = common["dsa_strategy"] or "none"
     train = (dataset.train.images, dataset.train.labels)
-    if config.match.net_pool:  # IDM: a pool of networks trained on real data.
-        return torch_reference.idm_distill(*train, **common, **idm_settings(config, dataset))
+    if config.match.family == "distribution" and config.match.net_pool:  # IDM's networks
+        return torch_reference.idm_distill(*train, **common, **idm_settings(config))
     labels = dataset.train.labels[start["init_indices"]]
     if config.match.family == "distribution":
         return torch_reference.dm_distill(*train, **common), labels

@@ -62,7 +62,7 @@ def test_idm_parity_starts_both_sides_from_jaxdds_mix_set_and_runs_idms_loop(tmp
     images, torch_labels = parity.torch_distill(config, dataset, start, tmp_path / "t.pt", "cpu")
     assert images.shape == (40, 8, 8, 1)
     np.testing.assert_array_equal(np.sort(torch_labels), np.sort(labels))
-    assert parity.idm_settings(config, dataset)["net_generate_interval"] == 5
+    assert parity.idm_settings(config)["net_generate_interval"] == 5
     config.match.net_momentum = 0.5
     with pytest.raises(ValueError, match="net_momentum=0.5 \\(IDM: 0.9\\)"):
-        parity.idm_settings(config, dataset)
+        parity.idm_settings(config)
