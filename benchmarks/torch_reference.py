@@ -1026,17 +1026,15 @@ class _Run:
             self.images, self.labels, self.ipc = _initial_synset(
                 self.real, train_labels, init_indices, num_classes
             )
+            signature.update(init_indices=init_indices)
         else:
             self.images, self.labels, self.ipc = _stored_synset(init_images, num_classes, device)
+            signature.update(init_images=init_images)
         self.optimizer = torch.optim.SGD([self.images], lr=lr_img, momentum=0.5)
         self.optimizer.zero_grad()
         # The device's type too: a CPU run resumed on a GPU would change its trajectory and sum
         # the two machines' seconds.
         signature.update(lr_img=lr_img, seed=seed, device=torch.device(device).type)
-        if init_images is None:
-            signature.update(init_indices=init_indices)
-        else:
-            signature.update(init_images=init_images)
         self.checkpoint = Checkpoint(
             checkpoint, checkpoint_every, _run_signature(train_images, train_labels, **signature)
         )
