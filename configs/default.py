@@ -145,6 +145,15 @@ def get_config(method: str = "dsa", dataset: str = "digits") -> ml_collections.C
     # cross-entropy on the synthetic images times its accuracy (%) on the real group
     # (jaxdd.matching.distribution); 0 = DM's pure matching. IDM: 0.5 at IPC 1 and 10, 0.1 at 50.
     config.match.syn_ce = 0.0
+    # The accuracy that weighs the regulariser: 'group' (the network's on the group's augmented
+    # real batch, each group its own) or 'running' (IDM's: the pooled network's running top-1
+    # on its real training batches since its initialisation or the last reset, one weight for
+    # every group; needs match.net_pool > 0 and match.net_train='real'). A fresh network's
+    # per-group accuracy is degenerate (0 on most classes, up to 100 % on one).
+    config.match.syn_ce_accuracy = "group"
+    # 'running': every pool network's meter is emptied every N iterations (IDM's eval_interval,
+    # after which its loop resets them); 0 = never.
+    config.match.syn_ce_reset = 100
 
     config.robust = ml_collections.ConfigDict()
     # mean (ERM: the C*K group losses with equal weight, a subgroup counting whatever its size;

@@ -106,6 +106,12 @@ def create_eval_model(
     return EVAL_NETWORKS[config.eval.network](config, num_classes, image_shape)
 
 
+def running_ce_accuracy(config: ml_collections.ConfigDict) -> bool:
+    """Whether IDM's regulariser is weighted by the pooled network's running accuracy (the
+    pool then keeps accuracy meters, `step.NetPool.meter`) rather than per group."""
+    return bool(config.match.syn_ce) and config.match.syn_ce_accuracy == "running"
+
+
 def loops(config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(outer_loop, inner_loop) of an iteration: the configured values, where -1 takes DC's
     `get_loops(ipc)` for the gradient family, (1, 1) for krr and for a pooled distribution
@@ -334,6 +340,7 @@ def create_step(
         net_data=config.match.net_data,
         net_cutmix=float(config.match.net_cutmix),
         pixel_range=pixel_range if config.syn.clip_pixels else None,
+        meter_reset=config.match.syn_ce_reset,
     )
     # `fast_compile`: the step's time goes to library GEMMs and convolutions (see jaxdd.xla).
     if mesh is None:
@@ -392,6 +399,7 @@ def create_state(
             key=pool_key,
             size=config.match.net_pool,
             max_updates=config.match.net_max_updates,
+            meter=running_ce_accuracy(config),
         )
     return step.init_state(
         images=images,

@@ -174,7 +174,7 @@ _POSITIVE = (
 )  # fmt: skip
 _NON_NEGATIVE = (
     "seed", "data.image_size", "syn.latent_dim", "match.group_batch", "match.unroll_window",
-    "match.net_pool", "syn.max_decoded",
+    "match.net_pool", "syn.max_decoded", "match.syn_ce_reset",
     "eval.select_every",
     "distributed.num_devices", "distributed.process_id",
 )  # fmt: skip
@@ -347,6 +347,15 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     weight = config.match.syn_ce
     if isinstance(weight, bool) or not isinstance(weight, float | int) or weight < 0:
         _fail("match.syn_ce", weight, "a weight >= 0 (0: DM's matching alone; IDM 0.5)")
+    _check_choice(config, "match.syn_ce_accuracy", ("group", "running"))
+    running = weight and config.match.syn_ce_accuracy == "running"
+    if running and not (config.match.net_pool and config.match.net_train == "real"):
+        _fail(
+            "match.syn_ce_accuracy",
+            "running",
+            "'group' unless match.net_pool > 0 and match.net_train='real' (the running "
+            "accuracy is a pooled network's on its real training batches)",
+        )
     if not config.eval.cutmix_beta > 0:
         _fail("eval.cutmix_beta", config.eval.cutmix_beta, "a positive Beta parameter")
     alpha = config.robust.alpha
@@ -605,6 +614,8 @@ _ADDED_FIELDS = {
     "eval.network": "",
     "match.net_augment": "",
     "match.syn_ce": 0.0,
+    "match.syn_ce_accuracy": "group",
+    "match.syn_ce_reset": 100,
 }
 
 
@@ -623,7 +634,7 @@ _FAMILY_ONLY_FIELDS = {
         "syn.unroll_lr_lr",
     ),
     "krr": ("match.krr_ridge",),
-    "distribution": ("match.syn_ce",),
+    "distribution": ("match.syn_ce", "match.syn_ce_accuracy", "match.syn_ce_reset"),
 }
 
 

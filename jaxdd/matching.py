@@ -247,6 +247,7 @@ def distribution(
     augment_fn: AugmentFn = no_augment,
     group_batch: int = 0,
     ce_weight: float = 0.0,
+    ce_accuracy: jax.Array | None = None,
 ) -> jax.Array:
     """DM distribution matching, one loss per group: ||mean emb(A(S_c)) - mean emb(A(R_ck))||^2.
 
@@ -259,8 +260,11 @@ def distribution(
     ce_weight * acc_ck * CE(A(S_c)), the network's mean cross-entropy on its augmented class-c
     synthetic images, weighted by its accuracy on the group's augmented real images in percent
     (IDM's `ClassErrorMeter` scale, so IDM's `ce_weight` carries over). IDM weighs by the
-    network's running accuracy on its real training batches over all classes; the group's own
-    accuracy keeps every group's loss computable alone (the groups are split over devices).
+    network's running accuracy on its real training batches over all classes: pass it as
+    `ce_accuracy` (a () array, %; a pool's meter, `step.running_accuracy`) and every group's
+    term is weighted by it. Without it, the group's own accuracy keeps every group's loss
+    computable alone; but a fresh network's accuracy on one class is degenerate (0 on most
+    classes and up to 100 % on the class it predicts for everything), where IDM's is ~10 %.
 
     Returns:
       (C, K) losses.
@@ -301,6 +305,8 @@ def distribution(
 
     syn_means, syn_ce = jax.vmap(syn_class)((syn_images, class_keys, labels))
     distance = jnp.sum(jnp.square(real_means - syn_means[:, None]), axis=-1)
+    if ce_accuracy is not None:
+        real_accuracy = jnp.broadcast_to(jax.lax.stop_gradient(ce_accuracy), distance.shape)
     return distance + ce_weight * real_accuracy * syn_ce[:, None]
 
 

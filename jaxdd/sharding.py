@@ -93,6 +93,7 @@ def compute_group_losses(
     key: jax.Array,
     mesh: Mesh | None = None,
     learning_rate: jax.Array | None = None,
+    ce_accuracy: jax.Array | None = None,
 ) -> jax.Array:
     """The (C, K) losses of the real groups `images[index]` against `syn_images`.
 
@@ -106,11 +107,15 @@ def compute_group_losses(
         device, no `shard_map`.
       learning_rate: the risk family's learned unroll learning rate (a () array,
         differentiated like the labels); None: the one bound into `losses_fn`.
+      ce_accuracy: the matched network's running accuracy (%, a () array) that weighs the
+        distribution family's regulariser (IDM's); None: each group's own.
 
     Returns:
       (C, K) losses.
     """
     rate = {} if learning_rate is None else {"learning_rate": learning_rate}
+    if ce_accuracy is not None:
+        rate["ce_accuracy"] = ce_accuracy
     if mesh is None:
         return losses_fn(params, syn_images, labels=labels, real=images[index], key=key, **rate)
     (axis,) = mesh.axis_names

@@ -123,6 +123,10 @@ class NetPool:
     params: Any  # Every leaf stacked on a leading (P,) axis.
     opt_state: optax.OptState  # Likewise.
     age: jax.Array  # (P,) int32 updates each network has had since its initialisation.
+    # (P, 2) float32 top-1 hits and images seen on each network's real training batches since
+    # its initialisation or the last reset (IDM's accuracy meters, which weigh its regulariser:
+    # `match.syn_ce_accuracy='running'`); None: not kept (other runs' checkpoints unchanged).
+    meter: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -151,14 +155,23 @@ def init_pool(
     key: jax.Array,
     size: int,
     max_updates: int,
+    meter: bool = False,
 ) -> NetPool:
-    """`size` fresh networks with ages staggered as FRePo's, `(max_updates // size) * i`."""
+    """`size` fresh networks with ages staggered as FRePo's, `(max_updates // size) * i`;
+    with `meter`, their accuracy meters too, empty."""
     params = jax.vmap(init_net)(jax.random.split(key, size))
     return NetPool(
         params=params,
         opt_state=jax.vmap(optimizer.init)(params),
         age=(max_updates // size) * jnp.arange(size, dtype=jnp.int32),
+        meter=jnp.zeros((size, 2), jnp.float32) if meter else None,
     )
+
+
+def running_accuracy(meter: jax.Array) -> jax.Array:
+    """A (2,) meter's top-1 accuracy in percent, 0 while it is empty (`IDM_cifar10.py` 323:
+    `net_acc.value()[0] if net_acc.n != 0 else 0`)."""
+    return jnp.where(meter[1] > 0, 100.0 * meter[0] / jnp.maximum(meter[1], 1.0), 0.0)
 
 
 def _pool_member(pool: NetPool, index: jax.Array) -> tuple[Any, optax.OptState]:
@@ -172,19 +185,24 @@ def _return_member(
     opt_state: optax.OptState,
     fresh: tuple[Any, optax.OptState],
     max_updates: int,
+    meter: jax.Array | None = None,
 ) -> NetPool:
-    """The pool with network `index` replaced by its trained version, or by `fresh` once it has
-    had `max_updates` updates."""
+    """The pool with network `index` replaced by its trained version (its meter by `meter`), or
+    by `fresh` (an empty meter) once it has had `max_updates` updates."""
     age = pool.age[index] + 1
     reset = age >= max_updates
     member = jax.tree.map(lambda new, old: jnp.where(reset, new, old), fresh, (params, opt_state))
     stacked = jax.tree.map(
         lambda all_, one: all_.at[index].set(one), (pool.params, pool.opt_state), member
     )
+    meters = pool.meter
+    if meters is not None:
+        meters = meters.at[index].set(jnp.where(reset, 0.0, meter))
     return NetPool(
         params=stacked[0],
         opt_state=stacked[1],
         age=pool.age.at[index].set(jnp.where(reset, 0, age)),
+        meter=meters,
     )
 
 
@@ -269,8 +287,11 @@ def _train_network(
     batch_size: int,
     num_data: int = 0,
     cutmix_probability: float = 0.0,
-) -> tuple[Any, optax.OptState]:
-    """`num_epochs` epochs of the network on `images` (per-image augmentation, mean CE).
+) -> tuple[Any, optax.OptState, jax.Array]:
+    """`num_epochs` epochs of the network on `images` (per-image augmentation, mean CE); the
+    trained parameters, their optimiser state and a (2,) float32 meter: the top-1 predictions
+    on the training batches that matched their (hard, or most probable) label, and the images
+    seen, each counted before its step (IDM's `ClassErrorMeter` on its training batches).
 
     DC's inner loop on the synthetic set (`num_data` 0): each epoch shuffles the N images into
     `ceil(N / batch_size)` equal minibatches (DC's DataLoader with `batch_train`; a remainder
@@ -300,10 +321,11 @@ def _train_network(
         per_batch = num_examples // num_batches
 
     def loss_fn(params, x, y, y_mixed, ratio):
-        return retrain.cutmix_cross_entropy(apply_fn(params, x)[0], y, y_mixed, ratio)
+        logits = apply_fn(params, x)[0]
+        return retrain.cutmix_cross_entropy(logits, y, y_mixed, ratio), logits
 
     def batch_step(carry, inputs):
-        params, opt_state = carry
+        params, opt_state, meter = carry
         index, step_key = inputs
         x, y = augment_fn(images[index], step_key), labels[index]
         y_mixed, ratio = None, None
@@ -311,9 +333,12 @@ def _train_network(
             mix_key = jax.random.fold_in(step_key, 1)
             x, permutation, ratio = retrain.cutmix(x, mix_key, probability=cutmix_probability)
             y_mixed = y[permutation]
-        grads = jax.grad(loss_fn)(params, x, y, y_mixed, ratio)
+        grads, logits = jax.grad(loss_fn, has_aux=True)(params, x, y, y_mixed, ratio)
+        hard = y if y.ndim == 1 else jnp.argmax(y, axis=-1)
+        correct = jnp.sum(jnp.argmax(logits, axis=-1) == hard).astype(jnp.float32)
+        meter = meter + jnp.stack([correct, jnp.float32(y.shape[0])])
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), None
+        return (optax.apply_updates(params, updates), opt_state, meter), None
 
     def epoch(i, carry):
         epoch_key = jax.random.fold_in(key, i)
@@ -326,7 +351,7 @@ def _train_network(
         keys = jax.random.split(aug_key, num_batches)
         return jax.lax.scan(batch_step, carry, (batches, keys))[0]
 
-    return jax.lax.fori_loop(0, num_epochs, epoch, (params, opt_state))
+    return jax.lax.fori_loop(0, num_epochs, epoch, (params, opt_state, jnp.zeros(2, jnp.float32)))
 
 
 def robust_network_loss(
@@ -451,12 +476,14 @@ def _update_images(
     mesh: Mesh | None,
     decode_fn: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
     max_decoded: int = 0,
+    ce_accuracy: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None, optax.OptState, dict[str, jax.Array]]:
     """One update of the synthetic set through the network `net_params`: sample m real images
     per group of `groups` (`sample_key`), the (C, K) group losses (`loss_key`: augmentation) of
     the decoded set (at most `max_decoded` images per class, `subsample_decoded`), the
     objective, an optimiser step (of the labels and of the unroll's log learning rate `log_lr`
-    too where they are learned); and its metrics."""
+    too where they are learned); and its metrics. `ce_accuracy`: the network's running
+    accuracy (%) that weighs IDM's regulariser (`matching.distribution`); None: per group."""
     group_losses_fn = functools.partial(
         sharding.compute_group_losses,
         losses_fn,
@@ -465,6 +492,7 @@ def _update_images(
         index=groups_lib.sample_groups(groups, num_real, key=sample_key),
         key=loss_key,
         mesh=mesh,
+        ce_accuracy=ce_accuracy,
     )
 
     def losses(trained):
@@ -529,6 +557,7 @@ def train_step(
     net_data: int = 500,
     net_cutmix: float = 0.5,
     pixel_range: tuple[ArrayLike, ArrayLike] | None = None,
+    meter_reset: int = 0,
 ) -> tuple[State, dict[str, jax.Array]]:
     """One DC iteration; pure, so `fold_in(run_key, step)` keys make runs reproducible.
 
@@ -565,6 +594,11 @@ def train_step(
       pixel_range: (low, high), per channel in the normalised space (`build.pixel_range`): the
         stored images are clipped to it before the iteration's first update, as IDC clamps its
         set to [0, 1] pixels once per iteration (`condense.py` 521); None: never clipped.
+      meter_reset: with a pool that keeps accuracy meters (`NetPool.meter`), every meter is
+        emptied before iterations meter_reset, 2 * meter_reset, ... (IDM resets them after
+        each in-loop evaluation, every `eval_interval` = 100 iterations); 0: never. A pool's
+        meters weigh IDM's regulariser by the matched network's running accuracy, and its
+        training adds the hits on its real batches to them.
 
     Returns:
       The new state and scalar metrics averaged over the iteration's updates (plus the
@@ -592,6 +626,11 @@ def train_step(
     else:
         member = jax.random.randint(init_key, (), 0, pool.age.shape[0])
         net_params, net_opt_state = _pool_member(pool, member)
+    metered = pool is not None and pool.meter is not None
+    if metered and meter_reset:
+        due = (state.step > 0) & (state.step % meter_reset == 0)
+        pool = pool.replace(meter=jnp.where(due, 0.0, pool.meter))
+    meter = pool.meter[member] if metered else jnp.zeros(2, jnp.float32)
     num_classes = state.labels.shape[0]
     decode = lambda stored, labels: decode_fn(stored, labels, real.decoder)
     update_images = functools.partial(
@@ -608,7 +647,7 @@ def train_step(
     )
 
     def update(carry, inputs):
-        images, labels, log_lr, opt_state, net_params, net_opt_state = carry
+        images, labels, log_lr, opt_state, net_params, net_opt_state, meter = carry
         index, update_key = inputs
         sample_key, loss_key, train_key = jax.random.split(update_key, 3)
         groups, cells, real_pool = real.groups, None, None
@@ -630,13 +669,14 @@ def train_step(
             groups=groups,
             sample_key=sample_key,
             loss_key=loss_key,
+            ce_accuracy=running_accuracy(meter) if metered else None,
         )
         # DC trains the network after every update of the iteration but the last; a pool's
         # network outlives the iteration and trains after the last one too. A schedule in
         # which it never trains (no epochs, or one update and no pool: DM, the risk family, DC
         # at IPC 1) leaves the training out of the program instead of compiling it for no trip.
         if inner_loop == 0 or (outer_loop == 1 and pool is None):
-            return (images, labels, log_lr, opt_state, net_params, net_opt_state), metrics
+            return (images, labels, log_lr, opt_state, net_params, net_opt_state, meter), metrics
         last = (index == outer_loop - 1) & (pool is None)
         num_epochs = jnp.where(last, 0, inner_loop)
         if net_train == "real_robust":
@@ -662,7 +702,7 @@ def train_step(
                 train_images = decoded.reshape(-1, *decoded.shape[2:])
                 train_labels = targets.reshape(-1, *targets.shape[2:])
                 num_data, cutmix = 0, 0.0
-            net_params, net_opt_state = _train_network(
+            net_params, net_opt_state, hits = _train_network(
                 net_params,
                 net_opt_state,
                 train_images,
@@ -676,15 +716,15 @@ def train_step(
                 num_data=num_data,
                 cutmix_probability=cutmix,
             )
-        return (images, labels, log_lr, opt_state, net_params, net_opt_state), metrics
+            meter = meter + hits
+        return (images, labels, log_lr, opt_state, net_params, net_opt_state, meter), metrics
 
     log_lr = state.log_unroll_lr if isinstance(state, LearnedLrState) else None
     images = state.images if pixel_range is None else jnp.clip(state.images, *pixel_range)
-    carry = (images, state.labels, log_lr, state.opt_state, net_params, net_opt_state)
+    carry = (images, state.labels, log_lr, state.opt_state, net_params, net_opt_state, meter)
     inputs = (jnp.arange(outer_loop), jax.random.split(loop_key, outer_loop))
-    (images, labels, log_lr, opt_state, net_params, net_opt_state), per_update = jax.lax.scan(
-        update, carry, inputs
-    )
+    carry, per_update = jax.lax.scan(update, carry, inputs)
+    images, labels, log_lr, opt_state, net_params, net_opt_state, meter = carry
     metrics = {
         name: jnp.all(value, axis=0) if name == "finite" else jnp.mean(value, axis=0)
         for name, value in per_update.items()
@@ -696,7 +736,9 @@ def train_step(
         fresh = init_net(jax.random.fold_in(init_key, 1))
         fresh = (fresh, net_optimizer.init(fresh))
         state = state.replace(
-            pool=_return_member(pool, member, net_params, net_opt_state, fresh, pool_max_updates)
+            pool=_return_member(
+                pool, member, net_params, net_opt_state, fresh, pool_max_updates, meter
+            )
         )
     return state, metrics
 

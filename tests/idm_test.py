@@ -67,6 +67,48 @@ def test_pooled_step_matches_through_one_member_and_trains_it_on_real_data(poole
     chex.assert_trees_all_equal(moved_other.pool, new.pool)
 
 
+def test_running_accuracy_meters_weigh_the_regulariser_and_reset(pooled):
+    """`match.syn_ce_accuracy='running'` (IDM's): the pool keeps each network's top-1 hits on
+    its real training batches; an empty meter turns the regulariser off; meters empty when a
+    network is re-initialised and, for every network, every `syn_ce_reset` iterations."""
+    config, model, real = pooled
+    config = config.copy_and_resolve_references()
+    config.match.syn_ce_accuracy, config.match.syn_ce_reset = "running", 2
+    config_lib.validate(config)
+    state = build.create_state(config, real, key=jax.random.key(1), model=model)
+    np.testing.assert_array_equal(state.pool.meter, np.zeros((3, 2)))
+    step_fn = build.create_step(config, model, tiny_problem.IMAGE_SHAPE)
+    new, _ = step_fn(state, jax.random.key(7), real)
+    member = tiny_problem.assert_one_member_trained(state.pool, new.pool)
+    # One epoch of ceil(net_data / inner_batch) = 2 batches of 4 real images.
+    hits, seen = np.asarray(new.pool.meter[member])
+    assert seen == 8 and 0 <= hits <= 8 and hits == int(hits)
+    assert not np.any(np.delete(np.asarray(new.pool.meter), member, axis=0))
+    # Empty meters: the first update is DM's alone (the regulariser weighs 0).
+    without = config.copy_and_resolve_references()
+    without.match.syn_ce = 0.0
+    dm_state = build.create_state(without, real, key=jax.random.key(1), model=model)
+    dm, _ = build.create_step(without, model, tiny_problem.IMAGE_SHAPE)(
+        dm_state, jax.random.key(7), real
+    )
+    np.testing.assert_allclose(new.images, dm.images, rtol=1e-5, atol=1e-6)
+    # A full meter weighs it: the same update from meters at 50 % moves the images otherwise.
+    half = state.replace(pool=state.pool.replace(meter=jnp.full((3, 2), 4.0).at[:, 1].set(8.0)))
+    weighed, _ = step_fn(half, jax.random.key(7), real)
+    assert not np.allclose(weighed.images, new.images)
+    np.testing.assert_array_equal(weighed.pool.meter[member], np.array([4.0, 8.0]) + [hits, 8])
+    # Iteration 2 (a multiple of syn_ce_reset) starts from empty meters: only the trained
+    # member's new hits remain.
+    due, _ = step_fn(half.replace(step=jnp.asarray(2, half.step.dtype)), jax.random.key(7), real)
+    np.testing.assert_array_equal(due.pool.meter[member], [hits, 8])
+    assert not np.any(np.delete(np.asarray(due.pool.meter), member, axis=0))
+    # A network re-initialised after its last update leaves with an empty meter.
+    old = half.replace(pool=half.pool.replace(age=jnp.full((3,), 5, jnp.int32)))  # max 6
+    renewed, _ = step_fn(old, jax.random.key(7), real)
+    assert renewed.pool.age[member] == 0
+    np.testing.assert_array_equal(renewed.pool.meter[member], [0, 0])
+
+
 def _run_config(iterations):
     config = config_lib.load(REPO / "configs" / "digits.py:idm")
     config.ipc = 1
@@ -94,6 +136,12 @@ def test_idm_run_resumes_bit_identically_with_its_pool(tmp_path):
         ({"match.family": "distribution", "match.net_train": "real"}, "never trained"),
         ({"match.family": "distribution", "syn.learn_labels": True}, "match.syn_ce > 0"),
         ({"match.net_augment": "crop_blur"}, "Unknown augmentation"),
+        (
+            {"match.family": "distribution", "match.syn_ce": 0.5,
+             "match.syn_ce_accuracy": "running"},
+            "match.net_pool > 0",
+        ),  # fmt: skip
+        ({"match.syn_ce_accuracy": "meter"}, "one of"),
     ],
 )
 def test_idm_settings_are_checked(overrides, message):

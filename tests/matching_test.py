@@ -226,9 +226,10 @@ def test_distribution_family_matches_numpy(setup):
             np.testing.assert_allclose(losses[c, k], expected, rtol=1e-4)
 
 
-def _numpy_idm_losses(apply_fn, params, syn, real, labels, weight):
+def _numpy_idm_losses(apply_fn, params, syn, real, labels, weight, running=None):
     """DM's squared distance of mean embeddings plus weight x accuracy (%) of the network on
-    the group's real images x its mean cross-entropy on the class's synthetic images, float64."""
+    the group's real images (or the given running accuracy) x its mean cross-entropy on the
+    class's synthetic images, float64."""
     out = lambda x: [np.asarray(a, np.float64) for a in apply_fn(params, x)]
     losses = np.zeros((C, K))
     for c in range(C):
@@ -238,13 +239,13 @@ def _numpy_idm_losses(apply_fn, params, syn, real, labels, weight):
         syn_ce = -np.mean(log_probs[np.arange(IPC), np.asarray(labels[c])])
         for k in range(K):
             real_logits, real_emb = out(real[c, k])
-            accuracy = 100.0 * np.mean(real_logits.argmax(-1) == c)
+            accuracy = 100.0 * np.mean(real_logits.argmax(-1) == c) if running is None else running
             distance = np.sum((syn_emb.mean(0) - real_emb.mean(0)) ** 2)
             losses[c, k] = distance + weight * accuracy * syn_ce
     return losses
 
 
-def _idm_losses(setup, images, targets, weight):
+def _idm_losses(setup, images, targets, weight, **kwargs):
     apply_fn, params, _, real, _ = setup
     return matching.distribution(
         params,
@@ -254,6 +255,7 @@ def _idm_losses(setup, images, targets, weight):
         key=jax.random.key(0),
         apply_fn=apply_fn,
         ce_weight=weight,
+        **kwargs,
     )
 
 
@@ -265,6 +267,17 @@ def test_idm_loss_is_dm_plus_accuracy_weighted_cross_entropy(setup, weight):
     np.testing.assert_allclose(_idm_losses(setup, syn, labels, weight), expected, rtol=1e-4)
     if weight:  # The term is not vanishing here, so the comparison tests it.
         assert not np.allclose(expected, _numpy_idm_losses(apply_fn, params, syn, real, labels, 0))
+
+
+@pytest.mark.parametrize("running", [0.0, 37.5])
+def test_idm_regulariser_weighted_by_a_running_accuracy(setup, running):
+    """`ce_accuracy` (IDM's meter, one value for every group) replaces the groups' own."""
+    apply_fn, params, syn, real, labels = setup
+    losses = _idm_losses(setup, syn, labels, 0.5, ce_accuracy=jnp.float32(running))
+    expected = _numpy_idm_losses(apply_fn, params, syn, real, labels, 0.5, running=running)
+    np.testing.assert_allclose(losses, expected, rtol=1e-4)
+    if not running:  # An empty meter: DM's loss alone.
+        np.testing.assert_allclose(losses, _idm_losses(setup, syn, labels, 0.0), rtol=1e-6)
 
 
 def test_the_idm_regulariser_reaches_learned_labels_and_images(setup):

@@ -38,8 +38,10 @@ def _run_worker(tmp_path: pathlib.Path, check: str) -> dict:
 # Gradient matching learns its labels too (the run test below covers fixed labels on 4 devices);
 # it checks K = 2 (the cluster axis padded to 4 devices) and K = 4, the other families only the
 # padded case (the sharding of the group axis is the families' shared code; compiles are what
-# this file's time goes to).
-@pytest.mark.parametrize("family", ["gradient+labels", "distribution", "risk", "krr"])
+# this file's time goes to). The distribution family runs as IDM: its pool of networks trained
+# on real data, the regulariser weighted by the drawn network's running accuracy (a replicated
+# input of the per-group losses).
+@pytest.mark.parametrize("family", ["gradient+labels", "distribution+idm", "risk", "krr"])
 def test_step_on_4_devices_matches_one_device(tmp_path, family):
     result = _run_worker(tmp_path, family)
     assert result["devices"] == 4
@@ -75,6 +77,7 @@ def test_run_uses_all_devices_and_matches_one_device(tmp_path):
 
 def _step_check(family: str) -> dict:
     import jax
+    import jax.numpy as jnp
 
     from configs import smoke
     from jaxdd import build, sharding, step
@@ -84,13 +87,17 @@ def _step_check(family: str) -> dict:
     for num_clusters in (2, 4) if family == "gradient+labels" else (2,):
         config = smoke.get_config()
         config.model.width, config.model.depth = 8, 2
-        config.match.family, _, learned = family.partition("+")
-        config.syn.learn_labels, config.syn.label_lr = bool(learned), 1.0
+        config.match.family, _, variant = family.partition("+")
+        config.syn.learn_labels, config.syn.label_lr = variant == "labels", 1.0
         # The risk family learns its unroll lr: an extra differentiated replicated input.
         config.syn.learn_unroll_lr = config.match.family == "risk"
         config.match.num_real = 4
-        if config.match.family == "krr":  # Its pool of networks is replicated with the state.
+        if config.match.family == "krr" or variant == "idm":  # A pool, replicated with the state.
             config.match.net_pool, config.match.outer_loop, config.match.inner_loop = 3, -1, -1
+        if variant == "idm":
+            config.match.syn_ce, config.match.syn_ce_accuracy = 0.5, "running"
+            config.match.net_train, config.match.net_augment = "real", "none"
+            config.match.net_data, config.match.inner_batch, config.match.net_cutmix = 8, 4, 0.0
         config.cluster.num_clusters = num_clusters
         num_classes, per_class = 3, 16
         images = jax.random.normal(jax.random.key(0), (num_classes * per_class, 8, 8, 1))
@@ -100,8 +107,13 @@ def _step_check(family: str) -> dict:
             labels, assignments, num_classes=num_classes, num_clusters=num_clusters
         )
         model = build.create_model(config, num_classes, (8, 8, 1))
-        real = step.RealData(images=images + labels[:, None, None, None], groups=groups)
+        real = step.RealData(
+            images=images + labels[:, None, None, None], groups=groups, labels=jnp.asarray(labels)
+        )
         state = build.create_state(config, real, key=jax.random.key(1), model=model)
+        if variant == "idm":  # Meters at 75 %: the regulariser acts.
+            meter = jnp.tile(jnp.array([[6.0, 8.0]]), (config.match.net_pool, 1))
+            state = state.replace(pool=state.pool.replace(meter=meter))
         key = jax.random.key(2)
 
         single_state, single = build.create_step(config, model, (8, 8, 1))(state, key, real)
