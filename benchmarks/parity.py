@@ -24,6 +24,11 @@ regulariser weight (the group's own accuracy on its matching batch) against IDM'
 network's running accuracy on its training batches): the deviations `configs/default.py`
 states, measured.
 
+`--set field=value` (repeatable) changes the shared config for both sides, e.g.
+`--set=match.syn_ce=0` turns IDM's regulariser off in jaxdd and in IDM's loop alike; such runs
+are records of their own (the overrides are part of the key, and of their workdirs' names)
+and get their own table, so an ablation never replaces the run it is compared with.
+
 Every (key, side) is a record merged into `benchmarks/results/parity.json` as soon as it
 finishes, so a long run can be interrupted and resumed (a finished record is not redone). The
 distilling sides also resume within a record: jaxdd distils in a kept workdir
@@ -75,8 +80,19 @@ METHODS = ("dc", "dsa", "dm", "idm")
 BATCH_REAL = {"digits": 64}
 
 
-def parity_config(dataset: str, *, ipc: int, method: str, iterations: int, seed: int, models: int):
-    """The one config both sides are run and evaluated with (see the module docstring)."""
+def parity_config(
+    dataset: str,
+    *,
+    ipc: int,
+    method: str,
+    iterations: int,
+    seed: int,
+    models: int,
+    overrides: Sequence[str] = (),
+):
+    """The one config both sides are run and evaluated with (see the module docstring), with
+    `--set` `overrides` ('field=value') last: both sides read them (e.g. `match.syn_ce=0`,
+    IDM's regulariser off in jaxdd and in IDM's loop)."""
     config = jaxdd.load_config(
         harness.REPO / "configs" / f"{dataset}.py:{method}",
         f"ipc={ipc}",
@@ -92,6 +108,7 @@ def parity_config(dataset: str, *, ipc: int, method: str, iterations: int, seed:
         "eval.select_every=0",  # DC and DM report the last set.
         f"checkpoint.every={max(1, iterations // 20)}",
         f"log.every={max(1, iterations // 10)}",
+        *overrides,
     )
     # Parity compares accuracy: the shifted test sets (four more passes over the test split
     # per network) are left out.
@@ -293,8 +310,22 @@ def run_side(
     return record
 
 
+def settings(record: dict[str, Any]) -> str:
+    """A record's `--set` overrides, canonical ('' for none): runs with different overrides are
+    different records and tables, never one replacing the other."""
+    overrides = record.get("set", {})
+    return ", ".join(f"{field}={overrides[field]}" for field in sorted(overrides))
+
+
 def record_key(record: dict[str, Any]) -> tuple:
-    return tuple(record[k] for k in ("dataset", "ipc", "method", "iterations", "seed", "side"))
+    fields = ("dataset", "ipc", "method", "iterations", "seed", "side")
+    return (*(record[k] for k in fields), settings(record))
+
+
+def _setting(record: dict[str, Any]) -> tuple:
+    """The table a record belongs to: (dataset, ipc, method, iterations, overrides)."""
+    key = record_key(record)
+    return (*key[:4], key[-1])
 
 
 def _cell(per_seed: Sequence[float], network_std: float) -> str:
@@ -332,13 +363,15 @@ def _partial(seeds: list[int], side_rows: list[dict[str, Any]]) -> str:
 
 
 def table(records: list[dict[str, Any]]) -> list[str]:
-    """One table per (dataset, ipc, method, iterations): the sides, both evaluators."""
+    """One table per (dataset, ipc, method, iterations, `--set` overrides): the sides, both
+    evaluators."""
     lines = []
-    settings = sorted({record_key(r)[:4] for r in records}, key=str)
-    for dataset, ipc, method, iterations in settings:
-        rows = [r for r in records if record_key(r)[:4] == (dataset, ipc, method, iterations)]
+    for setting in sorted({_setting(r) for r in records}, key=str):
+        dataset, ipc, method, iterations, overrides = setting
+        rows = [r for r in records if _setting(r) == setting]
         lines += [
-            f"## {dataset}, IPC {ipc}, {method.upper()}, {iterations} iterations",
+            f"## {dataset}, IPC {ipc}, {method.upper()}, {iterations} iterations"
+            + (f", with {overrides}" if overrides else ""),
             "",
             "| side | seeds | jaxdd evaluator | torch evaluator | gain over random (jaxdd / "
             "torch evaluator) | distillation wall time |",
@@ -427,6 +460,12 @@ def main() -> None:
     )
     parser.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="config field=value for both sides (repeatable); its runs get their own table",
+    )
+    parser.add_argument(
         "--workdir-root",
         default=str(harness.RESULTS / ".parity_work"),
         help="where the jaxdd side distils (kept until its record is written, to resume)",
@@ -454,18 +493,24 @@ def main() -> None:
                 iterations=args.iterations,
                 seed=seed,
                 models=args.eval_models,
+                overrides=args.set,
             )
             if args.eval_epochs:
                 config.eval.epochs = args.eval_epochs
             dataset, _ = build.load_data(config)
             start = initial_start(config, dataset)
+            overrides = harness.parse_overrides(args.set)
             for side in args.sides.split(","):
                 key = (args.dataset, args.ipc, args.method, args.iterations, seed, side)
+                key_with_set = (*key, settings({"set": overrides}))
                 sections = harness.UNDISTILLED_SECTIONS if side == "random" else None
                 resolved = harness.record_config(config, sections)
-                if harness.current_record(records, record_key, key, resolved):
+                if harness.current_record(records, record_key, key_with_set, resolved):
                     continue
                 name = "_".join(map(str, key[:-1]))
+                if overrides:  # Its own workdir: a run without them may be resumable beside it.
+                    digest = hashlib.sha256(key_with_set[-1].encode()).hexdigest()[:8]
+                    name += f"_set{digest}"
                 result = run_side(
                     side,
                     config,
@@ -476,6 +521,8 @@ def main() -> None:
                 )
                 names = ("dataset", "ipc", "method", "iterations", "seed", "side")
                 record = dict(zip(names, key, strict=True))
+                if overrides:
+                    record["set"] = overrides
                 record.update(
                     result,
                     eval_epochs=config.eval.epochs,

@@ -31,6 +31,25 @@ def test_a_side_with_seeds_still_running_is_compared_on_the_shared_seeds():
     assert "| +20.00 / +20.00 |" in jaxdd_row  # (80 − 70 + 90 − 60) / 2.
 
 
+def test_runs_with_set_overrides_are_their_own_records_and_table():
+    """`--set` runs (e.g. IDM's regulariser off on both sides) never replace or mix with the
+    runs without overrides: their own record keys, their own table, named by the overrides."""
+    plain = [_record("jaxdd", 0, 80.0), _record("torch", 0, 79.0)]
+    ablated = [{**r, "set": {"match.syn_ce": 0.0}} for r in (_record("jaxdd", 0, 85.0),
+                                                           _record("torch", 0, 83.0))]  # fmt: skip
+    assert parity.record_key(plain[0]) != parity.record_key(ablated[0])
+    assert parity.record_key(plain[0])[-1] == ""  # Records written before --set keep their key.
+    text = "\n".join(parity.table(plain + ablated))
+    assert "## fashion_mnist, IPC 10, DC, 10 iterations\n" in text
+    assert "## fashion_mnist, IPC 10, DC, 10 iterations, with match.syn_ce=0.0\n" in text
+    assert "+1.00 points by jaxdd's evaluator" in text and "+2.00 points" in text
+    config = parity.parity_config(
+        "digits", ipc=1, method="idm", iterations=2, seed=0, models=1,
+        overrides=("match.syn_ce=0.0",),
+    )  # fmt: skip
+    assert config.match.syn_ce == 0.0 and parity.idm_settings(config)["ce_weight"] == 0.0
+
+
 def test_sides_with_the_same_seeds_average_over_all_of_them():
     sides = (("jaxdd", 80.0), ("torch", 79.5))
     records = [_record(side, seed, acc + seed, 1.0) for side, acc in sides for seed in (0, 1, 2)]
