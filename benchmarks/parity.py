@@ -21,8 +21,8 @@ initialised after 60 trainings, the one drawn matched and then trained, against 
 (`torch_reference.idm_distill`: a fresh network every 30 iterations, every 5 at IPC 1 as its
 `command.txt`, up to 100; one random network matched, two others trained), and jaxdd's
 regulariser weight (the group's own accuracy on its matching batch) against IDM's (the
-network's running accuracy on its training batches): the deviations `configs/default.py`
-states, measured.
+network's running accuracy on its training batches; `--set=match.syn_ce_accuracy=running`
+gives jaxdd's pool that weighting): the deviations `configs/default.py` states, measured.
 
 `--set field=value` (repeatable) changes the shared config for both sides, e.g.
 `--set=match.syn_ce=0` turns IDM's regulariser off in jaxdd and in IDM's loop alike; such runs
