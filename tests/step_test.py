@@ -204,11 +204,15 @@ def test_train_network_epochs_cover_the_set_in_equal_minibatches():
         augment_fn=recording_augment,
         batch_size=4,
     )
-    trained, _ = train(num_epochs=jnp.asarray(2))
+    trained, _, meter = train(num_epochs=jnp.asarray(2))
     assert seen == [3]  # ceil(10 / 4) = 3 batches of 10 // 3 = 3 images, traced once.
     assert not np.allclose(trained["fc"]["kernel"], params["fc"]["kernel"])
-    untouched, _ = train(num_epochs=jnp.asarray(0))
+    # The top-1 meter: 2 epochs x 3 batches x 3 images seen, each hit counted once.
+    hits, seen_images = np.asarray(meter)
+    assert seen_images == 18 and 0 <= hits <= 18 and hits == int(hits)
+    untouched, _, empty = train(num_epochs=jnp.asarray(0))
     chex.assert_trees_all_equal(untouched, params)
+    np.testing.assert_array_equal(empty, [0, 0])
 
 
 def test_matching_family_registry_covers_the_spec():
@@ -371,9 +375,9 @@ def test_real_network_training_draws_distinct_real_batches_and_learns_them():
         params, images, labels, num_data=10, batch_size=4, augment_fn=recording_augment,
         cutmix_probability=0.0,
     )  # fmt: skip
-    untouched, _ = train(num_epochs=jnp.asarray(0))
+    untouched, _, _ = train(num_epochs=jnp.asarray(0))
     chex.assert_trees_all_equal(untouched, params)
-    trained, _ = train(num_epochs=jnp.asarray(1))
+    trained, _, _ = train(num_epochs=jnp.asarray(1))
     assert {x.shape[0] for x in seen} == {4}  # ceil(10 / 4) = 3 batches of 4.
     assert not np.allclose(trained["fc"]["kernel"], params["fc"]["kernel"])
 
