@@ -348,8 +348,8 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
     if isinstance(weight, bool) or not isinstance(weight, float | int) or weight < 0:
         _fail("match.syn_ce", weight, "a weight >= 0 (0: DM's matching alone; IDM 0.5)")
     _check_choice(config, "match.syn_ce_accuracy", ("group", "running"))
-    running = weight and config.match.syn_ce_accuracy == "running"
-    if running and not (config.match.net_pool and config.match.net_train == "real"):
+    pooled_real = config.match.net_pool and config.match.net_train == "real"
+    if build.running_ce_accuracy(config) and not pooled_real:
         _fail(
             "match.syn_ce_accuracy",
             "running",
