@@ -203,15 +203,18 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
         "Commands (each row records the one that produced it):",
         *[f"- `{command}`" for command in commands],
         "",
-        f"{harness.machines_line(records)}.  ",
+        f"{harness.machines_line(records, labelled=True)}.  ",
         "Each family runs budget / (its seconds per iteration on this machine) iterations of "
         "its settings (`benchmarks/families.py` `FAMILY_SETTINGS`) on the dataset's shipped "
         "config, the set selected on the validation split; accuracies are test %, mean +- "
         "std over seeds of the networks' mean. `random` is the random real subset the runs "
-        "start from, by the same evaluator.",
+        "start from, by the same evaluator. Equal time is equal on one machine only: the "
+        "machine column says where each row ran (its seeds', in order), and rows of different "
+        "machines ran different iteration counts for the same budget.",
         "",
         *harness.findings_link(out),
     ]
+    labels = harness.machine_labels(records)
     tables = sorted({(r["dataset"], r["ipc"], r["budget_s"]) for r in records
                      if r["family"] != "random"})  # fmt: skip
     for dataset, ipc, budget in tables:
@@ -239,8 +242,8 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
             ),  # fmt: skip
             "| family | objective | set | labels | other settings | seeds | iterations "
             "| s / iteration | accuracy | worst group (test K-means) "
-            "| minority, mean over classes | validation accuracy |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| minority, mean over classes | validation accuracy | machine |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         order = {name: i for i, name in enumerate(["random", *FAMILY_SETTINGS, "-", *RISKS])}
         grouped: dict[tuple, list[dict]] = {}
@@ -264,7 +267,8 @@ def summarise(records: list[dict], out: pathlib.Path) -> str:
                 f"| {len(runs)} "
                 f"| {iterations} | {per_iteration} | {cell('accuracy_mean')} "
                 f"| {cell('worst_group_accuracy')} | {cell('minority_mean')} "
-                f"| {cell('validation_accuracy_mean')} |"
+                f"| {cell('validation_accuracy_mean')} "
+                f"| {'/'.join(harness.machine_label(r, labels) for r in runs)} |"
             )
         lines.append("")
     return "\n".join(lines) + "\n"

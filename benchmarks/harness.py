@@ -212,13 +212,28 @@ def machine_header(record: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def machines_line(records: Sequence[dict[str, Any]]) -> str:
-    """'Machine: ...' of a table's rows (each with a `machine` record), by distinct machine."""
+def machine_labels(records: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """`machine_header` -> 'M1', 'M2', ... for the distinct machines of `records`, in order of
+    first appearance: what a table's machine column shows where its rows ran on several."""
+    headers = [machine_header(r["machine"]) for r in records if "machine" in r]
+    return {h: f"M{i + 1}" for i, h in enumerate(dict.fromkeys(headers))}
+
+
+def machine_label(record: dict[str, Any], labels: dict[str, str]) -> str:
+    """A record's `machine_labels` label ('?' for a record made before records kept one)."""
+    return labels.get(machine_header(record["machine"]), "?") if "machine" in record else "?"
+
+
+def machines_line(records: Sequence[dict[str, Any]], labelled: bool = False) -> str:
+    """'Machine: ...' of a table's rows (each with a `machine` record), by distinct machine;
+    `labelled`: each prefixed with its `machine_labels` label, for a table with that column."""
     headers = [machine_header(r["machine"]) for r in records if "machine" in r]
     counts = {h: headers.count(h) for h in dict.fromkeys(headers)}
+    labels = machine_labels(records) if labelled else {}
+    named = {h: f"{labels[h]} = {h}" if labelled else h for h in counts}
     if len(counts) == 1:
-        return f"Machine: {headers[0]}"
-    return "Machines: " + "; ".join(f"{h} ({n} rows)" for h, n in counts.items())
+        return f"Machine: {named[headers[0]]}"
+    return "Machines: " + "; ".join(f"{named[h]} ({n} rows)" for h, n in counts.items())
 
 
 # --- timing and memory ----------------------------------------------------------------------

@@ -149,7 +149,7 @@ def render(results: dict[str, Any], out: str) -> str:
         "Commands (each row records the one that produced it):",
         *sorted({f"- `{r['command']}`" for r in records}),
         "",
-        f"Machines: {harness.machines_line(records)}.  ",
+        f"{harness.machines_line(records)}.  ",
         "Each run's selected set and the random real subset of the same size per class (the "
         "run's seed) scored by networks trained from scratch under the protocol "
         "(`jaxdd.config.frepo_evaluation`: FRePo's widening ConvNet without normalisation, "

@@ -72,3 +72,26 @@ def test_idm_is_its_presets_settings_and_its_row_shows_its_factorized_set():
     assert not any(key.startswith(("eval.", "num_iterations")) for key in settings)
     record = {**_record("idm", {}, 80.0), "config": {"syn": {"param": "factorized", "factor": 2}}}
     assert families.row_kind(record) == ("factorized f=2", "hard")
+
+
+def test_rows_say_which_machine_they_ran_on(tmp_path):
+    """Budgets are CPU seconds, so rows from machines of different speed ran different
+    iteration counts: each row names its machine, and the header says which is which."""
+    fast, slow = {"cpu": "fast", "cores": 2}, {"cpu": "slow", "cores": 2}
+    records = [
+        {**_record(family, overrides, 70.0), "command": "families", "machine": machine}
+        for family, overrides, machine in [
+            ("random", {}, fast), ("krr", {}, fast), ("krr", {"match.num_real": 26}, slow)
+        ]
+    ]  # fmt: skip
+    lines = [line.rstrip() for line in families.summarise(records, tmp_path / "t").splitlines()]
+    assert "Machines: M1 = fast, 2 cores (2 rows); M2 = slow, 2 cores (1 rows)." in lines
+    rows = {line.split(" | ")[4]: line for line in lines if line.startswith("| krr")}
+    assert rows["-"].endswith("| M1 |") and rows["match.num_real=26"].endswith("| M2 |")
+    # One machine: the line names it once, every row says M1.
+    single = [
+        line.rstrip() for line in families.summarise(records[:2], tmp_path / "t").splitlines()
+    ]
+    assert "Machine: M1 = fast, 2 cores." in single
+    # A record made before records kept their machine shows '?'.
+    assert harness.machine_label({}, harness.machine_labels(records)) == "?"
