@@ -173,6 +173,26 @@ def test_non_finite_step_says_what_broke(tmp_path, loss, grad_norm, advice):
         run_lib._check_finite(metrics, 24, tmp_path)
 
 
+@pytest.mark.parametrize(
+    "family, loss, warned",
+    [
+        ("risk", 4.0, True),  # Fashion-MNIST at unroll lr 0.1: worse than a uniform guess.
+        ("risk", 1.1, False),  # At 0.03: the unrolled network learned something.
+        ("gradient", 40.0, False),  # Other families' losses are not cross-entropies.
+    ],
+)
+def test_a_diverging_unroll_is_named_at_the_first_step(monkeypatch, family, loss, warned):
+    messages = []
+    monkeypatch.setattr(run_lib.logging, "warning", lambda *args: messages.append(args))
+    config = _config(**{"match.family": family})
+    metrics = {"group_loss_mean": np.float32(loss)}
+    assert run_lib._warn_diverging_unroll(config, metrics, num_classes=10) is warned
+    assert len(messages) == int(warned)
+    if warned:
+        text = messages[0][0] % messages[0][1:]
+        assert "above ln(10) = 2.30" in text and "Lower match.unroll_lr" in text
+
+
 def test_non_finite_synthetic_set_stops_with_the_step_and_keeps_checkpoints(tmp_path):
     with pytest.raises(FloatingPointError, match="non-finite loss or synthetic images at step"):
         jaxdd.distill(_config(**{"syn.lr": 1e38, "checkpoint.every": 1}), tmp_path)
