@@ -240,8 +240,8 @@ def _warn_diverging_unroll(config, metrics: dict[str, jax.Array], num_classes: i
     the graph scores the real groups worse than a uniform guess (mean cross-entropy above
     ln C), i.e. `match.unroll_lr` is past where its training is stable on this data. Its image
     gradient is then thousands of times larger and the image step scrambles the set: on
-    Fashion-MNIST IPC 10 the unroll lr 0.1 chosen on digits gives cross-entropy 4.0 and a
-    gradient of 4.2 per pixel, 0.03 gives 1.1 and 0.0014 (sets_fashion_mnist_findings.md)."""
+    Fashion-MNIST IPC 10 the unroll lr 0.1 chosen on digits gives cross-entropy 5.2 and a
+    gradient of 3.3 per pixel, 0.03 gives 1.1 and 0.0014 (benchmarks/results/unroll_scale.md)."""
     if config.match.family != "risk":
         return False
     loss, chance = float(metrics["group_loss_mean"]), float(np.log(num_classes))
