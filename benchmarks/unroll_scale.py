@@ -109,6 +109,12 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3)
     harness.add_results_arguments(parser, "unroll_scale")
     args = parser.parse_args()
+    fixed = [item for item in args.set if item.startswith(("match.family=", "match.unroll_lr="))]
+    if fixed:
+        parser.error(
+            f"--set {fixed[0]}: the benchmark measures the risk family at each --unroll-lrs "
+            "value; give the unroll lrs there."
+        )
     out = pathlib.Path(args.out)
     if not args.render:
         for dataset in args.datasets.split(","):

@@ -30,3 +30,10 @@ def test_measure_tells_an_unroll_that_trains_from_one_that_diverges(unroll_lr, t
     row = unroll_scale.render([record], "unroll_scale").splitlines()[-1]
     assert f"| digits | 1 | 0 | {unroll_lr} |" in row
     assert ("| yes |" in row) is trains and ("| no: diverges |" in row) is not trains
+
+
+def test_main_refuses_a_set_that_would_override_what_it_measures(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["unroll_scale", "--set=match.unroll_lr=0.5"])
+    with pytest.raises(SystemExit):
+        unroll_scale.main()
+    assert "give the unroll lrs there" in capsys.readouterr().err
