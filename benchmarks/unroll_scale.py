@@ -66,6 +66,20 @@ def record_key(record: dict) -> tuple:
     return record["dataset"], record["ipc"], record["seed"], record["unroll_lr"], *record["set"]
 
 
+def row(r: dict) -> str:
+    """A record's table row."""
+    res = r["result"]
+    low, high = res["gradient_rms_range"]
+    return (
+        f"| {r['dataset']} | {r['ipc']} | {r['seed']} | {r['unroll_lr']} | "
+        f"{', '.join(r['set']) or '-'} | {len(res['draws'])} | "
+        f"{res['cross_entropy']:.2f} ({res['chance']:.2f}) | {res['cross_entropy_max']:.2f} | "
+        f"{'no: diverges' if res['cross_entropy'] > res['chance'] else 'yes'} | "
+        f"{res['gradient_rms']:.2g} ({low:.2g}-{high:.2g}) | {r['syn_lr']} | "
+        f"{res['sgd_step']:.2g} |"
+    )
+
+
 def render(records: list[dict], out) -> str:
     lines = [
         "# The risk family's unroll: does it train, and how large is its image gradient?",
@@ -86,17 +100,7 @@ def render(records: list[dict], out) -> str:
         "syn.lr | SGD step per pixel |",
         "|---" * 12 + "|",
     ]
-    for r in sorted(records, key=record_key):
-        res = r["result"]
-        low, high = res["gradient_rms_range"]
-        lines.append(
-            f"| {r['dataset']} | {r['ipc']} | {r['seed']} | {r['unroll_lr']} | "
-            f"{', '.join(r['set']) or '-'} | {len(res['draws'])} | "
-            f"{res['cross_entropy']:.2f} ({res['chance']:.2f}) | {res['cross_entropy_max']:.2f} | "
-            f"{'no: diverges' if res['cross_entropy'] > res['chance'] else 'yes'} | "
-            f"{res['gradient_rms']:.2g} ({low:.2g}-{high:.2g}) | {r['syn_lr']} | "
-            f"{res['sgd_step']:.2g} |"
-        )
+    lines += [row(r) for r in sorted(records, key=record_key)]
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +136,7 @@ def main() -> None:
                         "command": harness.command("unroll_scale"), "machine": harness.machine(),
                     }  # fmt: skip
                     harness.merge_results(out.with_suffix(".json"), [record], key=record_key)
-                    print(render([record], out).splitlines()[-1], flush=True)
+                    print(row(record), flush=True)
     records = harness.load_results(out.with_suffix(".json"), [])
     out.with_suffix(".md").write_text(render(records, out))
 
