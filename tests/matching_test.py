@@ -199,6 +199,36 @@ def test_group_batch_changes_speed_not_results(setup, family):
     )
 
 
+@pytest.mark.parametrize("group_batch", [0, 4])
+def test_risk_gradient_matches_autodiff_through_the_group_map(setup, group_batch):
+    """The risk family scores the real groups with its own backward pass (each group's
+    parameter gradient kept, then contracted with the losses' cotangent); a weighted sum of
+    its losses must have the gradient of plain autodiff through the unroll and the groups."""
+    apply_fn, params, syn, real, labels = setup
+    weights = jax.random.uniform(jax.random.key(7), (C, K))
+    kwargs = dict(key=jax.random.key(8), apply_fn=apply_fn, num_steps=3, learning_rate=0.05)
+
+    def reference(s):
+        trained = matching.unrolled_training(
+            params, s.reshape(C * IPC, HW, HW, 1), labels.reshape(-1), **kwargs
+        )
+        ce = lambda x, c: matching.mean_cross_entropy(apply_fn, trained, x, jnp.full(M, c))
+        per_class = jax.vmap(lambda xs, c: jax.vmap(lambda x: ce(x, c))(xs))
+        return jnp.sum(weights * per_class(real, jnp.arange(C)))
+
+    def scored(s):
+        losses = matching.risk(
+            params, s, labels=labels, real=real, group_batch=group_batch, **kwargs
+        )
+        return jnp.sum(weights * losses)
+
+    want_value, want = jax.jit(jax.value_and_grad(reference))(syn)
+    value, got = jax.jit(jax.value_and_grad(scored))(syn)
+    np.testing.assert_allclose(value, want_value, rtol=1e-5)
+    assert float(jnp.abs(want).max()) > 0
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.abs(want).max()))
+
+
 def test_gradient_family_siamese_augmentation_shared_by_syn_and_real(setup):
     """With real == synthetic batch, a shared DSA draw gives identical gradients: loss 0."""
     apply_fn, params, syn, _, labels = setup
