@@ -538,12 +538,16 @@ def _scored_groups(apply_fn: ApplyFn, params: Any, real: jax.Array, group_batch:
     full step 15.3 -> 11.9 s and 5.0 -> 0.9 GiB compiled (`benchmarks.step_time`, 2-core
     Xeon, one run each; step_time_findings.md).
     """
-    return _map_real_groups(
-        lambda args: _group_cross_entropy(apply_fn, params, *args),
-        real,
-        (jnp.arange(real.shape[0]),),
-        group_batch=group_batch,
+    return _map_labelled_groups(
+        functools.partial(_group_cross_entropy, apply_fn, params), real, group_batch
     )
+
+
+def _map_labelled_groups(fn: Callable, real: jax.Array, group_batch: int) -> Any:
+    """`fn(images, c)` over the real groups (c: the group's class): the one mapping that the
+    primal and the forward rule of `_scored_groups` share."""
+    per_group = lambda args: fn(*args)
+    return _map_real_groups(per_group, real, (jnp.arange(real.shape[0]),), group_batch=group_batch)
 
 
 def _group_cross_entropy(apply_fn: ApplyFn, params: Any, images: jax.Array, label: jax.Array):
@@ -552,12 +556,7 @@ def _group_cross_entropy(apply_fn: ApplyFn, params: Any, images: jax.Array, labe
 
 def _scored_groups_fwd(apply_fn, params, real, group_batch):
     value_and_grad = jax.value_and_grad(functools.partial(_group_cross_entropy, apply_fn))
-    return _map_real_groups(
-        lambda args: value_and_grad(params, *args),
-        real,
-        (jnp.arange(real.shape[0]),),
-        group_batch=group_batch,
-    )
+    return _map_labelled_groups(functools.partial(value_and_grad, params), real, group_batch)
 
 
 def _scored_groups_bwd(apply_fn, group_batch, grads, cotangent):
