@@ -137,7 +137,8 @@ def get_config(method: str = "dsa", dataset: str = "digits") -> ml_collections.C
     config.match.unroll_optimizer = "sgd"  # risk family: inner optimiser, sgd | adam.
     # Networks that outlive their iteration (FRePo's pool): 0 = a fresh network every
     # iteration (DC, DM); P > 0 = P networks trained online on the synthetic set, one drawn per
-    # iteration, each re-initialised after net_max_updates updates (FRePo: 10 and 100).
+    # iteration, each re-initialised after net_max_updates updates (FRePo: 10 and 100). The
+    # risk family then unrolls from the drawn network instead of a fresh one.
     config.match.net_pool = 0
     config.match.net_max_updates = 100
     config.match.krr_ridge = 1e-6  # krr family: ridge, times the kernel's mean diagonal.

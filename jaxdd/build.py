@@ -114,8 +114,8 @@ def running_ce_accuracy(config: ml_collections.ConfigDict) -> bool:
 
 def loops(config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(outer_loop, inner_loop) of an iteration: the configured values, where -1 takes DC's
-    `get_loops(ipc)` for the gradient family, (1, 1) for krr and for a pooled distribution
-    family (FRePo's online step; IDM's networks train between updates) and (1, 0), a fresh
+    `get_loops(ipc)` for the gradient family, (1, 1) for krr and for a pooled distribution or
+    risk family (FRePo's online step; IDM's networks train between updates) and (1, 0), a fresh
     network for every update, for the others (see `jaxdd.step`)."""
     outer, inner = config.match.outer_loop, config.match.inner_loop
     if -1 not in (outer, inner):

@@ -180,6 +180,11 @@ _NON_NEGATIVE = (
 )  # fmt: skip
 # Fields that may also be -1 ("as DC": see configs/default.py), else at least the minimum.
 _AUTO = {"model.stem_pad": 0, "match.outer_loop": 1, "match.inner_loop": 0}
+# Families that match through a fresh network every update, or with match.net_pool > 0
+# through a member of the pool, trained online between its draws (IDM's networks for
+# distribution; for risk, the unroll starts from that member: RaT-BPTT's untracked prefix,
+# carried across iterations instead of rerun every update).
+POOLABLE = ("distribution", "risk")
 # Fields of earlier versions: a config that still sets one fails with the new name.
 _RENAMED = {
     "num_steps": "num_iterations (DC's iterations, each match.outer_loop image updates)",
@@ -246,19 +251,20 @@ def _check_unknown(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_schedule(config: ml_collections.ConfigDict) -> None:
-    """DC's loops exist for the ipc; krr and a pooled distribution family take any schedule
-    (their pool's network trains between updates); the others match through a fresh network."""
+    """DC's loops exist for the ipc; krr and a pooled distribution or risk family take any
+    schedule (their pool's network trains between updates); the others match through a fresh
+    network."""
     outer, inner = config.match.outer_loop, config.match.inner_loop
-    pooled_distribution = config.match.family == "distribution" and config.match.net_pool
+    pooled = config.match.family in POOLABLE and config.match.net_pool
     if config.match.net_train == "real" and not (
-        config.match.family in ("gradient", "krr") or pooled_distribution
+        config.match.family in ("gradient", "krr") or pooled
     ):
         _fail(
             "match.net_train",
             "real",
             f"'synthetic' with match.family={config.match.family!r}, whose network is never "
             "trained (the gradient and krr families train it between updates, the "
-            "distribution family with match.net_pool > 0)",
+            "distribution and risk families with match.net_pool > 0)",
         )
     if config.match.net_train == "real_robust":
         if config.cluster.assign != "voronoi":
@@ -281,13 +287,6 @@ def _check_schedule(config: ml_collections.ConfigDict) -> None:
             config.match.net_pool,
             "the size of the krr family's pool of online networks (>= 1; FRePo's is 10)",
         )
-    if config.match.net_pool and config.match.family not in ("gradient", "krr", "distribution"):
-        _fail(
-            "match.net_pool",
-            config.match.net_pool,
-            f"0 with match.family={config.match.family!r}, whose network is never trained (a "
-            "pool serves the gradient, krr and distribution families)",
-        )
     if config.match.syn_ce and config.match.family != "distribution":
         _fail(
             "match.syn_ce",
@@ -295,7 +294,7 @@ def _check_schedule(config: ml_collections.ConfigDict) -> None:
             f"0 with match.family={config.match.family!r} (IDM's regulariser is the "
             "distribution family's)",
         )
-    if config.match.family == "krr" or pooled_distribution:
+    if config.match.family == "krr" or pooled:
         return  # Any schedule: -1 takes one update and one online epoch, FRePo's.
     if config.match.family == "gradient":
         if -1 in (outer, inner):
@@ -430,6 +429,13 @@ def _check_names(config: ml_collections.ConfigDict) -> None:
             True,
             f"False with match.family={config.match.family!r} (only the risk family unrolls "
             "a training whose learning rate the objective depends on)",
+        )
+    if config.syn.learn_unroll_lr and config.match.net_pool:
+        _fail(
+            "syn.learn_unroll_lr",
+            True,
+            f"False with match.net_pool={config.match.net_pool} (a learned unroll lr is kept "
+            "for unrolls from a fresh network; set match.net_pool=0 to learn it)",
         )
     if config.syn.param == "generator":
         if not config.syn.generator or not config.syn.generator_checkpoint:

@@ -497,8 +497,11 @@ def risk(
 ) -> jax.Array:
     """Risk matching: cross-entropy on each group of a network trained on S for T steps.
 
-    `params` is the initialisation (fresh per step); training runs on the whole synthetic set
-    with `unrolled_training`, then every group's real batch is scored by the trained network.
+    `params` is the unroll's start: a fresh network every update, or with `match.net_pool` the
+    drawn member of a pool trained online on the set (a network part-way through its training,
+    as RaT-BPTT's untracked prefix makes it, without rerunning that prefix every update).
+    Training runs on the whole synthetic set with `unrolled_training`, then every group's real
+    batch is scored by the trained network.
     The gradient w.r.t. `syn_images` flows back through the whole unroll, or its last
     `window` steps of a random-length unroll (truncated, RaT-BPTT; `unrolled_training`). The
     groups are scored `group_batch` at a time (0 = all in one vmap).

@@ -260,7 +260,9 @@ def init_state(
     logits of learned labels, `soft_label_logits`); a `PooledState` when given a `pool`, a
     `LearnedLrState` starting at `unroll_lr` when given one."""
     if pool is not None and unroll_lr is not None:
-        raise ValueError("A learned unroll lr is the risk family's, which has no network pool.")
+        raise ValueError(
+            "A learned unroll lr is kept for unrolls from a fresh network: pass no pool with it."
+        )
     log_lr = None if unroll_lr is None else jnp.log(jnp.asarray(unroll_lr, jnp.float32))
     fields = dict(
         step=jnp.zeros((), jnp.int32),

@@ -152,7 +152,10 @@ def test_krr_run_resumes_bit_identically_with_its_pool(tmp_path):
     "overrides, message",
     [
         ({"match.family": "krr", "match.net_pool": 0}, "pool of online networks"),
-        ({"match.family": "risk", "match.net_pool": 2}, "never trained"),
+        (
+            {"match.family": "risk", "match.net_pool": 2, "syn.learn_unroll_lr": True},
+            "fresh network",
+        ),
         ({"match.family": "krr", "match.net_pool": 2, "match.krr_ridge": 0.0}, "positive"),
     ],
 )
