@@ -47,8 +47,8 @@ def test_the_unroll_starts_from_the_drawn_member_which_then_trains():
         return np.asarray(step_fn(state.replace(pool=pool), key, real)[1]["group_losses"])
 
     assert not np.allclose(losses(_with_member(state.pool, drawn, other)), metrics["group_losses"])
+    mine = jax.tree.map(lambda x: x[drawn], state.pool.params)
     for index in {0, 1, 2} - {drawn}:
-        mine = jax.tree.map(lambda x: x[drawn], state.pool.params)
         np.testing.assert_array_equal(
             losses(_with_member(state.pool, index, mine)), metrics["group_losses"]
         )
