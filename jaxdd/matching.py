@@ -529,18 +529,48 @@ def risk(
     return _scored_groups(apply_fn, trained, jax.lax.stop_gradient(real), group_batch)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def _scored_groups(apply_fn: ApplyFn, params: Any, real: jax.Array, group_batch: int):
-    """(C, K) mean cross-entropy of the network `params` on each real group (label c).
+# The risk family's real groups keep their parameter gradients from the forward to the
+# backward pass (`_scored_groups_stored`) while C*K of them fit in this many bytes: a
+# ConvNet-128's 0.3 M parameters x 40 groups are 51 MB. Past it (a ResNet-18's 11 M x 40 would
+# be 1.8 GB, x 400 groups 18 GB), the backward pass recomputes them `group_batch` groups at a
+# time (`_scored_groups_recomputed`): one more forward pass of the real groups, memory of one
+# chunk and one parameter-sized sum (ResNet-18, 40 groups of 64 28x28 images: 5.07 -> 3.45 GiB
+# compiled, step_time_findings.md; on XLA:CPU its convolution gradients run in a loop body,
+# the slower path of jax-ml/jax#12868).
+STORED_GROUP_GRADS_BYTES = 2**30
 
-    Differentiable in `params` only (`real` is data: its cotangent is zero). The forward pass
-    of a gradient keeps each group's parameter gradient (C*K parameter-sized arrays), and the
-    backward pass contracts them with the losses' cotangent, so the real groups' backward runs
-    inside the group map, as the gradient family's does, instead of being transposed through
-    it. Fashion-MNIST, IPC 1 (40 groups of 64 images, ConvNet-128 depth 3, chunks of 8): the
-    full step 15.3 -> 11.9 s and 5.0 -> 0.9 GiB compiled (`benchmarks.step_time`, 2-core
-    Xeon, one run each; step_time_findings.md).
+
+def _scored_groups(apply_fn: ApplyFn, params: Any, real: jax.Array, group_batch: int):
+    """(C, K) mean cross-entropy of the network `params` on each real group (label c),
+    differentiable in `params` only (`real` is data), by `_group_scorer`'s choice."""
+    return _group_scorer(params, real)(apply_fn, params, real, group_batch)
+
+
+def _group_scorer(params: Any, real: jax.Array) -> Callable:
+    """`_scored_groups_stored` where the C*K groups' parameter gradients fit in
+    `STORED_GROUP_GRADS_BYTES`, else `_scored_groups_recomputed` (same values and gradients)."""
+    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    stored = real.shape[0] * real.shape[1] * param_bytes
+    return (
+        _scored_groups_stored if stored <= STORED_GROUP_GRADS_BYTES else _scored_groups_recomputed
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _scored_groups_stored(apply_fn: ApplyFn, params: Any, real: jax.Array, group_batch: int):
+    """`_scored_groups` keeping each group's parameter gradient between the passes.
+
+    The forward pass of a gradient keeps each group's parameter gradient (C*K parameter-sized
+    arrays), and the backward pass contracts them with the losses' cotangent, so the real
+    groups' backward runs inside the group map, as the gradient family's does, instead of being
+    transposed through it. Fashion-MNIST, IPC 1 (40 groups of 64 images, ConvNet-128 depth 3,
+    chunks of 8): the full step 15.3 -> 11.9 s and 5.0 -> 0.9 GiB compiled
+    (`benchmarks.step_time`, 2-core Xeon, one run each; step_time_findings.md).
     """
+    return _group_losses(apply_fn, params, real, group_batch)
+
+
+def _group_losses(apply_fn: ApplyFn, params: Any, real: jax.Array, group_batch: int):
     return _map_labelled_groups(
         functools.partial(_group_cross_entropy, apply_fn, params), real, group_batch
     )
@@ -548,7 +578,7 @@ def _scored_groups(apply_fn: ApplyFn, params: Any, real: jax.Array, group_batch:
 
 def _map_labelled_groups(fn: Callable, real: jax.Array, group_batch: int) -> Any:
     """`fn(images, c)` over the real groups (c: the group's class): the one mapping that the
-    primal and the forward rule of `_scored_groups` share."""
+    primal and the forward rule of `_scored_groups_stored` share."""
     per_group = lambda args: fn(*args)
     return _map_real_groups(per_group, real, (jnp.arange(real.shape[0]),), group_batch=group_batch)
 
@@ -568,7 +598,46 @@ def _scored_groups_bwd(apply_fn, group_batch, grads, cotangent):
     return jax.tree.map(contract, grads), None
 
 
-_scored_groups.defvjp(_scored_groups_fwd, _scored_groups_bwd)
+_scored_groups_stored.defvjp(_scored_groups_fwd, _scored_groups_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _scored_groups_recomputed(apply_fn: ApplyFn, params: Any, real: jax.Array, group_batch: int):
+    """`_scored_groups` whose backward pass recomputes the groups' gradients, `group_batch`
+    groups at a time (0 = all at once), summing their cotangent-weighted gradients as it goes."""
+    return _group_losses(apply_fn, params, real, group_batch)
+
+
+def _scored_groups_recomputed_fwd(apply_fn, params, real, group_batch):
+    return _group_losses(apply_fn, params, real, group_batch), (params, real)
+
+
+def _scored_groups_recomputed_bwd(apply_fn, group_batch, residuals, cotangent):
+    params, real = residuals
+    num_classes, num_clusters = real.shape[:2]
+    num = num_classes * num_clusters
+    size = num if group_batch <= 0 else min(group_batch, num)
+    pad = -num % size  # Padded groups repeat the first ones with weight 0.
+    images = real.reshape(num, *real.shape[2:])
+    images = jnp.concatenate([images, images[:pad]])
+    classes = jnp.repeat(jnp.arange(num_classes), num_clusters)
+    classes = jnp.concatenate([classes, classes[:pad]])
+    weights = jnp.concatenate([cotangent.reshape(num), jnp.zeros(pad, cotangent.dtype)])
+    chunks = jax.tree.map(lambda x: x.reshape(-1, size, *x.shape[1:]), (images, classes, weights))
+
+    def weighted_loss(p, chunk):
+        chunk_images, chunk_classes, chunk_weights = chunk
+        per_group = functools.partial(_group_cross_entropy, apply_fn, p)
+        return jnp.sum(chunk_weights * jax.vmap(per_group)(chunk_images, chunk_classes))
+
+    def add_chunk(total, chunk):
+        return jax.tree.map(jnp.add, total, jax.grad(weighted_loss)(params, chunk)), None
+
+    total, _ = jax.lax.scan(add_chunk, jax.tree.map(jnp.zeros_like, params), chunks)
+    return total, None
+
+
+_scored_groups_recomputed.defvjp(_scored_groups_recomputed_fwd, _scored_groups_recomputed_bwd)
 
 
 def krr(

@@ -200,11 +200,21 @@ def test_group_batch_changes_speed_not_results(setup, family):
 
 
 @pytest.mark.parametrize("group_batch", [0, 4])
-def test_risk_gradient_matches_autodiff_through_the_group_map(setup, group_batch):
+@pytest.mark.parametrize("limit", [2**30, 0], ids=["stored", "recomputed"])
+def test_risk_gradient_matches_autodiff_through_the_group_map(
+    setup, group_batch, limit, monkeypatch
+):
     """The risk family scores the real groups with its own backward pass (each group's
-    parameter gradient kept, then contracted with the losses' cotangent); a weighted sum of
-    its losses must have the gradient of plain autodiff through the unroll and the groups."""
+    parameter gradient kept, then contracted with the losses' cotangent; or, past
+    `STORED_GROUP_GRADS_BYTES`, recomputed a chunk of groups at a time, 4 of the 6 here
+    leaving a padded chunk); a weighted sum of its losses must have the gradient of plain
+    autodiff through the unroll and the groups."""
     apply_fn, params, syn, real, labels = setup
+    monkeypatch.setattr(matching, "STORED_GROUP_GRADS_BYTES", limit)
+    chosen = matching._group_scorer(params, real)
+    assert chosen is (
+        matching._scored_groups_stored if limit else matching._scored_groups_recomputed
+    )
     weights = jax.random.uniform(jax.random.key(7), (C, K))
     kwargs = dict(key=jax.random.key(8), apply_fn=apply_fn, num_steps=3, learning_rate=0.05)
 
