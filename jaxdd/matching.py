@@ -587,18 +587,18 @@ def _group_cross_entropy(apply_fn: ApplyFn, params: Any, images: jax.Array, labe
     return mean_cross_entropy(apply_fn, params, images, jnp.full(images.shape[:1], label))
 
 
-def _scored_groups_fwd(apply_fn, params, real, group_batch):
+def _scored_groups_stored_fwd(apply_fn, params, real, group_batch):
     value_and_grad = jax.value_and_grad(functools.partial(_group_cross_entropy, apply_fn))
     return _map_labelled_groups(functools.partial(value_and_grad, params), real, group_batch)
 
 
-def _scored_groups_bwd(apply_fn, group_batch, grads, cotangent):
+def _scored_groups_stored_bwd(apply_fn, group_batch, grads, cotangent):
     del apply_fn, group_batch
     contract = lambda g: jnp.tensordot(cotangent, g, axes=cotangent.ndim)
     return jax.tree.map(contract, grads), None
 
 
-_scored_groups_stored.defvjp(_scored_groups_fwd, _scored_groups_bwd)
+_scored_groups_stored.defvjp(_scored_groups_stored_fwd, _scored_groups_stored_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
