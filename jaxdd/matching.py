@@ -165,12 +165,17 @@ def _map_real_groups(fn: Callable, real: jax.Array, per_class: Any, *, group_bat
     repeated for the K groups of its class. Outputs come back shaped (C, K, ...).
     """
     num_classes, num_clusters = real.shape[:2]
-    flat = (
+    out = _map_groups(fn, _flat_groups(real, per_class), group_batch=group_batch)
+    return jax.tree.map(lambda o: o.reshape(num_classes, num_clusters, *o.shape[1:]), out)
+
+
+def _flat_groups(real: jax.Array, per_class: Any) -> tuple:
+    """(C*K, m, ...) images and each `per_class` array repeated for the K groups of its class."""
+    num_classes, num_clusters = real.shape[:2]
+    return (
         real.reshape(num_classes * num_clusters, *real.shape[2:]),
         *(jnp.repeat(value, num_clusters, axis=0) for value in per_class),
     )
-    out = _map_groups(fn, flat, group_batch=group_batch)
-    return jax.tree.map(lambda o: o.reshape(num_classes, num_clusters, *o.shape[1:]), out)
 
 
 def gradient(
@@ -614,14 +619,11 @@ def _scored_groups_recomputed_fwd(apply_fn, params, real, group_batch):
 
 def _scored_groups_recomputed_bwd(apply_fn, group_batch, residuals, cotangent):
     params, real = residuals
-    num_classes, num_clusters = real.shape[:2]
-    num = num_classes * num_clusters
+    num = cotangent.size
     size = num if group_batch <= 0 else min(group_batch, num)
     pad = -num % size  # Padded groups repeat the first ones with weight 0.
-    images = real.reshape(num, *real.shape[2:])
-    images = jnp.concatenate([images, images[:pad]])
-    classes = jnp.repeat(jnp.arange(num_classes), num_clusters)
-    classes = jnp.concatenate([classes, classes[:pad]])
+    flat = _flat_groups(real, (jnp.arange(real.shape[0]),))
+    images, classes = (jnp.concatenate([x, x[:pad]]) for x in flat)
     weights = jnp.concatenate([cotangent.reshape(num), jnp.zeros(pad, cotangent.dtype)])
     chunks = jax.tree.map(lambda x: x.reshape(-1, size, *x.shape[1:]), (images, classes, weights))
 
