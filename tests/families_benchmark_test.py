@@ -95,3 +95,35 @@ def test_rows_say_which_machine_they_ran_on(tmp_path):
     assert "Machine: M1 = fast, 2 cores." in single
     # A record made before records kept their machine shows '?'.
     assert harness.machine_label({}, harness.machine_labels(records)) == "?"
+
+
+class _FakeClock:
+    """`median_step_seconds`'s clock: each timer reads the next step's scripted duration."""
+
+    def __init__(self, durations):
+        self.durations = iter(durations)
+
+    def __call__(self):
+        duration = next(self.durations)
+        return lambda: duration
+
+
+def test_a_fast_step_is_timed_until_the_minimum_seconds_and_outliers_are_outvoted():
+    calls = []
+    durations = [4.2, 4.1, 2.6, 2.6, 2.5, 2.6, 2.6, 2.7, 2.6, 2.6, 2.6, 2.6, 2.6, 2.6]
+    seconds = families.median_step_seconds(
+        lambda: calls.append(1), min_seconds=30.0, clock=_FakeClock(durations)
+    )
+    assert len(calls) == 11  # 4.2 + 4.1 + 9 x ~2.6 first reaches 30 s.
+    assert seconds == 2.6
+
+
+def test_a_slow_step_is_timed_min_steps_times_and_a_fast_one_at_most_max_steps():
+    slow = []
+    clock = _FakeClock([200.0, 180.0, 190.0, 185.0])
+    assert families.median_step_seconds(lambda: slow.append(1), clock=clock) == 190.0
+    assert len(slow) == 3
+    fast = []
+    clock = _FakeClock([0.01] * 30)
+    families.median_step_seconds(lambda: fast.append(1), max_steps=25, clock=clock)
+    assert len(fast) == 25
